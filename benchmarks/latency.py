@@ -1,0 +1,65 @@
+"""Webhook-to-running latency of the embedded stack (dataset path).
+
+Sends N webhooks, one at a time, to the gateway of a freshly started embedded stack
+(Prefect server on SQLite, `prefect-beamline serve`, gateway) and measures, for each,
+the time from the HTTP POST to the automation-created flow run being RUNNING. Each run
+is left to finish before the next webhook, so the number is the quiet-system latency.
+Target (issue 2): median under 2 s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect_beamline.demo import demo_event, post_event
+from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
+from prefect_beamline.stack import FAST_POLLING, embedded_stack
+from prefect_beamline.synth import write_mx_collection
+
+DEPLOYMENT = "mx-processing/mx-rotation"
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n_webhooks = 3 if quick else 20
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as folder:
+        workdir = Path(folder)
+        with embedded_stack(workdir) as stack:
+            synthetic = write_mx_collection(workdir / "data", n_images=2, seed=1)
+            for index in range(n_webhooks):
+                collection_id = 500_000 + index
+                event = demo_event(synthetic.master_file, collection_id, None)
+                posted = time.monotonic()
+                post_event(stack, event)
+                flow_run = wait_for_new_flow_run(
+                    stack.api_url, DEPLOYMENT, collection_id, set(), 120
+                )
+                wait_for_state(
+                    stack.api_url, flow_run.id, {"RUNNING", *TERMINAL_STATES}, 120, poll_s=0.02
+                )
+                latencies.append(time.monotonic() - posted)
+                wait_for_state(stack.api_url, flow_run.id, TERMINAL_STATES, 300)
+    ordered = sorted(latencies)
+    return {
+        "benchmark": "latency",
+        "n_webhooks": n_webhooks,
+        "median_s": round(statistics.median(ordered), 3),
+        "p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+        "min_s": round(ordered[0], 3),
+        "max_s": round(ordered[-1], 3),
+        "latencies_s": [round(x, 3) for x in latencies],
+        "polling": FAST_POLLING,
+        "target_median_s": 2.0,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    return (
+        f"webhook -> flow run RUNNING over {result['n_webhooks']} webhooks: "
+        f"median {result['median_s']} s, p95 {result['p95_s']} s "
+        f"(min {result['min_s']}, max {result['max_s']}); target median < 2 s"
+    )

@@ -1,0 +1,249 @@
+"""Tasks every technique flow shares: the LIMS record of a job, result folders, events.
+
+A flow calls these in the same order whatever started it (automation, UI, CLI), so an
+automatic and a manual run leave the same records, differing only in `triggered_by`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+from prefect_beamline.formats.nxmx import NXmxError
+from pydantic import ValidationError
+
+from prefect_beamline.events import (
+    COMPLETED_EVENT,
+    FAILED_EVENT,
+    LABEL_BEAMLINE,
+    LABEL_EXPERIMENT_TYPE,
+    LABEL_TECHNIQUE,
+    LABEL_VISIT,
+    CollectionEvent,
+)
+from prefect_beamline.lims import CollectionDescription, Lims
+
+# Bad input never gets better by retrying: fail fast and name it.
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    NXmxError,
+    ValidationError,
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+)
+INFRASTRUCTURE_RETRIES = 3
+INFRASTRUCTURE_BACKOFF = exponential_backoff(backoff_factor=2)
+AUTOMATION = "automation"
+
+
+def retry_unless_bad_input(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
+    """Retry I/O and infrastructure failures; give up at once on bad input."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BAD_INPUT_ERRORS):
+        return False
+    return isinstance(error, Exception)
+
+
+def infrastructure_retries() -> dict[str, Any]:
+    """The retry policy of tasks that touch files, databases or the network."""
+    return {
+        "retries": INFRASTRUCTURE_RETRIES,
+        "retry_delay_seconds": INFRASTRUCTURE_BACKOFF,
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_unless_bad_input,
+    }
+
+
+def open_lims(lims_block: str | None) -> Lims:
+    """The LIMS named by a LIMS Database block, or the one in the environment settings."""
+    if lims_block:
+        from prefect_beamline.blocks.lims import LimsDatabase
+
+        block = LimsDatabase.load(lims_block)
+        assert isinstance(block, LimsDatabase)
+        return block.get_lims()
+    return Lims.from_settings()
+
+
+def describe_trigger(triggered_by: str) -> tuple[bool, str]:
+    """(automatic, who) from the flow's `triggered_by` parameter.
+
+    Automations pass "automation:<event id>"; anything else is a person or a script,
+    recorded with the OS user of the process that created the run when not given.
+    """
+    if triggered_by.startswith(AUTOMATION):
+        return True, triggered_by
+    return False, triggered_by or f"manual:{getpass.getuser()}"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Identifiers of one processing job, handed from task to task."""
+
+    data_collection_id: int
+    processing_job_id: int
+    program_id: int
+    results_dir: Path
+
+
+@task(**infrastructure_retries())
+def load_collection(
+    collection_id: int, announced: CollectionEvent | None, lims_block: str | None
+) -> CollectionDescription:
+    """Record the announced collection in the LIMS (if any), then read it back.
+
+    Manual reruns name only the collection id; the LIMS row is then the source.
+    """
+    lims = open_lims(lims_block)
+    lims.create_schema()
+    if announced is not None:
+        if announced.collection_id != collection_id:
+            raise ValueError(
+                f"collection_id {collection_id} does not match the announced event's "
+                f"collection_id {announced.collection_id}"
+            )
+        lims.record_data_collection(announced)
+    description = lims.get_collection(collection_id)
+    if description is None:
+        raise ValueError(
+            f"data collection {collection_id} is not in the LIMS; announce it through the "
+            "gateway first or record it with the DAQ"
+        )
+    return description
+
+
+@task(**infrastructure_retries())
+def record_processing_job(
+    collection: CollectionDescription,
+    *,
+    recipe: str,
+    parameters: Mapping[str, Any],
+    triggered_by: str,
+    lims_block: str | None,
+    program: str,
+) -> JobRecord:
+    """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run)."""
+    automatic, who = describe_trigger(triggered_by)
+    lims = open_lims(lims_block)
+    run_id = str(flow_run.get_id() or "local")
+    job_id = lims.record_processing_job(
+        data_collection_id=collection.collection_id,
+        recipe=recipe,
+        display_name=f"{recipe} ({flow_run.get_name() or run_id})",
+        automatic=automatic,
+        triggered_by=who,
+        parameters=parameters,
+        run_key=run_id,
+    )
+    command = f"prefect-beamline rerun {collection.collection_id} --deployment {recipe}"
+    program_id = lims.start_program(
+        processing_job_id=job_id,
+        programs=f"prefect-beamline {recipe}",
+        command_line=command,
+        environment=f"prefect flow run {run_id}",
+    )
+    results_dir = results_directory(collection, recipe, job_id)
+    write_job_folder(results_dir, parameters, command, triggered_by=who, flow_run_id=run_id)
+    return JobRecord(collection.collection_id, job_id, program_id, results_dir)
+
+
+def results_directory(collection: CollectionDescription, recipe: str, job_id: int) -> Path:
+    """`<data folder>/processing/<recipe>/dc<id>-job<id>`: beside the data, one per job."""
+    data_folder = Path(collection.data_files[0]).parent
+    return data_folder / "processing" / recipe / f"dc{collection.collection_id}-job{job_id}"
+
+
+def write_job_folder(
+    results_dir: Path,
+    parameters: Mapping[str, Any],
+    command: str,
+    *,
+    triggered_by: str,
+    flow_run_id: str,
+) -> None:
+    """Leave inputs and the rerun command beside the results, readable without a server."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    inputs = {
+        "parameters": dict(parameters),
+        "triggered_by": triggered_by,
+        "flow_run_id": flow_run_id,
+    }
+    (results_dir / "inputs.json").write_text(json.dumps(inputs, indent=2, default=str))
+    (results_dir / "command.txt").write_text(command + "\n")
+
+
+@task(**infrastructure_retries())
+def attach_result_files(
+    job: JobRecord, files: Sequence[tuple[Path, str]], lims_block: str | None
+) -> None:
+    """Register result files (path, ISPyB fileType) as AutoProcProgramAttachments."""
+    lims = open_lims(lims_block)
+    for rank, (path, file_type) in enumerate(files, start=1):
+        lims.add_attachment(job.program_id, path, file_type, importance_rank=rank)
+
+
+@task(**infrastructure_retries())
+def finish_processing_job(
+    job: JobRecord, *, success: bool, message: str, lims_block: str | None
+) -> None:
+    """Mark the job's AutoProcProgram successful or failed, with a message for people."""
+    open_lims(lims_block).finish_program(job.program_id, success=success, message=message)
+
+
+def collection_resource(collection: CollectionDescription) -> dict[str, str]:
+    """The Prefect resource of a collection, labelled like the gateway's events."""
+    return {
+        "prefect.resource.id": f"beamline.collection.{collection.collection_id}",
+        LABEL_TECHNIQUE: collection.technique.value,
+        LABEL_EXPERIMENT_TYPE: collection.experiment_type,
+        LABEL_BEAMLINE: collection.beamline,
+        LABEL_VISIT: collection.visit,
+    }
+
+
+@task(**infrastructure_retries())
+def publish_processing_event(
+    collection: CollectionDescription,
+    job: JobRecord,
+    summary: Mapping[str, Any],
+    *,
+    success: bool = True,
+) -> None:
+    """Emit `beamline.processing.completed` (or `.failed`) for downstream flows."""
+    related = [
+        {
+            "prefect.resource.id": f"beamline.processing-job.{job.processing_job_id}",
+            "prefect.resource.role": "processing-job",
+        }
+    ]
+    run_id = flow_run.get_id()
+    if run_id:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{run_id}",
+                "prefect.resource.role": "flow-run",
+            }
+        )
+    emit_event(
+        event=COMPLETED_EVENT if success else FAILED_EVENT,
+        resource=collection_resource(collection),
+        related=related,
+        payload={
+            "processing_job_id": job.processing_job_id,
+            "results_dir": str(job.results_dir),
+            "summary": dict(summary),
+        },
+    )
+
+
+CHUNK_CACHE_EXPIRATION = timedelta(days=14)

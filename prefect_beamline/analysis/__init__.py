@@ -1,0 +1,1 @@
+"""Pure scientific functions the flows compose: no I/O, no Prefect."""

@@ -1,0 +1,177 @@
+"""`prefect-beamline demo`: one data collection through the whole facility path.
+
+Starts the embedded stack (Prefect server on SQLite, `serve` with the triggers of
+`prefect.yaml`, the gateway), writes a synthetic Eiger collection, POSTs the DAQ
+webhook over HTTP, waits for the automation-started flow run and reports what it left
+in files, the LIMS and the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, Technique
+from prefect_beamline.lims import Lims
+from prefect_beamline.runs import (
+    TERMINAL_STATES,
+    wait_for_new_flow_run,
+    wait_for_state,
+)
+from prefect_beamline.stack import LocalStack, embedded_stack
+from prefect_beamline.synth import write_mx_collection
+
+RUN_TIMEOUT_S = 300.0
+DEMO_GRID = GridScan(steps_x=8, steps_y=6, dx_um=20.0, dy_um=20.0, snaked=True)
+
+
+def demo_event(master_file: Path, collection_id: int, grid: GridScan | None) -> CollectionEvent:
+    """The `finished` announcement a DAQ would send for the synthetic collection."""
+    return CollectionEvent(
+        event_id=f"demo-{uuid.uuid4()}",
+        kind=CollectionEventKind.finished,
+        technique=Technique.mx,
+        experiment_type="gridscan" if grid else "rotation",
+        beamline="i03",
+        visit="mx12345-1",
+        collection_id=collection_id,
+        data_files=[str(master_file)],
+        grid=grid,
+    )
+
+
+def post_event(stack: LocalStack, event: CollectionEvent) -> dict[str, Any]:
+    """POST the announcement to the gateway as a DAQ does; raise on anything but 202."""
+    response = httpx.post(
+        f"{stack.gateway_url}/api/v1/collections",
+        content=event.model_dump_json(),
+        headers={
+            "Authorization": f"Bearer {stack.gateway_token}",
+            "Content-Type": "application/json",
+        },
+        timeout=10.0,
+    )
+    if response.status_code != 202:
+        raise RuntimeError(f"gateway answered {response.status_code}: {response.text}")
+    return dict(response.json())
+
+
+def read_per_image(results_dir: Path) -> list[dict[str, Any]]:
+    """The per-image table the flow wrote, with numbers as numbers."""
+    rows = []
+    with (results_dir / "per_image.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            rows.append(
+                {
+                    "image_number": int(row["image_number"]),
+                    "n_spots": int(row["n_spots"]),
+                    "total_intensity": float(row["total_intensity"]),
+                    "d_min": float(row["d_min_angstrom"]) if row["d_min_angstrom"] else None,
+                }
+            )
+    return rows
+
+
+def run_demo(
+    workdir: Path | None = None, *, grid: bool = False, n_images: int = 20
+) -> dict[str, Any]:
+    """Run the demo and return its report (what `--json` prints)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="prefect-beamline-demo-"))
+    started = time.monotonic()
+    with embedded_stack(workdir) as stack:
+        data_dir = workdir / "data" / "i03" / "mx12345-1"
+        synthetic = write_mx_collection(
+            data_dir,
+            name="grid_1" if grid else "xtal_1",
+            n_images=n_images,
+            grid=DEMO_GRID if grid else None,
+            seed=7,
+        )
+        collection_id = int(time.time() * 1000) % 1_000_000_000
+        event = demo_event(synthetic.master_file, collection_id, DEMO_GRID if grid else None)
+        deployment = f"mx-processing/mx-{event.experiment_type}"
+        posted_at = time.monotonic()
+        accepted = post_event(stack, event)
+        run = wait_for_new_flow_run(stack.api_url, deployment, collection_id, set(), RUN_TIMEOUT_S)
+        running = wait_for_state(
+            stack.api_url, run.id, {"RUNNING", *TERMINAL_STATES}, RUN_TIMEOUT_S, poll_s=0.05
+        )
+        webhook_to_running_s = time.monotonic() - posted_at
+        final = wait_for_state(stack.api_url, running.id, TERMINAL_STATES, RUN_TIMEOUT_S)
+        lims_url = stack.env["PREFECT_BEAMLINE_LIMS_URL"]
+        jobs = Lims(lims_url).jobs_for_collection(collection_id)
+        report = build_report(stack, final.id, final.state, accepted, jobs, lims_url)
+        report.update(
+            {
+                "webhook_to_running_s": round(webhook_to_running_s, 3),
+                "total_s": round(time.monotonic() - started, 1),
+                "workdir": str(workdir),
+                "deployment": deployment,
+                "collection_id": collection_id,
+            }
+        )
+        if final.state != "COMPLETED":
+            report["logs"] = stack.logs()
+        return report
+
+
+def build_report(
+    stack: LocalStack,
+    flow_run_id: str,
+    state: str,
+    accepted: dict[str, Any],
+    jobs: list[Any],
+    lims_url: str,
+) -> dict[str, Any]:
+    """Gather files, LIMS rows and UI links of the finished run into one dictionary."""
+    job = jobs[-1] if jobs else None
+    results_dir = Path(job.results_dir) if job is not None and job.results_dir else None
+    per_image = read_per_image(results_dir) if results_dir and results_dir.exists() else []
+    summary_file = results_dir / "summary.json" if results_dir else None
+    summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
+    return {
+        "flow_run_id": flow_run_id,
+        "state": state,
+        "triggered_by": job.triggered_by if job else None,
+        "automatic": job.automatic if job else None,
+        "gateway": accepted,
+        "n_images": len(per_image),
+        "per_image": per_image,
+        "summary": summary,
+        "results_dir": str(results_dir) if results_dir else None,
+        "result_files": sorted(str(p) for p in results_dir.iterdir()) if results_dir else [],
+        "lims_url": lims_url,
+        "lims": [job_row.as_dict() for job_row in jobs],
+        "ui_url": f"{stack.ui_url}/runs/flow-run/{flow_run_id}",
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The human-readable form of the report."""
+    print(f"flow run   {report['flow_run_id']}  {report['state']}")
+    print(f"started by {report['triggered_by']} (automatic={report['automatic']})")
+    print(f"webhook -> running in {report['webhook_to_running_s']} s; total {report['total_s']} s")
+    print(f"\n{'image':>6} {'spots':>6} {'intensity':>12} {'d_min (Å)':>10}")
+    for row in report["per_image"]:
+        d_min = f"{row['d_min']:.2f}" if row["d_min"] else "–"
+        number, spots, intensity = row["image_number"], row["n_spots"], row["total_intensity"]
+        print(f"{number:>6} {spots:>6} {intensity:>12.0f} {d_min:>10}")
+    centre = report["summary"].get("grid_centre")
+    if centre:
+        print(f"\nX-ray centre (grid steps): x={centre['x']:.2f} y={centre['y']:.2f}")
+    print(f"\nresults    {report['results_dir']}")
+    for path in report["result_files"]:
+        print(f"           {path}")
+    print(f"LIMS       {report['lims_url']}")
+    for job in report["lims"]:
+        print(f"           {json.dumps(job, default=str)}")
+    print(f"UI         {report['ui_url']}  (the server stopped with the demo)")
+    if "logs" in report:
+        print(f"\nlogs of the stack:\n{report['logs']}")

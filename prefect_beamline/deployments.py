@@ -1,0 +1,97 @@
+"""Deployments and triggers as `prefect.yaml` declares them, for serving from one process.
+
+`prefect deploy --all` reads the same file for a work-pool install; this module turns it
+into RunnerDeployments so `prefect-beamline serve` needs no work pool or worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+from prefect.flows import Flow, load_flow_from_entrypoint
+from pydantic import TypeAdapter
+
+_TRIGGERS: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
+SOURCE_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One entry of `prefect.yaml`'s `deployments:` list, as we use it."""
+
+    name: str
+    entrypoint: str
+    description: str
+    tags: list[str]
+    parameters: dict[str, Any]
+    triggers: list[dict[str, Any]]
+
+
+def find_prefect_yaml(explicit: Path | None = None) -> Path:
+    """The given file, else ./prefect.yaml, else the one in the source checkout."""
+    candidates = [explicit] if explicit else [Path.cwd() / "prefect.yaml"]
+    candidates.append(SOURCE_CHECKOUT / "prefect.yaml")
+    for candidate in candidates:
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no prefect.yaml found (looked at {', '.join(str(c) for c in candidates)}); "
+        "run from the prefect-beamline checkout or pass --prefect-file"
+    )
+
+
+def read_deployment_specs(path: Path) -> list[DeploymentSpec]:
+    """Parse `prefect.yaml` into DeploymentSpecs, with a clear error naming bad entries."""
+    document = yaml.safe_load(path.read_text()) or {}
+    specs = []
+    for index, entry in enumerate(document.get("deployments") or []):
+        missing = [key for key in ("name", "entrypoint") if not entry.get(key)]
+        if missing:
+            raise ValueError(f"{path}: deployments[{index}] lacks {', '.join(missing)}")
+        specs.append(
+            DeploymentSpec(
+                name=entry["name"],
+                entrypoint=entry["entrypoint"],
+                description=" ".join(str(entry.get("description") or "").split()),
+                tags=list(entry.get("tags") or []),
+                parameters=dict(entry.get("parameters") or {}),
+                triggers=[dict(t) for t in entry.get("triggers") or []],
+            )
+        )
+    return specs
+
+
+def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
+    """A deployment `prefect.serve` can run, with the spec's triggers as automations."""
+    flow = load_flow_from_entrypoint(spec.entrypoint)
+    assert isinstance(flow, Flow)
+    triggers = []
+    for index, trigger in enumerate(spec.triggers, start=1):
+        trigger = {"name": f"{spec.name}__automation_{index}", **trigger}
+        triggers.append(_TRIGGERS.validate_python(trigger))
+    return flow.to_deployment(
+        name=spec.name,
+        description=spec.description or None,
+        tags=spec.tags,
+        parameters=spec.parameters,
+        triggers=triggers,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def load_runner_deployments(
+    path: Path | None = None, only: list[str] | None = None
+) -> list[RunnerDeployment]:
+    """Every deployment of `prefect.yaml` (or those named in `only`)."""
+    specs = read_deployment_specs(find_prefect_yaml(path))
+    if only:
+        unknown = set(only) - {spec.name for spec in specs}
+        if unknown:
+            raise ValueError(f"unknown deployment(s): {', '.join(sorted(unknown))}")
+        specs = [spec for spec in specs if spec.name in only]
+    return [runner_deployment(spec) for spec in specs]

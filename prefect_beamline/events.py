@@ -1,0 +1,147 @@
+"""The collection-event schema: what a DAQ announces, and how it becomes a Prefect event.
+
+One place for the event names, resource ids and labels that gateway, triggers in
+`prefect.yaml` and flows agree on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EVENT_PREFIX = "beamline.collection"
+COMPLETED_EVENT = "beamline.processing.completed"
+FAILED_EVENT = "beamline.processing.failed"
+RESOURCE_PREFIX = "beamline.collection"
+LABEL_TECHNIQUE = "beamline.technique"
+LABEL_EXPERIMENT_TYPE = "beamline.experiment_type"
+LABEL_BEAMLINE = "beamline.name"
+LABEL_VISIT = "beamline.visit"
+
+# Prefect drops a repeated event id, so re-emitting from the outbox after a crash
+# must produce the same id: derive it from the DAQ's own event id.
+_EVENT_ID_NAMESPACE = uuid.UUID("5b7f3c1e-9a41-4d8e-8c1f-2f0b7d6a9e10")
+
+
+class CollectionEventKind(StrEnum):
+    """Where in its life a data collection is."""
+
+    started = "started"
+    images_ready = "images_ready"
+    finished = "finished"
+
+
+class Technique(StrEnum):
+    """Which family of flows processes a collection."""
+
+    mx = "mx"
+    ssx = "ssx"
+    tomo = "tomo"
+    ptycho = "ptycho"
+    em = "em"
+
+
+class GridScan(BaseModel):
+    """Geometry of a 2-D grid scan (MX X-ray centring); images run row by row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps_x: int = Field(ge=1, description="Grid points along the fast (x) axis")
+    steps_y: int = Field(ge=1, description="Grid points along the slow (y) axis")
+    dx_um: float = Field(gt=0, description="Step size along x, micrometres")
+    dy_um: float = Field(gt=0, description="Step size along y, micrometres")
+    snaked: bool = Field(False, description="True when odd rows run backwards")
+
+
+class CollectionEvent(BaseModel):
+    """A DAQ's announcement of a data collection, in the project's own schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Unique id of this announcement; a redelivery with the same id is "
+        "accepted once",
+    )
+    kind: CollectionEventKind = Field(description="started, images_ready or finished")
+    technique: Technique = Field(description="Processing family: mx, ssx, tomo, ptycho, em")
+    experiment_type: str = Field(
+        "default",
+        min_length=1,
+        max_length=40,
+        description="Variant within the technique, e.g. 'rotation' or 'gridscan' for mx",
+    )
+    beamline: str = Field(min_length=1, max_length=45, description="Beamline name, e.g. i03")
+    visit: str = Field(min_length=1, max_length=45, description="Visit, e.g. mx12345-1")
+    collection_id: int = Field(ge=1, description="LIMS dataCollectionId")
+    data_files: list[str] = Field(
+        min_length=1, description="Absolute paths of the data (for NXmx: the master file)"
+    )
+    image_range: tuple[int, int] | None = Field(
+        None, description="First and last image number (1-based, inclusive); None for all"
+    )
+    grid: GridScan | None = Field(None, description="Grid geometry of a grid scan")
+    processing_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the flow's processing parameters, by name",
+    )
+    source: str = Field("daq", max_length=40, description="daq, zocalo or bluesky")
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> CollectionEvent:
+        if self.image_range is not None:
+            first, last = self.image_range
+            if first < 1 or last < first:
+                raise ValueError(
+                    f"image_range must be (first, last) with 1 <= first <= last, "
+                    f"got {self.image_range}"
+                )
+        for path in self.data_files:
+            if not path.startswith("/"):
+                raise ValueError(f"data_files must be absolute paths, got {path!r}")
+        return self
+
+    @property
+    def event_name(self) -> str:
+        return f"{EVENT_PREFIX}.{self.kind.value}"
+
+    @property
+    def resource_id(self) -> str:
+        return f"{RESOURCE_PREFIX}.{self.collection_id}"
+
+    @property
+    def prefect_event_id(self) -> uuid.UUID:
+        return prefect_event_id(self.event_id)
+
+    def resource(self) -> dict[str, str]:
+        """The Prefect resource this event is about, with the labels triggers match on."""
+        return {
+            "prefect.resource.id": self.resource_id,
+            "prefect.resource.name": f"{self.beamline} {self.visit} dc{self.collection_id}",
+            LABEL_TECHNIQUE: self.technique.value,
+            LABEL_EXPERIMENT_TYPE: self.experiment_type,
+            LABEL_BEAMLINE: self.beamline,
+            LABEL_VISIT: self.visit,
+        }
+
+    def to_prefect_event(self) -> dict[str, Any]:
+        """The JSON body Prefect's `POST /api/events` takes for this announcement."""
+        return {
+            "id": str(self.prefect_event_id),
+            "occurred": self.timestamp.isoformat(),
+            "event": self.event_name,
+            "resource": self.resource(),
+            "related": [],
+            "payload": {"collection": self.model_dump(mode="json")},
+        }
+
+
+def prefect_event_id(daq_event_id: str) -> uuid.UUID:
+    """Deterministic Prefect event id for a DAQ event id."""
+    return uuid.uuid5(_EVENT_ID_NAMESPACE, daq_event_id)

@@ -1,0 +1,247 @@
+"""The embedded single-machine stack: Prefect server, gateway and runner as child processes.
+
+Used by `prefect-beamline demo`, the end-to-end tests and the latency benchmark, so all
+three exercise the same real parts a facility runs: a Prefect server (SQLite unless
+`PREFECT_API_URL` names one), the gateway, and `prefect-beamline serve` running the
+deployments of `prefect.yaml` with their triggers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SERVER_START_TIMEOUT_S = 120.0
+SERVED_DEPLOYMENTS = ["mx-processing/mx-rotation", "mx-processing/mx-gridscan"]
+PROCESS_START_TIMEOUT_S = 90.0
+# Runners poll for scheduled runs every 10 s by default; 1 s keeps event-to-running
+# latency near 1.5 s (measured, DESIGN.md).
+FAST_POLLING = {
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
+}
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None) -> None:
+    """Poll `url` until it answers 200; fail early with the log if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with its log file; stopped with SIGTERM, then SIGKILL."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout_s)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_process(
+    name: str, args: list[str], env: Mapping[str, str], log_dir: Path
+) -> ManagedProcess:
+    """Start `args` in its own process group, output to `<log_dir>/<name>.log`."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{name}.log"
+    handle = log_file.open("wb")
+    process = subprocess.Popen(
+        args,
+        env=dict(env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    handle.close()
+    return ManagedProcess(name, process, log_file)
+
+
+def cli(*args: str) -> list[str]:
+    """Command line of `prefect-beamline <args>` with this interpreter."""
+    return [sys.executable, "-m", "prefect_beamline.cli", *args]
+
+
+@dataclass
+class LocalStack:
+    """Handles to a running embedded stack, as `embedded_stack()` yields it."""
+
+    workdir: Path
+    api_url: str
+    gateway_url: str
+    gateway_token: str
+    env: dict[str, str]
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    def process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == name)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
+
+
+def stack_environment(workdir: Path, api_url: str, token: str, gateway_port: int) -> dict[str, str]:
+    """Environment shared by every process of the stack (one LIMS, one outbox)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_BEAMLINE_")}
+    env.update(FAST_POLLING)
+    env.update(
+        {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(workdir / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
+            "PREFECT_BEAMLINE_HOME": str(workdir / "beamline"),
+            "PREFECT_BEAMLINE_LIMS_URL": f"sqlite:///{workdir / 'beamline' / 'lims.db'}",
+            "PREFECT_BEAMLINE_OUTBOX_URL": f"sqlite:///{workdir / 'beamline' / 'gateway.db'}",
+            "PREFECT_BEAMLINE_GATEWAY_TOKEN": token,
+            "PREFECT_BEAMLINE_GATEWAY_PORT": str(gateway_port),
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_LOCAL_STORAGE_PATH": str(workdir / "prefect-home" / "storage"),
+        }
+    )
+    return env
+
+
+def start_prefect_server(workdir: Path, env: Mapping[str, str], port: int) -> ManagedProcess:
+    """A Prefect server on SQLite in `workdir`, answering on 127.0.0.1:`port`."""
+    server_env = dict(env)
+    server_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+        f"sqlite+aiosqlite:///{workdir / 'prefect-home' / 'prefect.db'}"
+    )
+    server = start_process(
+        "prefect-server",
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        server_env,
+        workdir / "logs",
+    )
+    wait_for_http(f"http://127.0.0.1:{port}/api/health", SERVER_START_TIMEOUT_S, server.process)
+    return server
+
+
+@contextlib.contextmanager
+def embedded_stack(
+    workdir: Path,
+    *,
+    serve: bool = True,
+    gateway: bool = True,
+    api_url: str | None = None,
+) -> Iterator[LocalStack]:
+    """Start what is missing of server, gateway and runner; stop all of it on exit.
+
+    An existing server is used when `api_url` (or PREFECT_API_URL) names one.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    api_url = api_url or os.environ.get("PREFECT_API_URL")
+    server_port = free_port()
+    gateway_port = free_port()
+    token = secrets.token_urlsafe(16)
+    own_server = api_url is None
+    api_url = api_url or f"http://127.0.0.1:{server_port}/api"
+    env = stack_environment(workdir, api_url, token, gateway_port)
+    Path(env["PREFECT_BEAMLINE_HOME"]).mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(workdir, api_url, f"http://127.0.0.1:{gateway_port}", token, env)
+    try:
+        if own_server:
+            stack.processes.append(start_prefect_server(workdir, env, server_port))
+        else:
+            wait_for_http(f"{api_url}/health", SERVER_START_TIMEOUT_S, None)
+        if serve:
+            runner = start_process("serve", cli("serve"), env, workdir / "logs")
+            stack.processes.append(runner)
+            wait_for_deployments(api_url, SERVED_DEPLOYMENTS, runner)
+        if gateway:
+            gateway_process = start_process(
+                "gateway", cli("gateway", "--port", str(gateway_port)), env, workdir / "logs"
+            )
+            stack.processes.append(gateway_process)
+            wait_for_http(
+                f"{stack.gateway_url}/health", PROCESS_START_TIMEOUT_S, gateway_process.process
+            )
+        yield stack
+    finally:
+        for process in reversed(stack.processes):
+            process.stop()
+
+
+def wait_for_deployments(
+    api_url: str,
+    names: list[str],
+    runner: ManagedProcess,
+    timeout_s: float = PROCESS_START_TIMEOUT_S,
+) -> None:
+    """Block until the runner has registered each `flow/deployment` and its automations."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(names)
+    while pending and time.monotonic() < deadline:
+        if runner.process.poll() is not None:
+            raise RuntimeError(f"serve exited early:\n{runner.log_tail()}")
+        name = pending[0]
+        with contextlib.suppress(httpx.HTTPError):
+            response = httpx.get(f"{api_url}/deployments/name/{name}", timeout=5.0)
+            if response.status_code == 200:
+                deployment_id = response.json()["id"]
+                owned = httpx.get(
+                    f"{api_url}/automations/related-to/prefect.deployment.{deployment_id}",
+                    timeout=5.0,
+                )
+                if owned.status_code == 200 and owned.json():
+                    pending.pop(0)
+                    continue
+        time.sleep(0.5)
+    if pending:
+        raise TimeoutError(f"deployments not registered in time: {pending}\n{runner.log_tail()}")

@@ -1,0 +1,22 @@
+"""Build the Cython kernels of ext/ (the rest of the metadata is in pyproject.toml)."""
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+OPENMP = ["-fopenmp"]
+KERNELS = ["_spotfind"]
+
+extensions = [
+    Extension(
+        f"prefect_beamline.ext.{name}",
+        [f"ext/{name}.pyx"],
+        include_dirs=[numpy.get_include(), "ext"],
+        extra_compile_args=["-O3", *OPENMP],
+        extra_link_args=OPENMP,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for name in KERNELS
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3, include_path=["ext"]))

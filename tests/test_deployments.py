@@ -1,0 +1,89 @@
+"""prefect.yaml declares the deployments and triggers that `serve` and `prefect deploy` use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prefect_beamline.deployments import (
+    find_prefect_yaml,
+    load_runner_deployments,
+    read_deployment_specs,
+)
+from prefect_beamline.events import CollectionEvent, CollectionEventKind, Technique
+from prefect_beamline.runs import parse_assignment
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def test_every_deployment_has_a_trigger_on_finished_collections() -> None:
+    specs = read_deployment_specs(REPOSITORY / "prefect.yaml")
+    assert {s.name for s in specs} >= {"mx-rotation", "mx-gridscan"}
+    for spec in specs:
+        assert spec.triggers, spec.name
+        assert spec.triggers[0]["expect"] == ["beamline.collection.finished"]
+
+
+def test_triggers_match_the_labels_the_gateway_emits() -> None:
+    event = CollectionEvent(
+        event_id="e1",
+        kind=CollectionEventKind.finished,
+        technique=Technique.mx,
+        experiment_type="gridscan",
+        beamline="i03",
+        visit="mx1-1",
+        collection_id=7,
+        data_files=["/data/x_master.h5"],
+    )
+    resource = event.to_prefect_event()["resource"]
+    matching = [
+        spec.name
+        for spec in read_deployment_specs(REPOSITORY / "prefect.yaml")
+        if all(
+            value == "beamline.collection.*" or resource.get(label) == value
+            for label, value in spec.triggers[0]["match"].items()
+        )
+    ]
+    assert matching == ["mx-gridscan"]
+
+
+def test_runner_deployments_carry_triggers_and_module_entrypoints() -> None:
+    deployments = load_runner_deployments(REPOSITORY / "prefect.yaml")
+    by_name = {d.name: d for d in deployments}
+    rotation = by_name["mx-rotation"]
+    assert rotation.entrypoint == "prefect_beamline.flows.mx:process_mx"
+    assert len(rotation.triggers) == 1
+    assert rotation.triggers[0].parameters is not None
+    assert "collection_id" in rotation.triggers[0].parameters
+
+
+def test_unknown_deployment_name_is_an_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="no-such"):
+        load_runner_deployments(REPOSITORY / "prefect.yaml", only=["no-such"])
+
+
+def test_missing_prefect_yaml_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert find_prefect_yaml() == REPOSITORY / "prefect.yaml"  # falls back to the checkout
+    with pytest.raises(ValueError, match="lacks entrypoint"):
+        bad = tmp_path / "prefect.yaml"
+        bad.write_text("deployments:\n  - name: x\n")
+        read_deployment_specs(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sigma_strong=4.5", ("sigma_strong", 4.5)),
+        ("dask_scheduler=tcp://h:8786", ("dask_scheduler", "tcp://h:8786")),
+        ("x=null", ("x", None)),
+    ],
+)
+def test_cli_assignments_parse_json_values(text: str, expected: tuple[str, object]) -> None:
+    assert parse_assignment(text) == expected
+
+
+def test_cli_assignment_without_equals_is_rejected() -> None:
+    with pytest.raises(ValueError, match="key=value"):
+        parse_assignment("sigma_strong")
