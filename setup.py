@@ -12,7 +12,7 @@ extensions = [
         f"prefect_beamline.ext.{name}",
         [f"ext/{name}.pyx"],
         include_dirs=[numpy.get_include(), "ext"],
-        extra_compile_args=["-O3", *OPENMP],
+        extra_compile_args=["-O3", "-ffp-contract=off", *OPENMP],
         extra_link_args=OPENMP,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
