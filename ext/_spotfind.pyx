@@ -33,19 +33,20 @@ cdef inline void _update_columns(
 ) noexcept nogil:
     """Move the column sums down one row: add one image row, remove another (or NULL)."""
     cdef Py_ssize_t c
+    # Selects, not products with the mask: a masked NaN must not poison the sums.
     if add_row != NULL and remove_row != NULL:
         for c in range(nx):
             count[c] += <acc_t>add_valid[c] - <acc_t>remove_valid[c]
-            total[c] += (<acc_t>add_row[c] * add_valid[c]
-                         - <acc_t>remove_row[c] * remove_valid[c])
+            total[c] += ((<acc_t>add_row[c] if add_valid[c] else 0)
+                         - (<acc_t>remove_row[c] if remove_valid[c] else 0))
     elif add_row != NULL:
         for c in range(nx):
             count[c] += add_valid[c]
-            total[c] += <acc_t>add_row[c] * add_valid[c]
+            total[c] += <acc_t>add_row[c] if add_valid[c] else 0
     elif remove_row != NULL:
         for c in range(nx):
             count[c] -= remove_valid[c]
-            total[c] -= <acc_t>remove_row[c] * remove_valid[c]
+            total[c] -= <acc_t>remove_row[c] if remove_valid[c] else 0
 
 
 cdef bint _is_strong(
@@ -118,7 +119,7 @@ cdef void _threshold_band(
             # Branch-free screen: above the local mean by more than sigma_strong standard
             # deviations, squared (a hair loose, so it never drops a pixel the exact test
             # keeps); masked pixels have b = -x <= 0.
-            b = m * (<acc_t>row[c] * row_valid[c]) - x
+            b = m * (<acc_t>row[c] if row_valid[c] else 0) - x
             bd = <double>b
             row_out[c] = (b > 0) & (bd * bd > screen * (<double>x * <double>m)) & (m >= min_local)
             m -= count[c]

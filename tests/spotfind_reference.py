@@ -19,10 +19,10 @@ def window_sums(
     """(count, sum, sum of squares) of valid pixels over each (2k+1)² window."""
     box = np.ones((2 * kernel_size + 1, 2 * kernel_size + 1))
     valid = mask.astype(np.float64)
-    values = image.astype(np.float64) * valid
+    values = np.where(mask, image.astype(np.float64), 0.0)
     count = ndimage.correlate(valid, box, mode="constant", cval=0.0)
     total = ndimage.correlate(values, box, mode="constant", cval=0.0)
-    total_sq = ndimage.correlate(values * image.astype(np.float64), box, mode="constant", cval=0.0)
+    total_sq = ndimage.correlate(values * values, box, mode="constant", cval=0.0)
     return count, total, total_sq
 
 
@@ -31,7 +31,7 @@ def reference_threshold(
 ) -> np.ndarray:
     """Strong-pixel mask by DIALS's dispersion threshold."""
     m, x, y = window_sums(image, mask, params.kernel_size)
-    p = image.astype(np.float64)
+    p = np.where(mask, image.astype(np.float64), 0.0)
     gain = params.gain
     with np.errstate(invalid="ignore"):
         a = m * y - x * x - gain * x * (m - 1.0)

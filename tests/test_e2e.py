@@ -11,6 +11,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,10 +86,16 @@ def run_to_completion(
 
 
 def prefect_events(stack: LocalStack, name: str, resource_id: str) -> list[dict]:
+    """Events Prefect has stored (its persister writes in batches: poll a while)."""
     body = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource_id]}}, "limit": 50}
-    response = httpx.post(f"{stack.api_url}/events/filter", json=body, timeout=10.0)
-    response.raise_for_status()
-    return list(response.json()["events"])
+    deadline = time.monotonic() + 30.0
+    while True:
+        response = httpx.post(f"{stack.api_url}/events/filter", json=body, timeout=10.0)
+        response.raise_for_status()
+        events = list(response.json()["events"])
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
 
 
 def test_webhook_runs_mx_rotation_to_lims_files_and_artifacts(
@@ -116,13 +123,14 @@ def test_webhook_runs_mx_rotation_to_lims_files_and_artifacts(
     assert summary["n_images"] == 8
     assert summary["n_spots_total"] > 8 * 20  # the synthetic images hold ~40 spots each
 
+    wanted = [f"mx-dc{collection_id}-per-image", f"mx-dc{collection_id}-report"]
     artifacts = httpx.post(
         f"{stack.api_url}/artifacts/filter",
-        json={"artifacts": {"flow_run_id": {"any_": []}}, "limit": 200},
+        json={"artifacts": {"key": {"any_": wanted}}},
         timeout=10.0,
     ).json()
-    keys = {a["key"] for a in artifacts}
-    assert {f"mx-dc{collection_id}-per-image", f"mx-dc{collection_id}-report"} <= keys
+    assert {a["key"] for a in artifacts} == set(wanted)
+    assert all(a["flow_run_id"] for a in artifacts)
     completed = prefect_events(
         stack, "beamline.processing.completed", f"beamline.collection.{collection_id}"
     )

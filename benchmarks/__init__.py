@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: `python benchmarks/run.py NAME [--json]`."""

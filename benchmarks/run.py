@@ -1,0 +1,35 @@
+"""One entry point for every benchmark: `python benchmarks/run.py NAME [--json] [--quick]`.
+
+Each benchmark module in this folder exposes `run(quick) -> dict` and `report(dict) -> str`.
+`--json` prints one JSON object and nothing else; `--quick` runs a small size (smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = {
+    "spotfind": "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
+    "latency": "webhook to flow-run RUNNING through the embedded stack",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="benchmark to run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="small size, for smoke tests")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    module = importlib.import_module(f"benchmarks.{args.name}")
+    result = module.run(quick=args.quick)
+    print(json.dumps(result) if args.json else module.report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The Cython spot finder against the plain numpy/scipy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prefect_beamline.ext.spotfind import DispersionParameters, dispersion_threshold, find_spots
+from tests.spotfind_reference import reference_spots, reference_threshold
+
+DTYPES = [np.uint16, np.uint32, np.int32, np.float32]
+
+
+def frame_with_spots(
+    shape: tuple[int, int] = (256, 300), background: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson background, planted 3x3 spots, module-gap bands and dead pixels."""
+    rng = np.random.default_rng(seed)
+    image = rng.poisson(background, shape).astype(np.int64)
+    for _ in range(40):
+        y, x = rng.integers(2, shape[0] - 2), rng.integers(2, shape[1] - 2)
+        image[y - 1 : y + 2, x - 1 : x + 2] += rng.integers(3, 80)
+    mask = np.ones(shape, dtype=bool)
+    mask[shape[0] // 3 : shape[0] // 3 + 5] = False
+    mask[:, shape[1] // 2 : shape[1] // 2 + 3] = False
+    mask[rng.integers(0, shape[0], 40), rng.integers(0, shape[1], 40)] = False
+    return image, mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_threshold_equals_reference(dtype: type, kernel_size: int) -> None:
+    image, mask = frame_with_spots()
+    params = DispersionParameters(kernel_size=kernel_size)
+    expected = reference_threshold(image.astype(dtype), mask, params)
+    found = dispersion_threshold(image.astype(dtype), mask, params)
+    assert expected.sum() > 50
+    np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        DispersionParameters(gain=2.0),
+        DispersionParameters(sigma_background=3.0, sigma_strong=2.0),
+        DispersionParameters(min_local=30),
+        DispersionParameters(global_threshold=20.0),
+    ],
+)
+def test_threshold_equals_reference_for_other_settings(params: DispersionParameters) -> None:
+    image, mask = frame_with_spots(seed=3)
+    np.testing.assert_array_equal(
+        dispersion_threshold(image.astype(np.uint32), mask, params),
+        reference_threshold(image.astype(np.uint32), mask, params),
+    )
+
+
+def test_threads_give_identical_masks() -> None:
+    image, mask = frame_with_spots((1000, 1000), seed=1)
+    image = image.astype(np.uint32)
+    one = dispersion_threshold(image, mask, n_threads=1)
+    np.testing.assert_array_equal(dispersion_threshold(image, mask, n_threads=2), one)
+    np.testing.assert_array_equal(dispersion_threshold(image, mask, n_threads=7), one)
+    np.testing.assert_array_equal(reference_threshold(image, mask), one)
+
+
+def test_masked_pixels_never_strong_and_do_not_count() -> None:
+    image, mask = frame_with_spots(seed=4)
+    image[~mask] = 10_000  # what a gap pixel may hold; must be ignored
+    found = dispersion_threshold(image.astype(np.uint32), mask)
+    assert not found[~mask].any()
+    np.testing.assert_array_equal(found, reference_threshold(image.astype(np.uint32), mask))
+
+
+def test_edges_saturation_and_empty_regions() -> None:
+    image, mask = frame_with_spots((64, 80), seed=5)
+    image[0, 0] = image[-1, -1] = image[0, -1] = 500  # corners
+    image[50, 60] = 1_000_000  # saturated pixel
+    mask[49:52, 59:62] = True
+    mask[:, :10] = False  # a fully masked strip
+    image = image.astype(np.uint32)
+    found = dispersion_threshold(image, mask)
+    np.testing.assert_array_equal(found, reference_threshold(image, mask))
+    assert found[-1, -1] and found[50, 60]
+
+
+def test_float_frames_with_nan_masked_out() -> None:
+    image, mask = frame_with_spots(seed=6)
+    values = image.astype(np.float32)
+    values[5, 5] = np.nan
+    mask[5, 5] = False
+    np.testing.assert_array_equal(
+        dispersion_threshold(values, mask), reference_threshold(values, mask)
+    )
+
+
+def test_flat_frame_has_no_strong_pixels() -> None:
+    image = np.full((50, 60), 7, dtype=np.uint16)
+    assert not dispersion_threshold(image, np.ones(image.shape, bool)).any()
+
+
+def test_spots_match_reference_components() -> None:
+    image, mask = frame_with_spots(seed=7)
+    image = image.astype(np.uint32)
+    spots = find_spots(image, mask)
+    expected = reference_spots(image, mask)
+    order = np.lexsort((spots.x, spots.y))
+    assert len(spots) == len(expected["x"]) > 20
+    np.testing.assert_allclose(spots.x[order], expected["x"], atol=1e-9)
+    np.testing.assert_allclose(spots.y[order], expected["y"], atol=1e-9)
+    np.testing.assert_allclose(spots.intensity[order], expected["intensity"])
+    np.testing.assert_array_equal(spots.n_pixels[order], expected["n_pixels"])
+
+
+def test_single_hot_pixels_are_not_spots() -> None:
+    image = np.random.default_rng(8).poisson(1.0, (100, 100)).astype(np.uint32)
+    image[50, 50] = 50_000
+    spots = find_spots(image, np.ones(image.shape, bool))
+    assert len(spots) == 0
+    assert len(find_spots(image, np.ones(image.shape, bool), min_spot_size=1)) == 1
+
+
+def test_diagonal_neighbours_join_one_spot() -> None:
+    image = np.zeros((40, 40), dtype=np.uint32) + 1
+    image[10, 10] = image[11, 11] = image[12, 12] = 200
+    spots = find_spots(image, np.ones(image.shape, bool), DispersionParameters(kernel_size=4))
+    assert len(spots) == 1 and spots.n_pixels[0] == 3
+    assert spots.x[0] == pytest.approx(11.5) and spots.y[0] == pytest.approx(11.5)
+
+
+@pytest.mark.parametrize(
+    ("image", "mask", "message"),
+    [
+        (np.zeros((3, 4, 5), np.uint32), np.ones((3, 4, 5), bool), "2-D"),
+        (np.zeros((4, 5), np.float64), np.ones((4, 5), bool), "dtype"),
+        (np.zeros((4, 5), np.uint32), np.ones((4, 6), bool), "mask shape"),
+        (np.zeros((4, 5), np.uint32), np.ones((4, 5), np.uint8), "bool"),
+    ],
+)
+def test_bad_input_is_named(image: np.ndarray, mask: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dispersion_threshold(image, mask)
