@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 from prefect_beamline.ext.spotfind import dispersion_threshold, find_spots
+
 from prefect_beamline.synth.mx import eiger_gap_mask
 from tests.spotfind_reference import reference_threshold
 
@@ -62,7 +62,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     repeats = 3 if quick else 7
     memory_pass_ms = best_ms(lambda: np.copyto(copy, frame), repeats * 3)
-    kernel_ms_1t = best_ms(lambda: dispersion_threshold(frame, valid, out=out, n_threads=1), repeats)
+    kernel_ms_1t = best_ms(
+        lambda: dispersion_threshold(frame, valid, out=out, n_threads=1), repeats
+    )
     kernel_ms_all = best_ms(
         lambda: dispersion_threshold(frame, valid, out=out, n_threads=cores), repeats
     )

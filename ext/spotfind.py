@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from prefect_beamline.ext._spotfind import dispersion_threshold_kernel, label_spots_kernel
 
 SUPPORTED_DTYPES = (np.uint16, np.uint32, np.int32, np.float32)

@@ -19,7 +19,6 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
-from prefect_beamline.formats.nxmx import NXmxError
 from pydantic import ValidationError
 
 from prefect_beamline.events import (
@@ -31,6 +30,7 @@ from prefect_beamline.events import (
     LABEL_VISIT,
     CollectionEvent,
 )
+from prefect_beamline.formats.nxmx import NXmxError
 from prefect_beamline.lims import CollectionDescription, Lims
 
 # Bad input never gets better by retrying: fail fast and name it.
@@ -186,10 +186,13 @@ def write_job_folder(
 def attach_result_files(
     job: JobRecord, files: Sequence[tuple[Path, str]], lims_block: str | None
 ) -> None:
-    """Register result files (path, ISPyB fileType) as AutoProcProgramAttachments."""
+    """Register result files (path, ISPyB fileType) as AutoProcProgramAttachments.
+
+    The first file is the most important; ISPyB ranks higher numbers as more important.
+    """
     lims = open_lims(lims_block)
-    for rank, (path, file_type) in enumerate(files, start=1):
-        lims.add_attachment(job.program_id, path, file_type, importance_rank=rank)
+    for index, (path, file_type) in enumerate(files):
+        lims.add_attachment(job.program_id, path, file_type, importance_rank=len(files) - index)
 
 
 @task(**infrastructure_retries())

@@ -71,7 +71,12 @@ def _outbox(args: argparse.Namespace) -> int:
     from prefect_beamline.gateway.server import outbox_list, outbox_requeue
 
     if args.action == "list":
-        for row in outbox_list(args.status):
+        try:
+            rows = outbox_list(args.status)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
+        for row in rows:
             print(json.dumps(row, default=str))
         return 0
     count = outbox_requeue(args.event_id or None)

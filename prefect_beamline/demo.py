@@ -93,6 +93,10 @@ def run_demo(
             n_images=n_images,
             grid=DEMO_GRID if grid else None,
             seed=7,
+            # A short distance puts the crystal's 3 Å limit on this one-module detector,
+            # so the per-image resolution estimate has something to find.
+            d_min_true=3.0,
+            detector_distance_mm=50.0,
         )
         collection_id = int(time.time() * 1000) % 1_000_000_000
         event = demo_event(synthetic.master_file, collection_id, DEMO_GRID if grid else None)

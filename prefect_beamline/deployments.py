@@ -68,13 +68,12 @@ def read_deployment_specs(path: Path) -> list[DeploymentSpec]:
 
 def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
     """A deployment `prefect.serve` can run, with the spec's triggers as automations."""
-    flow = load_flow_from_entrypoint(spec.entrypoint)
-    assert isinstance(flow, Flow)
-    triggers = []
+    flow: Flow[..., Any] = load_flow_from_entrypoint(spec.entrypoint)
+    triggers: list[Any] = []
     for index, trigger in enumerate(spec.triggers, start=1):
         trigger = {"name": f"{spec.name}__automation_{index}", **trigger}
         triggers.append(_TRIGGERS.validate_python(trigger))
-    return flow.to_deployment(
+    deployment = flow.to_deployment(
         name=spec.name,
         description=spec.description or None,
         tags=spec.tags,
@@ -82,6 +81,8 @@ def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         triggers=triggers,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    assert isinstance(deployment, RunnerDeployment)
+    return deployment
 
 
 def load_runner_deployments(

@@ -1,8 +1,12 @@
 """Shared fixtures: an empty LIMS database on SQLite and on every configured server.
 
-PostgreSQL and MariaDB cases run when PREFECT_BEAMLINE_TEST_POSTGRES_URL /
-PREFECT_BEAMLINE_TEST_MARIADB_URL name a server (CI sets both); each test gets its own
-schema or database, dropped afterwards, so tests never see each other's rows.
+`lims_url` runs a test once per database kind: "sqlite" (a file in tmp_path),
+"postgresql" and "mariadb". The server cases run when PREFECT_BEAMLINE_TEST_POSTGRES_URL /
+PREFECT_BEAMLINE_TEST_MARIADB_URL name a server (CI sets both) and are skipped only when
+the variable is unset: a configured server that is down fails the test. Each test gets
+its own PostgreSQL schema or MariaDB database, dropped afterwards, so tests running in
+parallel never see each other's rows. Server cases carry the `database` marker
+(`-m "not database"` runs SQLite only).
 """
 
 from __future__ import annotations
@@ -15,44 +19,54 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from prefect_beamline.lims import Lims
 
-SERVERS = {
+LIMS_DATABASES = ("sqlite", "postgresql", "mariadb")
+SERVER_URL_VARIABLES = {
     "postgresql": "PREFECT_BEAMLINE_TEST_POSTGRES_URL",
     "mariadb": "PREFECT_BEAMLINE_TEST_MARIADB_URL",
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("lims_url") in SERVER_URL_VARIABLES:
+            item.add_marker(pytest.mark.database)
+
+
 def _server_database(kind: str) -> Iterator[str]:
-    variable = SERVERS[kind]
+    """URL of a fresh, empty schema (PostgreSQL) or database (MariaDB), dropped afterwards."""
+    variable = SERVER_URL_VARIABLES[kind]
     base_url = os.environ.get(variable)
     if not base_url:
         pytest.skip(f"{variable} is not set: no {kind} server configured")
-    name = f"lims_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    name = f"lims_test_{uuid.uuid4().hex[:16]}"
     url = make_url(base_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     if kind == "postgresql":
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{name}"'))
+        create, drop = f'CREATE SCHEMA "{name}"', f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
         test_url = url.update_query_dict({"options": f"-csearch_path={name}"})
-        drop = f'DROP SCHEMA "{name}" CASCADE'
     else:
-        with admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE `{name}`"))
+        create, drop = f"CREATE DATABASE `{name}`", f"DROP DATABASE IF EXISTS `{name}`"
         test_url = url.set(database=name)
-        drop = f"DROP DATABASE `{name}`"
     try:
-        yield test_url.render_as_string(hide_password=False)
-    finally:
         with admin.connect() as connection:
-            connection.execute(text(drop))
+            connection.execute(text(create))
+        try:
+            yield test_url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(drop))
+    finally:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+@pytest.fixture(params=LIMS_DATABASES)
 def lims_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """URL of an empty database of each kind."""
+    """SQLAlchemy URL of an empty database of each kind (no tables yet)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'lims.db'}"
         return
@@ -61,8 +75,8 @@ def lims_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def lims(lims_url: str) -> Iterator[Lims]:
-    """A Lims with its schema created, on each kind of database."""
+    """A `Lims` with its schema created, on each kind of database."""
     client = Lims(lims_url)
     client.create_schema()
     yield client
-    client.engine.dispose()
+    client.close()

@@ -8,9 +8,8 @@ arrays in the same order of operations as the kernel; components by `ndimage.lab
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
 from prefect_beamline.ext.spotfind import DispersionParameters
+from scipy import ndimage
 
 
 def window_sums(

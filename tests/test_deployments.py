@@ -52,7 +52,7 @@ def test_runner_deployments_carry_triggers_and_module_entrypoints() -> None:
     deployments = load_runner_deployments(REPOSITORY / "prefect.yaml")
     by_name = {d.name: d for d in deployments}
     rotation = by_name["mx-rotation"]
-    assert rotation.entrypoint == "prefect_beamline.flows.mx:process_mx"
+    assert rotation.entrypoint == "prefect_beamline.flows.mx.process_mx"  # module path
     assert len(rotation.triggers) == 1
     assert rotation.triggers[0].parameters is not None
     assert "collection_id" in rotation.triggers[0].parameters

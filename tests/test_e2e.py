@@ -7,6 +7,7 @@ by the tests of this module; each test uses its own collection id.
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import json
 import subprocess
@@ -23,7 +24,6 @@ from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridSc
 from prefect_beamline.lims import Lims
 from prefect_beamline.runs import (
     TERMINAL_STATES,
-    start_rerun,
     wait_for_new_flow_run,
     wait_for_state,
 )
@@ -176,22 +176,21 @@ def test_manual_rerun_is_a_new_job_recorded_as_manual(stack: LocalStack, tmp_pat
     collection_id = next(_collection_ids)
     synthetic = write_mx_collection(tmp_path / "data", n_images=4, seed=11)
     announce(stack.gateway_url, stack.gateway_token, synthetic.master_file, collection_id)
-    first = run_to_completion(stack, "mx-processing/mx-rotation", collection_id, set())
+    run_to_completion(stack, "mx-processing/mx-rotation", collection_id, set())
 
-    rerun = start_rerun(
-        stack.api_url,
-        "mx-processing/mx-rotation",
-        collection_id,
-        {"sigma_strong": 4.5},
-        who="tester",
+    # What an engineer types; the deployment is found from the collection in the LIMS.
+    done = subprocess.run(
+        cli("rerun", str(collection_id), "--set", "sigma_strong=4.5", "--wait", "--timeout", "180"),
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
-    final = wait_for_state(stack.api_url, rerun.id, TERMINAL_STATES, RUN_TIMEOUT_S)
-    assert final.state == "COMPLETED", stack.logs()
-    assert final.id != first
-
+    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
+    assert "mx-processing/mx-rotation" in done.stdout and "COMPLETED" in done.stdout
     jobs = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"]).jobs_for_collection(collection_id)
     assert [j.automatic for j in jobs] == [True, False]
-    assert jobs[1].triggered_by == "cli:tester"
+    assert jobs[1].triggered_by == f"cli:{getpass.getuser()}"
     assert jobs[1].parameters["sigma_strong"] == 4.5
     assert jobs[0].parameters["sigma_strong"] == 3.0
     assert jobs[1].n_image_quality_rows == 4

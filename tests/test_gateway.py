@@ -1,26 +1,29 @@
-"""The gateway refuses bad input with a status naming the problem, and stores what it
+"""The gateway refuses bad input with a status naming the problem, and commits what it
 accepts exactly once, before it answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind, Technique
 from prefect_beamline.gateway.auth import SIGNATURE_HEADER, body_signature
-from prefect_beamline.gateway.outbox import Outbox
-from prefect_beamline.gateway.server import app_from_settings
-from prefect_beamline.lims import Lims
+from prefect_beamline.gateway.outbox import Outbox, StoredEvent
+from prefect_beamline.gateway.server import create_app
 from prefect_beamline.settings import BeamlineSettings
 
 TOKEN = "daq-token"
 SECRET = "hmac-secret"
 CLOSED_PORT_API = "http://127.0.0.1:9/api"  # nothing listens: events stay pending
+LIMIT = 4096
 
 
 def event_body(**changes: Any) -> dict[str, Any]:
@@ -38,58 +41,133 @@ def event_body(**changes: Any) -> dict[str, Any]:
     return body
 
 
+def no_lookup(dcid: int) -> None:
+    return None
+
+
+def make_settings(tmp_path: Path, **changes: Any) -> BeamlineSettings:
+    values: dict[str, Any] = {
+        "home": tmp_path,
+        "gateway_token": TOKEN,
+        "gateway_max_body_bytes": LIMIT,
+    }
+    values.update(changes)
+    return BeamlineSettings(**values)
+
+
+def make_app(settings: BeamlineSettings, **options: Any) -> FastAPI:
+    options.setdefault("lookup", no_lookup)
+    return create_app(settings, api_url=CLOSED_PORT_API, **options)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> BeamlineSettings:
-    return BeamlineSettings(
-        home=tmp_path, gateway_token=TOKEN, gateway_max_body_bytes=4096
-    )  # type: ignore[call-arg]
+    return make_settings(tmp_path)
 
 
 @pytest.fixture
 def client(settings: BeamlineSettings) -> Iterator[TestClient]:
-    with TestClient(app_from_settings(settings, api_url=CLOSED_PORT_API)) as test_client:
+    with TestClient(make_app(settings)) as test_client:
         yield test_client
 
 
-def post(client: TestClient, body: bytes | dict[str, Any], path: str = "/api/v1/collections",
-         headers: dict[str, str] | None = None) -> Any:
+def post(
+    client: TestClient,
+    body: bytes | dict[str, Any],
+    path: str = "/api/v1/collections",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     all_headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     all_headers.update(headers or {})
     return client.post(path, content=content, headers=all_headers)
 
 
-def stored(settings: BeamlineSettings) -> list[Any]:
+def stored(settings: BeamlineSettings) -> list[StoredEvent]:
     """The outbox as a fresh connection sees it (what survives a crash)."""
-    return Outbox(settings.resolved_outbox_url).list()
+    outbox = Outbox(settings.resolved_outbox_url)
+    try:
+        return outbox.list()
+    finally:
+        outbox.close()
 
 
-def test_accepted_event_is_stored_before_the_answer(
-    client: TestClient, settings: BeamlineSettings
+def test_accepted_event_is_committed_before_the_answer_starts(
+    settings: BeamlineSettings,
 ) -> None:
-    response = post(client, event_body())
+    app = make_app(settings)
+    seen_at_answer: list[list[str]] = []
+
+    async def watching(scope: Any, receive: Any, send: Any) -> None:
+        async def send_after_checking(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and scope["path"].startswith("/api"):
+                seen_at_answer.append([row.event_id for row in stored(settings)])
+            await send(message)
+
+        await app(scope, receive, send_after_checking)
+
+    with TestClient(watching) as client:
+        response = post(client, event_body())
     assert response.status_code == 202
     answer = response.json()
-    assert answer["status"] == "accepted"
-    rows = stored(settings)
-    assert [r.event_id for r in rows] == ["i03-0042-end"]
-    assert rows[0].status == "pending" and rows[0].sequence == answer["sequence"]
-    assert answer["prefect_event_id"] == str(rows[0].event.prefect_event_id)
+    assert answer["status"] == "accepted" and answer["event_id"] == "i03-0042-end"
+    assert seen_at_answer == [["i03-0042-end"]]
+    (row,) = stored(settings)
+    assert row.sequence == answer["sequence"]
+    assert answer["prefect_event_id"] == str(row.event.prefect_event_id)
+    assert row.raw_body == json.dumps(event_body()).encode()
 
 
-def test_duplicate_delivery_is_accepted_once(client: TestClient, settings: BeamlineSettings) -> None:
+def test_duplicate_delivery_is_accepted_once(
+    client: TestClient, settings: BeamlineSettings
+) -> None:
     first = post(client, event_body())
-    again = post(client, event_body())
+    again = post(client, event_body(beamline="i04"))
     assert first.status_code == 202
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert again.json()["sequence"] == first.json()["sequence"]
+    (row,) = stored(settings)
+    assert row.event.beamline == "i03"
+
+
+def test_concurrent_duplicate_deliveries_store_one_row(settings: BeamlineSettings) -> None:
+    app = make_app(settings)
+    body = json.dumps(event_body()).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def deliver_many() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/api/v1/collections", content=body, headers=headers)
+                    for _ in range(8)
+                )
+            )
+
+    responses = asyncio.run(deliver_many())
+    statuses = sorted(r.json()["status"] for r in responses)
+    assert statuses == ["accepted"] + ["duplicate"] * 7
+    assert len({r.json()["sequence"] for r in responses}) == 1
     assert len(stored(settings)) == 1
 
 
-def test_bad_json_is_400_and_nothing_stored(client: TestClient, settings: BeamlineSettings) -> None:
+def test_bad_json_is_400_naming_the_position(
+    client: TestClient, settings: BeamlineSettings
+) -> None:
     response = post(client, b'{"event_id": "x", ')
     assert response.status_code == 400
-    assert "not valid JSON" in response.json()["detail"]
+    assert "line 1 column 19" in response.json()["detail"]
+    assert stored(settings) == []
+
+
+@pytest.mark.parametrize("body", [b"", b"\xff\xfe{", b'{"collection_id": NaN}'])
+def test_empty_undecodable_or_nan_body_is_400(
+    client: TestClient, settings: BeamlineSettings, body: bytes
+) -> None:
+    response = post(client, body)
+    assert response.status_code == 400, response.text
+    assert "JSON" in response.json()["detail"]
     assert stored(settings) == []
 
 
@@ -99,137 +177,120 @@ def test_missing_field_is_422_naming_it(client: TestClient, settings: BeamlineSe
     response = post(client, body)
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["detail"]] == ["collection_id"]
+    assert response.json()["message"].startswith("collection_id: Field required")
     assert stored(settings) == []
 
 
-def test_wrong_field_value_is_422_naming_it(client: TestClient) -> None:
-    response = post(client, event_body(data_files=["relative/path.h5"]))
+def test_wrong_values_are_422_naming_each_field(client: TestClient) -> None:
+    response = post(client, event_body(technique="xrf", grid={"steps_x": 0}))
+    fields = {e["field"] for e in response.json()["detail"]}
     assert response.status_code == 422
-    assert "absolute" in json.dumps(response.json()["detail"])
-    response = post(client, event_body(technique="xrf"))
-    assert response.json()["detail"][0]["field"] == "technique"
+    assert {"technique", "grid.steps_x", "grid.steps_y"} <= fields
+    relative = post(client, event_body(data_files=["relative/path.h5"]))
+    assert relative.status_code == 422 and "relative/path.h5" in relative.json()["message"]
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic abc", "Bearer"])
-def test_wrong_or_missing_token_is_401(
+def test_json_that_is_not_an_object_is_422(client: TestClient) -> None:
+    response = post(client, b"[1, 2]")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "(body)"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic abc", "Bearer "])
+def test_wrong_or_missing_token_is_401_and_stores_nothing(
     client: TestClient, settings: BeamlineSettings, authorization: str | None
 ) -> None:
-    headers = {"Content-Type": "application/json"}
-    if authorization is not None:
-        headers["Authorization"] = authorization
+    headers = {} if authorization is None else {"Authorization": authorization}
     response = client.post("/api/v1/collections", content=json.dumps(event_body()), headers=headers)
     assert response.status_code == 401
-    assert stored(settings) == []
-
-
-def test_oversized_body_is_413(client: TestClient, settings: BeamlineSettings) -> None:
-    response = post(client, event_body(processing_parameters={"note": "x" * 5000}))
-    assert response.status_code == 413
-    assert "4096" in response.json()["detail"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert "token" in response.json()["detail"]
     assert stored(settings) == []
 
 
 def test_signature_is_required_and_checked(tmp_path: Path) -> None:
-    settings = BeamlineSettings(
-        home=tmp_path, gateway_token=TOKEN, gateway_hmac_secret=SECRET
-    )  # type: ignore[call-arg]
+    settings = make_settings(tmp_path, gateway_hmac_secret=SECRET)
     body = json.dumps(event_body()).encode()
-    with TestClient(app_from_settings(settings, api_url=CLOSED_PORT_API)) as client:
-        assert post(client, body).status_code == 401
+    with TestClient(make_app(settings)) as client:
+        missing = post(client, body)
         bad = post(client, body, headers={SIGNATURE_HEADER: body_signature(b"other", SECRET)})
-        assert bad.status_code == 401 and "does not match" in bad.json()["detail"]
+        assert stored(settings) == []
         good = post(client, body, headers={SIGNATURE_HEADER: body_signature(body, SECRET)})
-        assert good.status_code == 202
+    assert missing.status_code == 401 and SIGNATURE_HEADER in missing.json()["detail"]
+    assert bad.status_code == 401 and "does not match" in bad.json()["detail"]
+    assert good.status_code == 202
     assert len(stored(settings)) == 1
 
 
-def test_health_reports_backlog_and_openapi_is_served(client: TestClient) -> None:
-    post(client, event_body())
-    health = client.get("/health").json()
-    assert health["status"] == "ok" and health["pending"] >= 0
-    schema = client.get("/openapi.json").json()
-    assert {"/api/v1/collections", "/api/v1/zocalo", "/api/v1/bluesky"} <= set(schema["paths"])
+def test_signature_alone_authenticates_without_a_token(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, gateway_token=None, gateway_hmac_secret=SECRET)
+    body = json.dumps(event_body()).encode()
+    signature = body_signature(body, SECRET).upper().replace("SHA256=", "sha256=")
+    with TestClient(make_app(settings)) as client:
+        response = client.post(
+            "/api/v1/collections", content=body, headers={SIGNATURE_HEADER: signature}
+        )
+    assert response.status_code == 202
 
 
-def test_zocalo_message_is_resolved_through_the_lims(
+def test_declared_oversized_body_is_413(client: TestClient, settings: BeamlineSettings) -> None:
+    response = post(client, event_body(processing_parameters={"note": "x" * LIMIT}))
+    assert response.status_code == 413
+    assert str(LIMIT) in response.json()["detail"]
+    assert stored(settings) == []
+
+
+def test_oversized_body_without_content_length_is_413(
     client: TestClient, settings: BeamlineSettings
 ) -> None:
-    Lims(settings.resolved_lims_url).record_data_collection(
-        CollectionEvent.model_validate(event_body(collection_id=1234, kind="started"))
+    body = json.dumps(event_body(processing_parameters={"note": "x" * LIMIT})).encode()
+    chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))  # chunked: no length
+    response = client.post(
+        "/api/v1/collections", content=chunks, headers={"Authorization": f"Bearer {TOKEN}"}
     )
-    message = {"recipes": ["mimas"], "parameters": {"ispyb_dcid": 1234, "event": "end"}}
-    response = post(client, message, "/api/v1/zocalo")
-    assert response.status_code == 202, response.text
-    event = stored(settings)[0].event
-    assert event.kind == CollectionEventKind.finished
-    assert event.technique == Technique.mx and event.experiment_type == "rotation"
-    assert event.data_files == ["/data/i03/xtal_1_master.h5"]
-    assert event.source == "zocalo" and event.event_id == "zocalo-1234-end"
+    assert response.status_code == 413
+    assert stored(settings) == []
 
 
-def test_zocalo_message_with_unknown_collection_names_it(client: TestClient) -> None:
-    message = {"recipes": [], "parameters": {"ispyb_dcid": 999, "event": "start"}}
-    response = post(client, message, "/api/v1/zocalo")
-    assert response.status_code == 404
-    assert "999" in response.json()["detail"]
+def test_outbox_that_cannot_be_written_is_503_never_202(settings: BeamlineSettings) -> None:
+    app = make_app(settings)
+
+    def broken_add(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    app.state.outbox.add = broken_add
+    with TestClient(app) as client:
+        response = post(client, event_body())
+    assert response.status_code == 503 and "retry" in response.json()["detail"]
 
 
-def test_zocalo_message_missing_dcid_is_422(client: TestClient) -> None:
-    response = post(client, {"recipes": [], "parameters": {"event": "start"}}, "/api/v1/zocalo")
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["field"] == "parameters.ispyb_dcid"
+def test_health_reports_backlog_and_an_unreachable_prefect(client: TestClient) -> None:
+    post(client, event_body())
+    health = client.get("/health")
+    assert health.status_code == 200
+    report = health.json()
+    assert report["status"] == "ok" and report["pending"] == 1
+    assert report["outbox"]["failed"] == 0
+    assert report["prefect_reachable"] is False
+    assert report["prefect_api_url"] == CLOSED_PORT_API
 
 
-def bluesky_start(uid: str = "run-1") -> dict[str, Any]:
-    return {
-        "name": "start",
-        "doc": {
-            "uid": uid,
-            "time": 1.0,
-            "technique": "mx",
-            "experiment_type": "rotation",
-            "beamline": "i04",
-            "visit": "mx999-2",
-            "data_collection_id": 77,
-            "data_files": "/data/i04/x_master.h5",
-            "processing": {"sigma_strong": 4.0},
-        },
-    }
+def test_outbox_listing_needs_the_token_and_filters_by_status(client: TestClient) -> None:
+    post(client, event_body())
+    assert client.get("/api/v1/outbox").status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    pending = client.get("/api/v1/outbox", params={"status": "pending"}, headers=auth).json()
+    assert [row["event_id"] for row in pending] == ["i03-0042-end"]
+    assert client.get("/api/v1/outbox", params={"status": "emitted"}, headers=auth).json() == []
+    unknown = client.get("/api/v1/outbox", params={"status": "done"}, headers=auth)
+    assert unknown.status_code == 422
 
 
-def test_bluesky_start_and_stop_map_to_started_and_finished(
-    client: TestClient, settings: BeamlineSettings
-) -> None:
-    assert post(client, bluesky_start(), "/api/v1/bluesky").status_code == 202
-    stop = {"name": "stop", "doc": {"uid": "stop-1", "run_start": "run-1", "exit_status": "success"}}
-    assert post(client, stop, "/api/v1/bluesky").status_code == 202
-    started, finished = (row.event for row in stored(settings))
-    assert started.kind == CollectionEventKind.started
-    assert finished.kind == CollectionEventKind.finished
-    assert finished.collection_id == 77 and finished.beamline == "i04"
-    assert finished.processing_parameters == {"sigma_strong": 4.0}
-
-
-def test_bluesky_stop_without_start_is_409(client: TestClient) -> None:
-    stop = {"name": "stop", "doc": {"uid": "s", "run_start": "never-seen"}}
-    response = post(client, stop, "/api/v1/bluesky")
-    assert response.status_code == 409
-    assert "never-seen" in response.json()["detail"]
-
-
-def test_bluesky_start_missing_metadata_is_named(client: TestClient) -> None:
-    document = bluesky_start()
-    del document["doc"]["data_collection_id"]
-    response = post(client, document, "/api/v1/bluesky")
-    assert response.status_code == 422
-    assert "doc.data_collection_id" in response.json()["detail"]
-
-
-def test_aborted_bluesky_run_is_kept_but_not_processed(
-    client: TestClient, settings: BeamlineSettings
-) -> None:
-    post(client, bluesky_start(), "/api/v1/bluesky")
-    stop = {"name": "stop", "doc": {"uid": "stop-1", "run_start": "run-1", "exit_status": "abort"}}
-    response = post(client, stop, "/api/v1/bluesky")
-    assert response.json()["status"] == "skipped"
-    assert [r.status for r in stored(settings)] == ["pending", "skipped"]
+def test_openapi_documents_every_endpoint_and_its_body(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/v1/collections", "/api/v1/zocalo", "/api/v1/bluesky"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"], path
+        assert {"202", "400", "401", "413", "422"} <= set(paths[path]["post"]["responses"])
+    assert {"/health", "/api/v1/outbox"} <= set(paths)
+    assert client.get("/docs").status_code == 200

@@ -1,160 +1,553 @@
-"""The LIMS writer on SQLite, PostgreSQL and MariaDB: round trips and idempotency."""
+"""The LIMS writer on SQLite, PostgreSQL and MariaDB: round trips, idempotency, races."""
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
+import pymysql
 import pytest
+from sqlalchemy import func, inspect, select, update
+from sqlalchemy.exc import OperationalError
 
-from prefect_beamline.blocks.lims import LimsDatabase
 from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, Technique
-from prefect_beamline.lims import GridResult, ImageQuality, Lims
-from prefect_beamline.lims.schema import DataCollectionGroup
-from prefect_beamline.lims.writer import event_experiment_type, split_visit
+from prefect_beamline.lims import GridResult, ImageQuality, Lims, writer
+from prefect_beamline.lims.schema import (
+    EXPERIMENT_TYPES,
+    AutoProcProgram,
+    AutoProcProgramAttachment,
+    Base,
+    BLSession,
+    DataCollection,
+    DataCollectionGroup,
+    GridInfo,
+    ImageQualityIndicators,
+    ProcessingJob,
+    ProcessingJobParameter,
+    Proposal,
+    ispyb_experiment_type,
+    technique_for_experiment_type,
+)
+from prefect_beamline.lims.writer import join_visit, split_visit
+
+T = TypeVar("T")
+DC = 42
+MASTER = "/data/i03/mx12345-3/xtal_1_master.h5"
 
 
-def collection_event(collection_id: int = 42, grid: GridScan | None = None) -> CollectionEvent:
+def collection_event(
+    collection_id: int = DC,
+    *,
+    kind: CollectionEventKind = CollectionEventKind.finished,
+    grid: GridScan | None = None,
+    visit: str = "mx12345-3",
+    beamline: str = "i03",
+    technique: Technique = Technique.mx,
+    experiment_type: str | None = None,
+    data_file: str = MASTER,
+) -> CollectionEvent:
     return CollectionEvent(
-        event_id=f"evt-{collection_id}",
-        kind=CollectionEventKind.finished,
-        technique=Technique.mx,
-        experiment_type="gridscan" if grid else "rotation",
-        beamline="i03",
-        visit="mx12345-3",
+        event_id=f"evt-{collection_id}-{kind.value}",
+        kind=kind,
+        technique=technique,
+        experiment_type=experiment_type or ("gridscan" if grid else "rotation"),
+        beamline=beamline,
+        visit=visit,
         collection_id=collection_id,
-        data_files=["/data/i03/mx12345-3/xtal_1_master.h5"],
+        data_files=[data_file],
         image_range=(1, 3600) if grid is None else None,
         grid=grid,
     )
 
 
-def new_job(lims: Lims, run_key: str = "run-1", automatic: bool = True) -> tuple[int, int]:
+def new_job(lims: Lims, run_key: str = "run-1", *, automatic: bool = True) -> int:
     lims.record_data_collection(collection_event())
-    job = lims.record_processing_job(
-        data_collection_id=42,
+    return lims.record_processing_job(
+        data_collection_id=DC,
         recipe="mx-rotation",
-        display_name="mx-rotation (run)",
+        display_name=f"mx-rotation ({run_key})",
         automatic=automatic,
         triggered_by="automation:evt-42" if automatic else "cli:alice",
         parameters={"sigma_strong": 3.0, "images_per_chunk": 10},
         run_key=run_key,
     )
-    program = lims.start_program(
-        processing_job_id=job, programs="spot finding", command_line="cmd", environment="env"
+
+
+def start(lims: Lims, job_id: int) -> int:
+    return lims.start_program(
+        processing_job_id=job_id, programs="spot finding", command_line="cmd", environment="env"
     )
-    return job, program
+
+
+def new_program(lims: Lims, run_key: str = "run-1") -> int:
+    return start(lims, new_job(lims, run_key))
+
+
+def count(lims: Lims, table: type[Base]) -> int:
+    with lims.engine.connect() as connection:
+        return int(connection.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def all_at_once(n_threads: int, call: Callable[[], T]) -> list[T]:
+    """Run `call` on n threads released together, to make their transactions race."""
+    barrier = threading.Barrier(n_threads)
+
+    def run() -> T:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        return list(pool.map(lambda _: run(), range(n_threads)))
+
+
+# -- schema and collections ---------------------------------------------------------------
 
 
 def test_schema_creation_is_repeatable(lims: Lims) -> None:
     lims.create_schema()
     lims.create_schema()
-    assert lims.get_collection(1) is None
+    tables = set(inspect(lims.engine).get_table_names())
+    assert {"Proposal", "BLSession", "DataCollection", "ImageQualityIndicators"} <= tables
+    assert "XrayCentringResult" in tables
+
+
+def test_racing_schema_creations_all_succeed(lims_url: str) -> None:
+    lims = Lims(lims_url)
+    all_at_once(4, lims.create_schema)
+    assert "ImageQualityIndicators" in inspect(lims.engine).get_table_names()
+    lims.close()
+
+
+def test_unknown_collection_is_none(lims: Lims) -> None:
+    assert lims.get_collection(123456) is None
 
 
 def test_rotation_collection_round_trips(lims: Lims) -> None:
     event = collection_event()
-    assert lims.record_data_collection(event) == 42
-    assert lims.record_data_collection(event) == 42
-    described = lims.get_collection(42)
+    assert lims.record_data_collection(event) == DC
+    described = lims.get_collection(DC)
     assert described is not None
-    assert described.data_files == event.data_files
+    assert described.data_files == [MASTER]
     assert (described.beamline, described.visit) == ("i03", "mx12345-3")
     assert (described.technique, described.experiment_type) == (Technique.mx, "rotation")
     assert described.image_range == (1, 3600)
     assert described.grid is None
 
 
+def test_recording_a_collection_again_adds_no_rows(lims: Lims) -> None:
+    started = collection_event(kind=CollectionEventKind.started)
+    for event in (started, started, collection_event(), collection_event()):
+        lims.record_data_collection(event)
+    tables = (Proposal, BLSession, DataCollectionGroup, DataCollection)
+    assert [count(lims, table) for table in tables] == [1, 1, 1, 1]
+
+
+def test_collection_is_stored_in_ispyb_columns(lims: Lims) -> None:
+    lims.record_data_collection(collection_event(kind=CollectionEventKind.started))
+    lims.record_data_collection(collection_event())
+    with lims.engine.connect() as connection:
+        row = connection.execute(select(DataCollection.__table__)).one()
+        experiment_type = connection.scalar(select(DataCollectionGroup.experimentType))
+        proposal = connection.execute(select(Proposal.__table__)).one()
+        visit_number = connection.scalar(select(BLSession.visit_number))
+    assert (row.imageDirectory, row.fileTemplate) == ("/data/i03/mx12345-3/", "xtal_1_master.h5")
+    assert (row.imagePrefix, row.imageSuffix) == ("xtal_1", "h5")
+    assert (row.startImageNumber, row.numberOfImages) == (1, 3600)
+    assert experiment_type == "OSC"
+    assert (proposal.proposalCode, proposal.proposalNumber, visit_number) == ("mx", "12345", 3)
+    assert row.runStatus == "DataCollection Successful"
+    assert row.startTime is not None and row.endTime is not None
+
+
 def test_grid_scan_round_trips_with_grid_info(lims: Lims) -> None:
     grid = GridScan(steps_x=12, steps_y=8, dx_um=20.0, dy_um=25.0, snaked=True)
-    lims.record_data_collection(collection_event(7, grid))
-    lims.record_data_collection(collection_event(7, grid))
+    lims.record_data_collection(collection_event(7, grid=grid))
+    lims.record_data_collection(collection_event(7, grid=grid))
     described = lims.get_collection(7)
     assert described is not None
-    assert described.experiment_type == "gridscan"
+    assert (described.technique, described.experiment_type) == (Technique.mx, "gridscan")
     assert described.grid == grid
+    assert count(lims, GridInfo) == 1
+    with lims.engine.connect() as connection:
+        row = connection.execute(select(GridInfo)).one()
+    assert (row.steps_x, row.steps_y, row.dx_mm, row.snaked) == (12, 8, 0.02, True)
+    assert row.dataCollectionId == 7 and row.dataCollectionGroupId is not None
 
 
-def test_same_run_key_is_one_job_and_a_rerun_is_another(lims: Lims) -> None:
-    first, program = new_job(lims, "run-1")
-    again, program_again = new_job(lims, "run-1")
-    rerun, rerun_program = new_job(lims, "run-2", automatic=False)
-    assert first == again and program == program_again
-    assert rerun != first and rerun_program != program
-    jobs = lims.jobs_for_collection(42)
-    assert [j.automatic for j in jobs] == [True, False]
-    assert jobs[1].triggered_by == "cli:alice"
-    assert jobs[0].parameters == {"sigma_strong": 3.0, "images_per_chunk": 10}
+def test_visit_that_does_not_parse_is_kept_whole(lims: Lims) -> None:
+    lims.record_data_collection(collection_event(visit="IH-MX-2532"))
+    described = lims.get_collection(DC)
+    assert described is not None and described.visit == "IH-MX-2532"
 
 
-def test_program_status_goes_from_running_to_done(lims: Lims) -> None:
-    _, program = new_job(lims)
-    assert lims.jobs_for_collection(42)[0].program_status == "running"
+def test_visit_on_another_beamline_is_rejected_naming_both(lims: Lims) -> None:
+    lims.record_data_collection(collection_event(1))
+    with pytest.raises(ValueError, match=r"'mx12345-3' is on beamline 'i03'.*'i04'"):
+        lims.record_data_collection(collection_event(2, beamline="i04"))
+    assert lims.get_collection(2) is None
+
+
+def test_unmapped_experiment_type_in_the_database_is_named(lims: Lims) -> None:
+    lims.record_data_collection(collection_event())
+    with lims.engine.begin() as connection:
+        connection.execute(update(DataCollectionGroup).values(experimentType="Energy scan"))
+    with pytest.raises(ValueError, match="experimentType 'Energy scan' is not mapped"):
+        lims.get_collection(DC)
+
+
+def test_unmapped_experiment_type_of_an_event_is_named(lims: Lims) -> None:
+    with pytest.raises(ValueError, match="'mx' with experiment_type 'helical'"):
+        lims.record_data_collection(collection_event(experiment_type="helical"))
+    assert count(lims, DataCollection) == 0
+
+
+def test_data_path_longer_than_ispyb_holds_is_rejected(lims: Lims) -> None:
+    deep = "/data/" + "d" * 260 + "/xtal_master.h5"
+    with pytest.raises(ValueError, match=r"DataCollection.imageDirectory is \d+ characters"):
+        lims.record_data_collection(collection_event(data_file=deep))
+
+
+# -- processing jobs and programs ---------------------------------------------------------
+
+
+def test_same_run_key_gives_one_job(lims: Lims) -> None:
+    first = new_job(lims, "run-1")
+    assert new_job(lims, "run-1") == first
+    assert count(lims, ProcessingJob) == 1
+    assert count(lims, ProcessingJobParameter) == 4  # 2 parameters, triggered_by, run key
+
+
+def test_new_run_key_is_a_rerun_with_its_own_job(lims: Lims) -> None:
+    first = new_job(lims, "run-1")
+    rerun = new_job(lims, "run-2", automatic=False)
+    assert rerun != first
+    assert [job.processing_job_id for job in lims.jobs_for_collection(DC)] == [first, rerun]
+
+
+def test_racing_retries_of_one_run_record_one_job(lims: Lims) -> None:
+    lims.record_data_collection(collection_event())
+    job_ids = all_at_once(4, lambda: new_job(lims, "run-1"))
+    assert len(set(job_ids)) == 1
+    assert count(lims, ProcessingJob) == 1
+
+
+def test_job_for_unknown_collection_is_rejected(lims: Lims) -> None:
+    with pytest.raises(ValueError, match="DataCollection 999 is not in the LIMS"):
+        lims.record_processing_job(
+            data_collection_id=999,
+            recipe="mx-rotation",
+            display_name="x",
+            automatic=True,
+            triggered_by="automation:e",
+            parameters={},
+            run_key="run-1",
+        )
+
+
+def test_reserved_parameter_name_is_rejected(lims: Lims) -> None:
+    lims.record_data_collection(collection_event())
+    with pytest.raises(ValueError, match="'triggered_by' is reserved"):
+        lims.record_processing_job(
+            data_collection_id=DC,
+            recipe="mx-rotation",
+            display_name="x",
+            automatic=True,
+            triggered_by="automation:e",
+            parameters={"triggered_by": "me"},
+            run_key="run-1",
+        )
+
+
+def test_program_status_goes_queued_running_failed_success(lims: Lims) -> None:
+    job = new_job(lims)
+    assert lims.jobs_for_collection(DC)[0].program_status == "queued"
+    program = start(lims, job)
+    assert lims.jobs_for_collection(DC)[0].program_status == "running"
     lims.finish_program(program, success=False, message="xtal_1_data_000001.h5 is truncated")
-    job = lims.jobs_for_collection(42)[0]
-    assert job.program_status == "failed"
-    assert job.program_message == "xtal_1_data_000001.h5 is truncated"
-    lims.finish_program(program, success=True, message="ok")
-    assert lims.jobs_for_collection(42)[0].program_status == "success"
+    failed = lims.jobs_for_collection(DC)[0]
+    assert (failed.program_status, failed.program_message) == (
+        "failed",
+        "xtal_1_data_000001.h5 is truncated",
+    )
+    assert failed.program_end is not None
+    lims.finish_program(program, success=True, message="8 images analysed")
+    assert lims.jobs_for_collection(DC)[0].program_status == "success"
+
+
+def test_program_status_is_stored_as_ispyb_encodes_it(lims: Lims) -> None:
+    program = new_program(lims)
+
+    def status() -> object:
+        with lims.engine.connect() as connection:
+            return connection.scalar(select(AutoProcProgram.processingStatus))
+
+    assert status() is None
+    lims.finish_program(program, success=False, message="no")
+    assert status() in (False, 0)
+    lims.finish_program(program, success=True, message="yes")
+    assert status() in (True, 1)
+
+
+def test_starting_a_program_again_returns_it_running(lims: Lims) -> None:
+    job = new_job(lims)
+    program = start(lims, job)
+    lims.finish_program(program, success=False, message="worker died")
+    assert start(lims, job) == program
+    assert count(lims, AutoProcProgram) == 1
+    again = lims.jobs_for_collection(DC)[0]
+    assert (again.program_status, again.program_message, again.program_end) == (
+        "running",
+        None,
+        None,
+    )
+
+
+def test_racing_program_starts_give_one_program(lims: Lims) -> None:
+    job = new_job(lims)
+    assert len(set(all_at_once(4, lambda: start(lims, job)))) == 1
+    assert count(lims, AutoProcProgram) == 1
+
+
+def test_finishing_an_unknown_program_names_it(lims: Lims) -> None:
+    with pytest.raises(ValueError, match="AutoProcProgram 31337 does not exist"):
+        lims.finish_program(31337, success=True, message="")
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def quality_rows(numbers: range, spots: int = 3) -> list[ImageQuality]:
+    return [ImageQuality(i, spots * i, float(i * 100), 2.5, n_spots_no_ice=i) for i in numbers]
+
+
+def test_image_quality_rows_round_trip(lims: Lims) -> None:
+    program = new_program(lims)
+    rows = quality_rows(range(1, 11))
+    lims.record_image_quality(program, DC, rows)
+    assert lims.image_quality(program) == rows
 
 
 def test_image_quality_rewrite_updates_without_duplicates(lims: Lims) -> None:
-    _, program = new_job(lims)
-    rows = [ImageQuality(i, i * 2, float(i * 100), 2.5) for i in range(1, 101)]
-    lims.record_image_quality(program, 42, rows)
-    lims.record_image_quality(program, 42, [ImageQuality(5, 99, 1.0, None)])
+    program = new_program(lims)
+    lims.record_image_quality(program, DC, quality_rows(range(1, 101)))
+    changed = ImageQuality(5, 99, 1.0, None)
+    lims.record_image_quality(program, DC, [changed])
     stored = lims.image_quality(program)
-    assert len(stored) == 100
-    assert stored[4] == ImageQuality(5, 99, 1.0, None)
-    assert lims.jobs_for_collection(42)[0].n_image_quality_rows == 100
+    assert len(stored) == 100 and count(lims, ImageQualityIndicators) == 100
+    assert stored[4] == changed
+    assert stored[5] == quality_rows(range(6, 7))[0]
 
 
-def test_concurrent_image_quality_writers_do_not_duplicate(lims: Lims) -> None:
-    _, program = new_job(lims)
-    chunks = [[ImageQuality(i, 1, 1.0, None) for i in range(s, s + 25)] for s in (1, 26, 51, 76)]
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda c: lims.record_image_quality(program, 42, c), chunks + chunks))
-    assert len(lims.image_quality(program)) == 100
+def test_image_quality_repeated_within_one_call_counts_once(lims: Lims) -> None:
+    program = new_program(lims)
+    lims.record_image_quality(program, DC, [ImageQuality(1, 1, 1.0, None)] * 2)
+    lims.record_image_quality(
+        program, DC, [ImageQuality(1, 1, 1.0, None), *quality_rows(range(1, 2))]
+    )
+    assert lims.image_quality(program) == quality_rows(range(1, 2))
 
 
-def test_attachments_are_registered_once(lims: Lims, tmp_path: Path) -> None:
-    _, program = new_job(lims)
+def test_racing_image_quality_writers_do_not_duplicate(lims: Lims) -> None:
+    program = new_program(lims)
+    chunks = [quality_rows(range(start, start + 50)) for start in (1, 26, 51, 76)]
+    turn = iter(range(4))
+    lock = threading.Lock()
+
+    def write_a_chunk() -> None:
+        with lock:
+            chunk = chunks[next(turn)]
+        lims.record_image_quality(program, DC, chunk)
+        lims.record_image_quality(program, DC, chunk)
+
+    all_at_once(4, write_a_chunk)
+    assert [row.image_number for row in lims.image_quality(program)] == list(range(1, 126))
+    assert count(lims, ImageQualityIndicators) == 125
+
+
+def test_thousands_of_image_quality_rows_take_one_quick_call(lims: Lims) -> None:
+    program = new_program(lims)
+    rows = quality_rows(range(1, 5001))
+    began = time.perf_counter()
+    lims.record_image_quality(program, DC, rows)
+    lims.record_image_quality(program, DC, rows)
+    elapsed = time.perf_counter() - began
+    assert count(lims, ImageQualityIndicators) == 5000
+    assert elapsed < 10.0, f"writing 2 x 5000 rows took {elapsed:.1f} s"
+
+
+def test_image_quality_of_another_collection_is_rejected(lims: Lims) -> None:
+    program = new_program(lims)
+    lims.record_data_collection(collection_event(43))
+    with pytest.raises(ValueError, match="processes dataCollectionId 42, not 43"):
+        lims.record_image_quality(program, 43, quality_rows(range(1, 3)))
+
+
+def test_attachments_are_registered_once_per_path(lims: Lims, tmp_path: Path) -> None:
+    program = new_program(lims)
     table = tmp_path / "per_image.csv"
-    first = lims.add_attachment(program, table, "Result", 1)
+    first = lims.add_attachment(program, table, "Result", 2)
     assert lims.add_attachment(program, table, "Result", 1) == first
-    lims.add_attachment(program, tmp_path / "plot.png", "Graph", 2)
-    assert lims.jobs_for_collection(42)[0].attachments == [str(table), str(tmp_path / "plot.png")]
+    lims.add_attachment(program, tmp_path / "plot.png", "Graph")
+    lims.add_attachment(program, tmp_path / "other" / "per_image.csv", "Result")
+    assert count(lims, AutoProcProgramAttachment) == 3
+    assert lims.jobs_for_collection(DC)[0].attachments == [
+        str(table),
+        str(tmp_path / "plot.png"),
+        str(tmp_path / "other" / "per_image.csv"),
+    ]
+    with lims.engine.connect() as connection:
+        ranks = connection.scalars(select(AutoProcProgramAttachment.importanceRank)).all()
+    assert sorted(ranks, key=str) == sorted([1, None, None], key=str)
 
 
-def test_grid_result_is_recorded_once_per_job(lims: Lims) -> None:
-    lims.record_data_collection(collection_event(42, GridScan(steps_x=4, steps_y=3, dx_um=1, dy_um=1)))
-    _, program = new_job(lims)
-    result = GridResult(1.5, 2.0, 1, 1, 2, 3, 57, "success")
-    first = lims.record_grid_result(program, 42, result)
-    assert lims.record_grid_result(program, 42, result) == first
-    grid = lims.jobs_for_collection(42)[0].grid_result
-    assert grid is not None and (grid["x"], grid["y"], grid["max_count"]) == (1.5, 2.0, 57)
+@pytest.mark.parametrize(
+    ("path", "file_type", "error"),
+    [
+        ("/results/a.csv", "Table", "fileType must be one of"),
+        ("results/a.csv", "Result", "must be absolute"),
+    ],
+)
+def test_bad_attachment_is_rejected(lims: Lims, path: str, file_type: str, error: str) -> None:
+    program = new_program(lims)
+    with pytest.raises(ValueError, match=error):
+        lims.add_attachment(program, Path(path), file_type)
 
 
-def test_unmapped_experiment_type_is_named(lims: Lims) -> None:
-    lims.record_data_collection(collection_event())
-    with lims.session() as session, session.begin():
-        group = session.query(DataCollectionGroup).one()
-        group.experimentType = "Energy scan"
-    with pytest.raises(ValueError, match="'Energy scan'"):
-        lims.get_collection(42)
-    with pytest.raises(ValueError, match="'Energy scan'"):
-        event_experiment_type("Energy scan")
+def test_grid_result_is_recorded_once_per_program_and_updated(lims: Lims) -> None:
+    grid = GridScan(steps_x=4, steps_y=3, dx_um=10, dy_um=10)
+    lims.record_data_collection(collection_event(grid=grid))
+    program = start(lims, new_job(lims))
+    first = lims.record_grid_result(program, DC, GridResult(1.5, 2.0, 1, 1, 2, 3, 57))
+    better = GridResult(1.25, 2.0, 1, 1, 2, 2, 60, "success", max_voxel_x=1, total_count=180.0)
+    assert lims.record_grid_result(program, DC, better) == first
+    assert lims.jobs_for_collection(DC)[0].grid_result == better
 
 
-def test_visits_follow_ispyb_or_are_kept_whole() -> None:
-    assert split_visit("mx12345-3") == ("mx", "12345", 3)
-    assert split_visit("IH-MX-2532") == ("IH-MX-2532", "", 0)
+def test_grid_result_status_must_be_ispyb_s() -> None:
+    with pytest.raises(ValueError, match="status must be one of"):
+        GridResult(0, 0, 0, 0, 0, 0, 1, "ok")
 
 
-def test_lims_block_gives_a_working_client(tmp_path: Path) -> None:
-    block = LimsDatabase(url=f"sqlite:///{tmp_path / 'block.db'}")
-    lims = block.get_lims()
+def test_jobs_for_collection_reports_everything(lims: Lims, tmp_path: Path) -> None:
+    lims.record_data_collection(
+        collection_event(grid=GridScan(steps_x=2, steps_y=2, dx_um=5, dy_um=5))
+    )
+    automatic = new_program(lims, "run-1")
+    lims.record_image_quality(automatic, DC, quality_rows(range(1, 5)))
+    lims.add_attachment(automatic, tmp_path / "summary.json", "Result", 1)
+    lims.record_grid_result(automatic, DC, GridResult(0.5, 0.5, 0, 0, 1, 1, 12))
+    lims.finish_program(automatic, success=True, message="4 images analysed")
+    manual = new_job(lims, "run-2", automatic=False)
+
+    first, second = lims.jobs_for_collection(DC)
+    assert (first.automatic, first.triggered_by, first.run_key) == (
+        True,
+        "automation:evt-42",
+        "run-1",
+    )
+    assert first.parameters == {"sigma_strong": 3.0, "images_per_chunk": 10}
+    assert (first.program_id, first.program_status, first.program_message) == (
+        automatic,
+        "success",
+        "4 images analysed",
+    )
+    assert first.attachments == [str(tmp_path / "summary.json")]
+    assert first.results_dir == str(tmp_path)
+    assert first.n_image_quality_rows == 4
+    assert first.grid_result == GridResult(0.5, 0.5, 0, 0, 1, 1, 12)
+    assert first.comments == "automatic, triggered by automation:evt-42"
+    assert (second.processing_job_id, second.automatic, second.triggered_by) == (
+        manual,
+        False,
+        "cli:alice",
+    )
+    assert (second.program_status, second.n_image_quality_rows, second.grid_result) == (
+        "queued",
+        0,
+        None,
+    )
+    assert first.as_dict()["results_dir"] == str(tmp_path)
+
+
+# -- pure mapping -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("visit", "parts"),
+    [
+        ("mx12345-3", ("mx", "12345", 3)),
+        ("cm31105-10", ("cm", "31105", 10)),
+        ("IH-MX-2532", ("IH-MX-2532", "", 0)),
+        ("mx12345", ("mx12345", "", 0)),
+        ("mx12345-01", ("mx12345-01", "", 0)),
+    ],
+)
+def test_visits_split_as_ispyb_stores_them_and_join_back(
+    visit: str, parts: tuple[str, str, int]
+) -> None:
+    assert split_visit(visit) == parts
+    assert join_visit(*parts) == visit
+
+
+def test_every_mapped_experiment_type_round_trips() -> None:
+    for ispyb, technique, experiment_type in EXPERIMENT_TYPES:
+        assert technique_for_experiment_type(ispyb) == (technique, experiment_type)
+        stored = ispyb_experiment_type(technique, experiment_type)
+        assert technique_for_experiment_type(stored) == (technique, experiment_type)
+    assert ispyb_experiment_type(Technique.tomo, "default") == "tomo"  # ISPyB's spelling
+
+
+def flaky(failures: list[Exception]) -> Callable[[], str]:
+    """A call that raises the given driver errors in turn (wrapped as SQLAlchemy does),
+    then succeeds."""
+    calls = iter(failures)
+
+    def call() -> str:
+        driver_error = next(calls, None)
+        if driver_error is not None:
+            raise OperationalError("INSERT ...", {}, driver_error)
+        return "done"
+
+    return call
+
+
+def test_locked_database_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer, "_FIRST_BACKOFF_S", 0.001)
+    deadlock = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+    retried = writer._retrying(flaky([sqlite3.OperationalError("database is locked"), deadlock]))
+    assert retried() == "done"
+
+
+def test_other_database_errors_are_not_retried() -> None:
+    missing = sqlite3.OperationalError("no such table: DataCollection")
+    retried = writer._retrying(flaky([missing]))  # a retry would return "done"
+    with pytest.raises(OperationalError, match="no such table"):
+        retried()
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def _write_in_another_process(lims: Lims, program: int, numbers: Sequence[int]) -> int:
+    lims.record_image_quality(program, DC, quality_rows(range(numbers[0], numbers[-1] + 1)))
+    return len(lims.image_quality(program))
+
+
+def test_processes_share_one_sqlite_file(tmp_path: Path) -> None:
+    lims = Lims(f"sqlite:///{tmp_path / 'shared' / 'lims.db'}")
     lims.create_schema()
-    assert lims.get_collection(1) is None
-    assert "block.db" not in repr(block)  # the URL is a secret
+    program = new_program(lims)
+    chunks: list[Any] = [range(1, 301), range(201, 501), range(401, 701)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        pool.starmap(_write_in_another_process, [(lims, program, c) for c in chunks])
+    assert pickle.loads(pickle.dumps(lims)).url == lims.url
+    assert count(lims, ImageQualityIndicators) == 700
+    lims.close()

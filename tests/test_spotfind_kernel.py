@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from prefect_beamline.ext.spotfind import DispersionParameters, dispersion_threshold, find_spots
+
 from tests.spotfind_reference import reference_spots, reference_threshold
 
 DTYPES = [np.uint16, np.uint32, np.int32, np.float32]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from prefect_beamline.events import GridScan
 
@@ -75,6 +74,8 @@ def find_grid_centre(
     count around the best point; its count-weighted centre of mass and bounding box are
     returned. None when no image has spots.
     """
+    from scipy import ndimage  # imported when needed: keeps flow start-up fast
+
     expected = grid.steps_x * grid.steps_y
     if spot_counts.shape != (expected,):
         raise ValueError(

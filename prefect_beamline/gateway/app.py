@@ -1,9 +1,20 @@
-"""The gateway's HTTP API: validate, authenticate, store, answer 202, then emit.
+"""The gateway's HTTP API: authenticate, bound, parse, validate, store, answer; then emit.
 
-Bodies are read raw (to bound their size and check their signature) and validated
-here, so every refusal names what was wrong: 400 for unparsable JSON, 401 for missing
-or wrong credentials, 413 for an oversized body, 422 naming the field, 404/409 when a
-message refers to a collection or run the gateway does not know.
+Every POST goes through the same steps, and each refusal names what was wrong:
+
+1. bearer token (401), when `gateway_token` is set;
+2. body size, by Content-Length and by the bytes actually read (413);
+3. HMAC-SHA256 of the raw body in `X-Beamline-Signature` (401), when
+   `gateway_hmac_secret` is set;
+4. JSON parsing (400, with the position);
+5. validation (422, naming each field);
+6. mapping Zocalo/Bluesky messages onto a collection event (404 unknown collection, 409
+   stop without its start, 422, 503 when the LIMS cannot be read);
+7. commit to the outbox, then 202 `accepted`, or 200 `duplicate` for a known event id.
+   Nothing is written before this step, so a refused request leaves no trace.
+
+Bodies are read raw (to bound and sign them) and validated here, not by FastAPI, so the
+OpenAPI schemas are declared explicitly.
 """
 
 from __future__ import annotations
@@ -11,76 +22,152 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from prefect_beamline.events import CollectionEvent
+from prefect_beamline.events import CollectionEvent, prefect_event_id
 from prefect_beamline.gateway.auth import SIGNATURE_HEADER, AuthError, check_signature, check_token
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.mapping import (
+    BLUESKY_IGNORED_DOCUMENTS,
+    RUN_NOT_COMPLETED,
     BlueskyDocument,
+    BlueskyStart,
     CollectionLookup,
+    InvalidDocument,
     MappingError,
     ZocaloTrigger,
     bluesky_start_to_event,
     bluesky_stop_to_event,
+    describe_errors,
+    parse_bluesky_start,
+    parse_bluesky_stop,
+    summarize_errors,
     zocalo_to_event,
 )
-from prefect_beamline.gateway.outbox import SKIPPED, Outbox
+from prefect_beamline.gateway.outbox import PENDING, SKIPPED, Outbox, OutboxStatus
 from prefect_beamline.settings import BeamlineSettings
+
+logger = logging.getLogger("prefect_beamline.gateway")
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class Receipt(BaseModel):
+    """The answer to an accepted (202) or repeated (200) announcement."""
+
+    event_id: str = Field(description="The announcement's id (from the DAQ or derived)")
+    prefect_event_id: str = Field(description="Id of the Prefect event it becomes (UUID5)")
+    status: Literal["accepted", "duplicate", "skipped"] = Field(
+        description="accepted: stored, will be emitted; duplicate: this id was stored "
+        "before, nothing written; skipped: stored, not emitted (Bluesky run not completed)"
+    )
+    sequence: int = Field(description="Position in the outbox; events reach Prefect in order")
+
+
+class Refusal(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(description="What is wrong; 422: one per field")
+    message: str | None = Field(None, description="422: every field and why, in one line")
 
 
 class RequestError(Exception):
-    """A refused request: HTTP status and a message naming the problem."""
+    """A refused request: HTTP status and a detail naming the problem."""
 
-    def __init__(self, status_code: int, detail: str | list[dict[str, Any]]) -> None:
-        super().__init__(str(detail))
+    def __init__(
+        self, status_code: int, detail: str | list[dict[str, Any]], message: str | None = None
+    ) -> None:
+        super().__init__(message or str(detail))
         self.status_code = status_code
         self.detail = detail
+        self.message = message
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI request body for endpoints that validate the raw body themselves."""
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Refusal, "description": "Body is not JSON (position named)"},
+    401: {"model": Refusal, "description": "Token or signature missing or wrong"},
+    413: {"model": Refusal, "description": "Body larger than gateway_max_body_bytes"},
+    422: {"model": Refusal, "description": "A field is missing or invalid (fields named)"},
+    503: {"model": Refusal, "description": "Outbox or LIMS unavailable; retry"},
+}
+
+
+def _post_docs(
+    model: type[BaseModel], extra: dict[int | str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """OpenAPI for an endpoint that reads its body raw: body schema and answers."""
     return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
+        "status_code": 202,
+        "response_model": Receipt,
+        "responses": {200: {"model": Receipt, "description": "Duplicate"}, **_REFUSALS}
+        | (extra or {}),
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": model.model_json_schema()}},
+            }
+        },
     }
 
 
-def _field_errors(error: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
-    return [
-        {
-            "field": prefix + ".".join(str(part) for part in item["loc"]),
-            "message": item["msg"],
-            "type": item["type"],
-        }
-        for item in error.errors()
-    ]
+def parse_json(body: bytes) -> Any:
+    """The JSON document, or 400 naming the position (NaN and Infinity are refused)."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(body, parse_constant=refuse_constant)
+    except json.JSONDecodeError as error:
+        raise RequestError(
+            400,
+            f"body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+            f"(char {error.pos})",
+        ) from None
+    except UnicodeDecodeError as error:
+        raise RequestError(
+            400, f"body is not UTF-8 JSON: {error.reason} at byte {error.start}"
+        ) from None
+    except ValueError as error:
+        raise RequestError(400, f"body is not valid JSON: {error}") from None
 
 
-def create_app(
+def validate(model: type[Model], document: Any) -> Model:
+    """The validated model, or 422 naming each wrong field by its path in the body."""
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        errors = describe_errors(error)
+        raise RequestError(422, errors, summarize_errors(errors)) from None
+
+
+def build_app(
+    *,
     settings: BeamlineSettings,
     outbox: Outbox,
-    api_url: str,
+    drainer: Drainer,
     lookup: CollectionLookup,
 ) -> FastAPI:
-    """The gateway app; the drainer runs in its lifespan."""
-    drainer = Drainer(outbox, api_url)
+    """The gateway app; the drainer runs as a background task of its lifespan."""
     token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
     secret = (
         settings.gateway_hmac_secret.get_secret_value() if settings.gateway_hmac_secret else None
     )
+    limit = settings.gateway_max_body_bytes
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(drainer.run())
+        if token is None and secret is None:
+            logger.warning("gateway accepts unauthenticated requests: set a token or secret")
+        task = asyncio.create_task(drainer.run(), name="outbox-drainer")
+        drainer.wake()  # emit what was pending before a restart
         try:
             yield
         finally:
@@ -90,27 +177,41 @@ def create_app(
 
     app = FastAPI(
         title="prefect-beamline gateway",
-        description="Receives data-collection announcements from a DAQ and hands them to "
-        "Prefect as events. Every accepted announcement is stored before the 202.",
+        description="Receives data-collection announcements from a DAQ (project schema, "
+        "Zocalo trigger messages, Bluesky documents) and hands them to Prefect as events. "
+        "Every accepted announcement is committed to the outbox before the 202; the outbox "
+        "is emitted in order, and kept while Prefect is unreachable.",
         version="1",
         lifespan=lifespan,
     )
-    app.state.drainer = drainer
     app.state.outbox = outbox
+    app.state.drainer = drainer
 
     @app.exception_handler(RequestError)
     async def _refused(_: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        content: dict[str, Any] = {"detail": error.detail}
+        if error.message is not None:
+            content["message"] = error.message
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        return JSONResponse(content, status_code=error.status_code, headers=headers)
 
-    async def authenticated_body(request: Request) -> bytes:
+    def authenticate(request: Request) -> None:
         try:
             check_token(request.headers.get("authorization"), token)
         except AuthError as error:
             raise RequestError(401, str(error)) from None
-        limit = settings.gateway_max_body_bytes
+
+    async def authenticated_body(request: Request) -> bytes:
+        """Token, size limit, then the signature of the bytes actually received."""
+        authenticate(request)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise RequestError(400, f"Content-Length {declared!r} is not a number")
+            if int(declared) > limit:
+                raise RequestError(
+                    413, f"body of {int(declared)} bytes exceeds the limit of {limit} bytes"
+                )
         body = bytearray()
         async for chunk in request.stream():
             body.extend(chunk)
@@ -122,118 +223,153 @@ def create_app(
             raise RequestError(401, str(error)) from None
         return bytes(body)
 
-    def parse(body: bytes, model: type[BaseModel]) -> Any:
+    async def accept(
+        event: CollectionEvent,
+        body: bytes,
+        *,
+        status: str = PENDING,
+        note: str | None = None,
+        bluesky_start: dict[str, Any] | None = None,
+    ) -> JSONResponse:
+        """Commit, then answer; 503 (retry) if the outbox cannot be written."""
         try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise RequestError(400, f"body is not valid JSON: {error}") from None
-        try:
-            return model.model_validate(document)
-        except ValidationError as error:
-            raise RequestError(422, _field_errors(error)) from None
-
-    async def accept(event: CollectionEvent, body: bytes) -> JSONResponse:
-        sequence, is_new = await run_in_threadpool(
-            outbox.add, event, body, event_id=event.event_id, source=event.source
-        )
-        if is_new:
+            sequence, is_new = await run_in_threadpool(
+                partial(
+                    outbox.add, event, body, status=status, note=note, bluesky_start=bluesky_start
+                )
+            )
+        except SQLAlchemyError as error:
+            logger.exception("outbox write failed for event %s", event.event_id)
+            raise RequestError(
+                503, f"outbox unavailable, nothing stored; retry: {error.__class__.__name__}"
+            ) from None
+        if is_new and status == PENDING:
             drainer.wake()
-        return JSONResponse(
-            {
-                "event_id": event.event_id,
-                "prefect_event_id": str(event.prefect_event_id),
-                "status": "accepted" if is_new else "duplicate",
-                "sequence": sequence,
-            },
-            status_code=202 if is_new else 200,
+        receipt = Receipt(
+            event_id=event.event_id,
+            prefect_event_id=str(prefect_event_id(event.event_id)),
+            status=("accepted" if status == PENDING else "skipped") if is_new else "duplicate",
+            sequence=sequence,
         )
-
-    def mapped(build: Callable[[], CollectionEvent]) -> CollectionEvent:
-        try:
-            return build()
-        except MappingError as error:
-            raise RequestError(error.status_code, str(error)) from None
-        except ValidationError as error:
-            raise RequestError(422, _field_errors(error, "doc.")) from None
+        return JSONResponse(receipt.model_dump(), status_code=202 if is_new else 200)
 
     @app.post(
         "/api/v1/collections",
-        status_code=202,
-        openapi_extra=_body_schema(CollectionEvent),
         summary="Announce a data collection (project schema)",
+        **_post_docs(CollectionEvent),
     )
     async def post_collection(request: Request) -> JSONResponse:
         body = await authenticated_body(request)
-        event: CollectionEvent = parse(body, CollectionEvent)
+        event = validate(CollectionEvent, parse_json(body))
         return await accept(event, body)
 
     @app.post(
         "/api/v1/zocalo",
-        status_code=202,
-        openapi_extra=_body_schema(ZocaloTrigger),
-        summary="Zocalo trigger message (dodal ZocaloTrigger), resolved through the LIMS",
+        summary="Zocalo trigger message (as dodal's ZocaloTrigger sends it)",
+        description="`start` → started, `end` → finished. The collection is read from the "
+        "LIMS by `ispyb_dcid`. Event id: `guid`, else `zocalo-<dcid>-<event>` (plus "
+        "`-<message_index>` for a start). `start_frame_index`/`number_of_frames` of a start "
+        "set the image range. Recipes and other parameters are stored, not passed on.",
+        **_post_docs(ZocaloTrigger, {404: {"model": Refusal, "description": "Unknown ispyb_dcid"}}),
     )
     async def post_zocalo(request: Request) -> JSONResponse:
         body = await authenticated_body(request)
-        message: ZocaloTrigger = parse(body, ZocaloTrigger)
-        collection = await run_in_threadpool(
-            lambda: mapped(lambda: zocalo_to_event(message, lookup))
-        )
-        return await accept(collection, body)
+        message = validate(ZocaloTrigger, parse_json(body))
+        dcid = message.parameters.ispyb_dcid
+        try:
+            event = await run_in_threadpool(zocalo_to_event, message, lookup)
+        except MappingError as error:
+            raise RequestError(error.status_code, str(error)) from None
+        except Exception as error:
+            logger.exception("LIMS lookup of data collection %s failed", dcid)
+            raise RequestError(
+                503, f"LIMS lookup of data collection {dcid} failed; retry: {error!r}"
+            ) from None
+        return await accept(event, body)
 
     @app.post(
         "/api/v1/bluesky",
-        status_code=202,
-        openapi_extra=_body_schema(BlueskyDocument),
-        summary="Bluesky RunEngine start/stop document",
+        summary="Bluesky RunEngine document: start or stop (others are ignored)",
+        description="A start document must carry technique, beamline, visit, "
+        "data_collection_id and data_files (and may carry experiment_type, image_range, "
+        "grid, processing): → started, event id = uid. A stop document → finished, event "
+        "id = its uid, completed from the stored start. A stop with exit_status abort or "
+        "fail is stored as `skipped` and not emitted. Other document names: 200 ignored.",
+        **_post_docs(
+            BlueskyDocument,
+            {409: {"model": Refusal, "description": "Stop document of an unknown start"}},
+        ),
     )
     async def post_bluesky(request: Request) -> JSONResponse:
         body = await authenticated_body(request)
-        document: BlueskyDocument = parse(body, BlueskyDocument)
-        if document.name == "start":
-            event = mapped(lambda: bluesky_start_to_event(document.doc))
-            await run_in_threadpool(outbox.remember_run_start, event.event_id, document.doc)
-            return await accept(event, body)
-        start = await run_in_threadpool(outbox.run_start, str(document.doc.get("run_start")))
-        event = mapped(lambda: bluesky_stop_to_event(document.doc, start))
-        exit_status = document.doc.get("exit_status", "success")
-        if exit_status != "success":
-            # Kept for the record, not processed: the run did not complete.
-            sequence, is_new = await run_in_threadpool(
-                lambda: outbox.add(
-                    event,
-                    body,
-                    event_id=event.event_id,
-                    source="bluesky",
-                    status=SKIPPED,
-                    note=f"run ended with exit_status {exit_status!r}",
-                )
-            )
-            return JSONResponse(
-                {"event_id": event.event_id, "status": "skipped", "sequence": sequence},
-                status_code=202 if is_new else 200,
-            )
+        document = validate(BlueskyDocument, parse_json(body))
+        if document.name in BLUESKY_IGNORED_DOCUMENTS:
+            return JSONResponse({"status": "ignored", "name": document.name}, status_code=200)
+        try:
+            if document.name == "start":
+                start = parse_bluesky_start(document.doc)
+                return await accept(bluesky_start_to_event(start), body, bluesky_start=document.doc)
+            stop = parse_bluesky_stop(document.doc)
+            stored = await run_in_threadpool(outbox.bluesky_start, stop.run_start)
+            stored_start = BlueskyStart.model_validate(stored) if stored is not None else None
+            event = bluesky_stop_to_event(stop, stored_start)
+        except InvalidDocument as error:
+            raise RequestError(422, error.errors, str(error)) from None
+        except MappingError as error:
+            raise RequestError(error.status_code, str(error)) from None
+        if stop.exit_status != "success":
+            note = RUN_NOT_COMPLETED.format(exit_status=stop.exit_status)
+            if stop.reason:
+                note += f"; reason: {stop.reason}"
+            return await accept(event, body, status=SKIPPED, note=note)
         return await accept(event, body)
 
-    @app.get("/health", summary="Gateway health, outbox backlog and the link to Prefect")
-    async def health() -> dict[str, Any]:
-        pending = await run_in_threadpool(outbox.count, "pending")
-        return {
-            "status": "ok",
-            "pending": pending,
-            "prefect_api_url": api_url,
-            "prefect_reachable": drainer.status.prefect_reachable,
-            "last_error": drainer.status.last_error,
-            "emitted_since_start": drainer.status.emitted,
-        }
-
-    @app.get("/api/v1/outbox", summary="Inspect stored events (pending, emitted, failed)")
-    async def list_outbox(request: Request, status: str | None = None) -> JSONResponse:
+    @app.get("/health", summary="Gateway alive, outbox backlog, last emit error, Prefect up?")
+    async def health() -> JSONResponse:
         try:
-            check_token(request.headers.get("authorization"), token)
-        except AuthError as error:
-            raise RequestError(401, str(error)) from None
-        rows = await run_in_threadpool(outbox.list, status)
+            counts = await run_in_threadpool(outbox.counts)
+        except SQLAlchemyError as error:
+            return JSONResponse(
+                {"status": "error", "detail": f"outbox unreadable: {error!r}"}, status_code=503
+            )
+        if drainer.emitter.is_open:
+            reachable: bool | None = await drainer.emitter.reachable()
+        else:
+            reachable = drainer.status.prefect_reachable
+        status = drainer.status
+        return JSONResponse(
+            {
+                "status": "ok",
+                "pending": counts[PENDING],
+                "outbox": counts,
+                "prefect_api_url": drainer.emitter.api_url,
+                "prefect_reachable": reachable,
+                "last_error": status.last_error,
+                "last_error_at": _iso(status.last_error_at),
+                "last_emitted_at": _iso(status.last_emitted_at),
+                "emitted_since_start": status.emitted,
+            }
+        )
+
+    @app.get(
+        "/api/v1/outbox",
+        summary="Stored events, oldest first (token required)",
+        responses={401: _REFUSALS[401]},
+    )
+    async def list_outbox(
+        request: Request,
+        status: Annotated[
+            OutboxStatus | None,
+            Query(description="pending, emitted, failed or skipped; default all"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000, description="Most rows to return")] = 1000,
+    ) -> JSONResponse:
+        authenticate(request)
+        rows = await run_in_threadpool(outbox.list, status, limit)
         return JSONResponse([row.as_dict() for row in rows])
 
     return app
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

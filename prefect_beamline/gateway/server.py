@@ -1,4 +1,5 @@
-"""Entry points of the gateway: the app from settings, uvicorn, and outbox tools."""
+"""Entry points of the gateway: the app from settings, uvicorn, and the outbox tools the
+CLI wires up (`prefect-beamline gateway`, `prefect-beamline outbox list|requeue`)."""
 
 from __future__ import annotations
 
@@ -6,52 +7,80 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
-from prefect_beamline.gateway.app import create_app
+from prefect_beamline.gateway.app import build_app
+from prefect_beamline.gateway.emitter import Backoff, Drainer, PrefectEmitter, prefect_auth_headers
 from prefect_beamline.gateway.mapping import CollectionLookup
 from prefect_beamline.gateway.outbox import Outbox
-from prefect_beamline.lims import Lims
 from prefect_beamline.settings import BeamlineSettings, get_settings
 
 
 def prefect_api_url() -> str:
-    """PREFECT_API_URL as Prefect resolves it (profile or environment)."""
+    """PREFECT_API_URL as Prefect resolves it (environment or profile)."""
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise RuntimeError("PREFECT_API_URL is not set: the gateway needs a Prefect server")
+        raise RuntimeError(
+            "PREFECT_API_URL is not set: the gateway emits to a Prefect server "
+            "(e.g. PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
     return str(url)
 
 
-def app_from_settings(
+def lims_lookup(settings: BeamlineSettings) -> CollectionLookup:
+    """`Lims.get_collection` of the configured LIMS; an embedded SQLite LIMS gets its
+    tables created (a production ISPyB is left alone)."""
+    from prefect_beamline.lims import Lims
+
+    lims = Lims(settings.resolved_lims_url)
+    if make_url(settings.resolved_lims_url).get_backend_name() == "sqlite":
+        lims.create_schema()
+    return lims.get_collection
+
+
+def create_app(
     settings: BeamlineSettings | None = None,
     *,
-    api_url: str | None = None,
     lookup: CollectionLookup | None = None,
+    api_url: str | None = None,
+    backoff: Backoff | None = None,
 ) -> FastAPI:
-    """The gateway as configured by the environment (LIMS lookup for Zocalo messages)."""
+    """The gateway as configured: outbox at `settings.resolved_outbox_url`, events to
+    `api_url` (default PREFECT_API_URL), Zocalo ids resolved by `lookup` (default the LIMS).
+    """
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    if lookup is None:
-        lims = Lims(settings.resolved_lims_url)
-        lims.create_schema()
-        lookup = lims.get_collection
-    return create_app(
-        settings, Outbox(settings.resolved_outbox_url), api_url or prefect_api_url(), lookup
+    outbox = Outbox(settings.resolved_outbox_url)
+    emitter = PrefectEmitter(api_url or prefect_api_url(), headers=prefect_auth_headers())
+    return build_app(
+        settings=settings,
+        outbox=outbox,
+        drainer=Drainer(outbox, emitter, backoff=backoff),
+        lookup=lookup or lims_lookup(settings),
     )
 
 
 def run_gateway(host: str, port: int, settings: BeamlineSettings | None = None) -> None:
     """Serve the gateway with uvicorn until interrupted."""
-    uvicorn.run(app_from_settings(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 def outbox_list(status: str | None = None) -> list[dict[str, Any]]:
-    """Stored events (optionally of one status), oldest first."""
-    return [row.as_dict() for row in Outbox(get_settings().resolved_outbox_url).list(status)]
+    """Stored events (of one status: pending, emitted, failed, skipped), oldest first."""
+    outbox = Outbox(get_settings().resolved_outbox_url)
+    try:
+        return [row.as_dict() for row in outbox.list(status)]
+    finally:
+        outbox.close()
 
 
 def outbox_requeue(event_ids: list[str] | None = None) -> int:
-    """Send failed events (or the named ones) again; a running gateway picks them up."""
-    return Outbox(get_settings().resolved_outbox_url).requeue(event_ids)
+    """Make the named events (default: every failed one) pending again; returns how many.
+    A running gateway emits them within its idle poll (5 s)."""
+    outbox = Outbox(get_settings().resolved_outbox_url)
+    try:
+        return outbox.requeue(event_ids)
+    finally:
+        outbox.close()

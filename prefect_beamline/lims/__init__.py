@@ -1,4 +1,4 @@
-"""The LIMS: an ISPyB-compatible subset (schema.py) and its one idempotent writer."""
+"""The LIMS: an ISPyB-compatible subset (`schema`) and its one idempotent writer (`Lims`)."""
 
 from prefect_beamline.lims.writer import (
     CollectionDescription,

@@ -1,8 +1,26 @@
 """The LIMS tables: a subset of ISPyB's schema, with ISPyB's table and column names.
 
-Only the columns prefect-beamline reads or writes are declared, so the same code runs on
-a real ISPyB database (MariaDB) and on the embedded SQLite or a PostgreSQL copy.
-Unique constraints exist where idempotent writes need them.
+Taken from DiamondLightSource/ispyb-database `schemas/ispyb/tables.sql`. Only the columns
+prefect-beamline reads or writes are declared, with ISPyB's types and lengths, so the
+same code runs on the embedded SQLite, on PostgreSQL and on MariaDB.
+
+Where this subset differs from ISPyB (each needed for idempotent writes):
+
+- `ImageQualityIndicators` keeps the surrogate key `imageQualityIndicatorsId` of older
+  ISPyB versions and is unique on (autoProcProgramId, imageNumber). Current ISPyB keys it
+  on (dataCollectionId, imageNumber), so a rerun would overwrite the first run's rows;
+  here every processing job keeps its own per-image rows.
+- `XrayCentring.autoProcProgramId` (unique) ties a grid-scan result to the program that
+  found it; ISPyB ties it only to the DataCollectionGroup, which reruns share.
+- `XrayCentringResult.maxCount`: the best per-image count, which ISPyB has no column for.
+- `AutoProcProgramAttachment` is unique on (autoProcProgramId, filePath, fileName). On
+  MariaDB with utf8mb4 that index needs 2 kB of the 3 kB InnoDB (DYNAMIC row format)
+  allows; ISPyB's own latin1 tables need 0.5 kB.
+- `Proposal`, `BLSession` keep ISPyB's unique keys: (proposalCode, proposalNumber) and
+  (proposalId, visit_number).
+
+Enumerated ISPyB columns (experimentType, fileType, status) are plain strings here; the
+writer checks values against the ISPyB enumerations below.
 """
 
 from __future__ import annotations
@@ -12,13 +30,80 @@ from datetime import datetime
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Double,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from prefect_beamline.events import Technique
+
+# ISPyB column lengths the writer checks before it writes (it never truncates silently
+# where the value is an identity, such as a path or a recipe).
+PATH_LENGTH = 255
+PARAMETER_KEY_LENGTH = 80
+PARAMETER_VALUE_LENGTH = 1024
+RECIPE_LENGTH = 50
+DISPLAY_NAME_LENGTH = 80
+TEXT_LENGTH = 255
+
+# AutoProcProgramAttachment.fileType enum('Log','Result','Graph','Debug','Input').
+ATTACHMENT_FILE_TYPES = ("Log", "Result", "Graph", "Debug", "Input")
+# XrayCentring.status enum('success','failed','pending').
+XRAY_CENTRING_STATUSES = ("success", "failed", "pending")
+
+# ISPyB's DataCollectionGroup.experimentType <-> (technique, experiment_type) of a
+# CollectionEvent: the one place this mapping lives. The first entry for a pair is what
+# the writer stores; the others are accepted when reading a database another program
+# wrote. ISPyB spells tomography 'tomo'. ISPyB has no experimentType for ptychography:
+# 'Ptychography' is this project's own value (extend the enum on a real ISPyB).
+EXPERIMENT_TYPES: tuple[tuple[str, Technique, str], ...] = (
+    ("OSC", Technique.mx, "rotation"),
+    ("Mesh", Technique.mx, "gridscan"),
+    ("Serial Fixed", Technique.ssx, "fixed"),
+    ("SSX-Chip", Technique.ssx, "fixed"),
+    ("Serial Jet", Technique.ssx, "jet"),
+    ("SSX-Jet", Technique.ssx, "jet"),
+    ("tomo", Technique.tomo, "default"),
+    ("Tomo", Technique.tomo, "default"),
+    ("EM", Technique.em, "default"),
+    ("Ptychography", Technique.ptycho, "default"),
+)
+_TO_ISPYB: dict[tuple[Technique, str], str] = {}
+for _ispyb, _technique, _experiment in EXPERIMENT_TYPES:
+    _TO_ISPYB.setdefault((_technique, _experiment), _ispyb)
+_FROM_ISPYB: dict[str, tuple[Technique, str]] = {
+    ispyb: (technique, experiment) for ispyb, technique, experiment in EXPERIMENT_TYPES
+}
+
+
+def ispyb_experiment_type(technique: Technique, experiment_type: str) -> str:
+    """ISPyB's DataCollectionGroup.experimentType for an event's technique and variant."""
+    try:
+        return _TO_ISPYB[(Technique(technique), experiment_type)]
+    except KeyError:
+        known = ", ".join(f"{t.value}/{e}" for t, e in _TO_ISPYB)
+        raise ValueError(
+            f"no ISPyB experimentType for technique {Technique(technique).value!r} with "
+            f"experiment_type {experiment_type!r}; mapped: {known} "
+            "(add it to prefect_beamline.lims.schema.EXPERIMENT_TYPES)"
+        ) from None
+
+
+def technique_for_experiment_type(ispyb_type: str | None) -> tuple[Technique, str]:
+    """(technique, experiment_type) for an ISPyB DataCollectionGroup.experimentType."""
+    try:
+        return _FROM_ISPYB[ispyb_type or ""]
+    except KeyError:
+        raise ValueError(
+            f"DataCollectionGroup.experimentType {ispyb_type!r} is not mapped to a "
+            f"technique; mapped: {', '.join(_FROM_ISPYB)} "
+            "(add it to prefect_beamline.lims.schema.EXPERIMENT_TYPES)"
+        ) from None
 
 
 class Base(DeclarativeBase):
@@ -27,7 +112,9 @@ class Base(DeclarativeBase):
 
 class Proposal(Base):
     __tablename__ = "Proposal"
-    __table_args__ = (UniqueConstraint("proposalCode", "proposalNumber"),)
+    __table_args__ = (
+        UniqueConstraint("proposalCode", "proposalNumber", name="Proposal_FKIndexCodeNumber"),
+    )
 
     proposalId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     proposalCode: Mapped[str] = mapped_column(String(45))
@@ -36,12 +123,14 @@ class Proposal(Base):
 
 class BLSession(Base):
     __tablename__ = "BLSession"
-    __table_args__ = (UniqueConstraint("proposalId", "visit_number", "beamLineName"),)
+    __table_args__ = (
+        UniqueConstraint("proposalId", "visit_number", name="BLSession_proposalId_visit"),
+    )
 
     sessionId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     proposalId: Mapped[int] = mapped_column(ForeignKey("Proposal.proposalId"))
-    visit_number: Mapped[int] = mapped_column(Integer)
-    beamLineName: Mapped[str] = mapped_column(String(45))
+    visit_number: Mapped[int] = mapped_column(Integer, default=0)
+    beamLineName: Mapped[str | None] = mapped_column(String(45))
 
 
 class DataCollectionGroup(Base):
@@ -50,19 +139,23 @@ class DataCollectionGroup(Base):
     dataCollectionGroupId: Mapped[int] = mapped_column(
         Integer, primary_key=True, autoincrement=True
     )
-    sessionId: Mapped[int] = mapped_column(ForeignKey("BLSession.sessionId"))
-    experimentType: Mapped[str] = mapped_column(String(45))
+    sessionId: Mapped[int] = mapped_column(ForeignKey("BLSession.sessionId"), index=True)
+    experimentType: Mapped[str | None] = mapped_column(String(45))
 
 
 class DataCollection(Base):
     __tablename__ = "DataCollection"
 
+    # The DAQ allocates the id (as GDA does through ISPyB); we never autoincrement it.
     dataCollectionId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     dataCollectionGroupId: Mapped[int] = mapped_column(
-        ForeignKey("DataCollectionGroup.dataCollectionGroupId")
+        ForeignKey("DataCollectionGroup.dataCollectionGroupId"), index=True
     )
-    imageDirectory: Mapped[str] = mapped_column(String(255))
-    fileTemplate: Mapped[str] = mapped_column(String(255))
+    # ISPyB: "The directory where files reside - should end with a slash".
+    imageDirectory: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    imagePrefix: Mapped[str | None] = mapped_column(String(45))
+    imageSuffix: Mapped[str | None] = mapped_column(String(45))
+    fileTemplate: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
     numberOfImages: Mapped[int | None] = mapped_column(Integer)
     startImageNumber: Mapped[int | None] = mapped_column(Integer)
     startTime: Mapped[datetime | None] = mapped_column(DateTime)
@@ -78,77 +171,95 @@ class GridInfo(Base):
         ForeignKey("DataCollectionGroup.dataCollectionGroupId")
     )
     dataCollectionId: Mapped[int | None] = mapped_column(
-        ForeignKey("DataCollection.dataCollectionId"), unique=True
+        ForeignKey("DataCollection.dataCollectionId"), index=True
     )
-    steps_x: Mapped[float] = mapped_column(Float)
-    steps_y: Mapped[float] = mapped_column(Float)
-    dx_mm: Mapped[float] = mapped_column(Float)
-    dy_mm: Mapped[float] = mapped_column(Float)
-    snaked: Mapped[bool] = mapped_column(Boolean, default=False)
-    orientation: Mapped[str] = mapped_column(String(15), default="horizontal")
+    steps_x: Mapped[float | None] = mapped_column(Double)
+    steps_y: Mapped[float | None] = mapped_column(Double)
+    dx_mm: Mapped[float | None] = mapped_column(Double)
+    dy_mm: Mapped[float | None] = mapped_column(Double)
+    snaked: Mapped[bool | None] = mapped_column(Boolean, default=False)
+    # enum('vertical','horizontal'): horizontal = rows run along x, as GridScan says.
+    orientation: Mapped[str | None] = mapped_column(String(10), default="horizontal")
+    recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class ProcessingJob(Base):
     __tablename__ = "ProcessingJob"
 
     processingJobId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    dataCollectionId: Mapped[int] = mapped_column(ForeignKey("DataCollection.dataCollectionId"))
-    displayName: Mapped[str | None] = mapped_column(String(80))
-    comments: Mapped[str | None] = mapped_column(String(255))
+    dataCollectionId: Mapped[int | None] = mapped_column(
+        ForeignKey("DataCollection.dataCollectionId"), index=True
+    )
+    displayName: Mapped[str | None] = mapped_column(String(DISPLAY_NAME_LENGTH))
+    comments: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
     recordTimestamp: Mapped[datetime] = mapped_column(DateTime)
-    recipe: Mapped[str | None] = mapped_column(String(50))
-    automatic: Mapped[bool] = mapped_column(Boolean)
+    recipe: Mapped[str | None] = mapped_column(String(RECIPE_LENGTH))
+    automatic: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class ProcessingJobParameter(Base):
     __tablename__ = "ProcessingJobParameter"
+    __table_args__ = (
+        Index("ProcessingJobParameter_idx_paramKey_procJobId", "parameterKey", "processingJobId"),
+    )
 
     processingJobParameterId: Mapped[int] = mapped_column(
         Integer, primary_key=True, autoincrement=True
     )
-    processingJobId: Mapped[int] = mapped_column(
+    processingJobId: Mapped[int | None] = mapped_column(
         ForeignKey("ProcessingJob.processingJobId"), index=True
     )
-    parameterKey: Mapped[str] = mapped_column(String(80))
-    parameterValue: Mapped[str] = mapped_column(String(1024))
+    parameterKey: Mapped[str | None] = mapped_column(String(PARAMETER_KEY_LENGTH))
+    parameterValue: Mapped[str | None] = mapped_column(String(PARAMETER_VALUE_LENGTH))
 
 
 class AutoProcProgram(Base):
     __tablename__ = "AutoProcProgram"
 
     autoProcProgramId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    processingJobId: Mapped[int] = mapped_column(
-        ForeignKey("ProcessingJob.processingJobId"), unique=True
+    processingJobId: Mapped[int | None] = mapped_column(
+        ForeignKey("ProcessingJob.processingJobId"), index=True
     )
-    processingCommandLine: Mapped[str | None] = mapped_column(String(255))
-    processingPrograms: Mapped[str | None] = mapped_column(String(255))
+    processingCommandLine: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
+    processingPrograms: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
     # ISPyB: NULL while running, 1 success, 0 failure.
     processingStatus: Mapped[bool | None] = mapped_column(Boolean)
-    processingMessage: Mapped[str | None] = mapped_column(String(255))
+    processingMessage: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
     processingStartTime: Mapped[datetime | None] = mapped_column(DateTime)
     processingEndTime: Mapped[datetime | None] = mapped_column(DateTime)
-    processingEnvironment: Mapped[str | None] = mapped_column(String(255))
+    processingEnvironment: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
     recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class AutoProcProgramAttachment(Base):
     __tablename__ = "AutoProcProgramAttachment"
-    __table_args__ = (UniqueConstraint("autoProcProgramId", "fileName"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "autoProcProgramId",
+            "filePath",
+            "fileName",
+            name="AutoProcProgramAttachment_program_file",
+        ),
+    )
 
     autoProcProgramAttachmentId: Mapped[int] = mapped_column(
         Integer, primary_key=True, autoincrement=True
     )
     autoProcProgramId: Mapped[int] = mapped_column(ForeignKey("AutoProcProgram.autoProcProgramId"))
-    fileType: Mapped[str] = mapped_column(String(45))
-    fileName: Mapped[str] = mapped_column(String(255))
-    filePath: Mapped[str] = mapped_column(String(255))
+    fileType: Mapped[str | None] = mapped_column(String(10))
+    fileName: Mapped[str] = mapped_column(String(PATH_LENGTH))
+    filePath: Mapped[str] = mapped_column(String(PATH_LENGTH))
     importanceRank: Mapped[int | None] = mapped_column(Integer)
     recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class ImageQualityIndicators(Base):
     __tablename__ = "ImageQualityIndicators"
-    __table_args__ = (UniqueConstraint("autoProcProgramId", "imageNumber"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "autoProcProgramId", "imageNumber", name="ImageQualityIndicators_program_image"
+        ),
+    )
 
     imageQualityIndicatorsId: Mapped[int] = mapped_column(
         Integer, primary_key=True, autoincrement=True
@@ -156,13 +267,15 @@ class ImageQualityIndicators(Base):
     dataCollectionId: Mapped[int] = mapped_column(
         ForeignKey("DataCollection.dataCollectionId"), index=True
     )
-    autoProcProgramId: Mapped[int] = mapped_column(ForeignKey("AutoProcProgram.autoProcProgramId"))
     imageNumber: Mapped[int] = mapped_column(Integer)
-    spotTotal: Mapped[int] = mapped_column(Integer)
-    goodBraggCandidates: Mapped[int] = mapped_column(Integer)
-    totalIntegratedSignal: Mapped[float] = mapped_column(Float)
-    # ISPyB's per-image resolution estimate (Å); NULL when too few spots.
+    autoProcProgramId: Mapped[int] = mapped_column(ForeignKey("AutoProcProgram.autoProcProgramId"))
+    # As Zocalo's per-image analysis fills them from DIALS: n_spots_total,
+    # n_spots_no_ice, estimated_d_min (Å) and total_intensity.
+    spotTotal: Mapped[int | None] = mapped_column(Integer)
+    goodBraggCandidates: Mapped[int | None] = mapped_column(Integer)
+    method1Res: Mapped[float | None] = mapped_column(Float)
     method2Res: Mapped[float | None] = mapped_column(Float)
+    totalIntegratedSignal: Mapped[float | None] = mapped_column(Double)
     recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
 
 
@@ -171,29 +284,34 @@ class XrayCentring(Base):
 
     xrayCentringId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataCollectionGroupId: Mapped[int] = mapped_column(
-        ForeignKey("DataCollectionGroup.dataCollectionGroupId")
+        ForeignKey("DataCollectionGroup.dataCollectionGroupId"), index=True
     )
-    processingJobId: Mapped[int | None] = mapped_column(
-        ForeignKey("ProcessingJob.processingJobId"), unique=True
+    status: Mapped[str | None] = mapped_column(String(10))
+    # enum('2d','3d')
+    xrayCentringType: Mapped[str | None] = mapped_column(String(2))
+    # Not in ISPyB (see the module docstring).
+    autoProcProgramId: Mapped[int | None] = mapped_column(
+        ForeignKey("AutoProcProgram.autoProcProgramId"), unique=True
     )
-    status: Mapped[str] = mapped_column(String(45))
-    xrayCentringType: Mapped[str] = mapped_column(String(45), default="2d")
 
 
 class XrayCentringResult(Base):
     __tablename__ = "XrayCentringResult"
 
-    xrayCentringResultId: Mapped[int] = mapped_column(
-        Integer, primary_key=True, autoincrement=True
-    )
+    xrayCentringResultId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     xrayCentringId: Mapped[int] = mapped_column(
-        ForeignKey("XrayCentring.xrayCentringId"), unique=True
+        ForeignKey("XrayCentring.xrayCentringId"), index=True
     )
-    centreOfMassX: Mapped[float] = mapped_column(Float)
-    centreOfMassY: Mapped[float] = mapped_column(Float)
-    boundingBoxMinX: Mapped[float] = mapped_column(Float)
-    boundingBoxMinY: Mapped[float] = mapped_column(Float)
-    boundingBoxMaxX: Mapped[float] = mapped_column(Float)
-    boundingBoxMaxY: Mapped[float] = mapped_column(Float)
-    totalCount: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(45))
+    # ISPyB's "voxels" are grid steps here (0-based, x fast, y slow).
+    centreOfMassX: Mapped[float | None] = mapped_column(Float)
+    centreOfMassY: Mapped[float | None] = mapped_column(Float)
+    maxVoxelX: Mapped[int | None] = mapped_column(Integer)
+    maxVoxelY: Mapped[int | None] = mapped_column(Integer)
+    numberOfVoxels: Mapped[int | None] = mapped_column(Integer)
+    totalCount: Mapped[float | None] = mapped_column(Float)
+    boundingBoxMinX: Mapped[float | None] = mapped_column(Float)
+    boundingBoxMaxX: Mapped[float | None] = mapped_column(Float)
+    boundingBoxMinY: Mapped[float | None] = mapped_column(Float)
+    boundingBoxMaxY: Mapped[float | None] = mapped_column(Float)
+    # Not in ISPyB (see the module docstring).
+    maxCount: Mapped[float | None] = mapped_column(Float)

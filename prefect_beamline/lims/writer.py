@@ -1,28 +1,58 @@
-"""The one writer of LIMS rows: idempotent, short transactions, any SQLAlchemy database.
+"""The one writer of LIMS rows: idempotent, one short transaction per call, any of
+SQLite, PostgreSQL and MariaDB.
 
-Every method is safe to repeat: a retried Prefect task calls it again with the same
+Every write is safe to repeat: a retried Prefect task calls it again with the same
 arguments and finds its rows already there. A rerun is a new flow run, so a new
-`run_key`, so a new ProcessingJob.
+`run_key`, so a new ProcessingJob with its own program, attachments and per-image rows.
+
+Concurrent writers (Prefect task threads, several flow-run processes, several hosts) are
+serialised where it matters by locking the parent row first (`SELECT ... FOR UPDATE`
+of the DataCollection, ProcessingJob or AutoProcProgram being written under; on SQLite
+every write transaction is `BEGIN IMMEDIATE`), then reading and writing. Lock waits,
+deadlocks, "database is locked" and unique-key races retry the whole call briefly.
+
+Visits: an ISPyB visit is `<proposalCode><proposalNumber>-<visit_number>`, e.g.
+"mx12345-1" -> Proposal ("mx", "12345"), BLSession visit_number 1. A visit that does not
+parse so (other facilities' conventions, e.g. "IH-MX-2532") is stored whole as the
+proposalCode with an empty proposalNumber and visit_number 0, and reads back unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
+import random
 import re
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, Table, create_engine, event, func, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.dml import Insert
 
-from prefect_beamline.events import CollectionEvent, GridScan, Technique
+from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, Technique
 from prefect_beamline.lims.schema import (
+    ATTACHMENT_FILE_TYPES,
+    DISPLAY_NAME_LENGTH,
+    PARAMETER_KEY_LENGTH,
+    PARAMETER_VALUE_LENGTH,
+    PATH_LENGTH,
+    RECIPE_LENGTH,
+    TEXT_LENGTH,
+    XRAY_CENTRING_STATUSES,
     AutoProcProgram,
     AutoProcProgramAttachment,
     Base,
@@ -36,89 +66,98 @@ from prefect_beamline.lims.schema import (
     Proposal,
     XrayCentring,
     XrayCentringResult,
+    ispyb_experiment_type,
+    technique_for_experiment_type,
 )
 
-# (technique, experiment_type) <-> ISPyB DataCollectionGroup.experimentType: the one place.
-EXPERIMENT_TYPES: dict[tuple[Technique, str], str] = {
-    (Technique.mx, "rotation"): "OSC",
-    (Technique.mx, "gridscan"): "Mesh",
-    (Technique.ssx, "fixed"): "Serial Fixed",
-    (Technique.ssx, "jet"): "Serial Jet",
-    (Technique.tomo, "default"): "Tomo",
-    (Technique.em, "default"): "EM",
-    (Technique.ptycho, "default"): "Ptychography",
-}
-_ISPYB_TO_EVENT = {ispyb: key for key, ispyb in EXPERIMENT_TYPES.items()}
-RUN_KEY = "prefect_flow_run_id"
-TRIGGERED_BY = "triggered_by"
-_VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(\d+)$")
-_TRANSIENT_ATTEMPTS = 5
+__all__ = [
+    "RUN_KEY_PARAMETER",
+    "TRIGGERED_BY_PARAMETER",
+    "CollectionDescription",
+    "GridResult",
+    "ImageQuality",
+    "Lims",
+    "ProcessingJobSummary",
+    "ispyb_experiment_type",
+    "join_visit",
+    "split_visit",
+    "technique_for_experiment_type",
+]
+
+log = logging.getLogger(__name__)
+
+# ProcessingJobParameter keys the writer reserves for itself.
+RUN_KEY_PARAMETER = "prefect_flow_run_id"
+TRIGGERED_BY_PARAMETER = "triggered_by"
+_RESERVED_PARAMETERS = (RUN_KEY_PARAMETER, TRIGGERED_BY_PARAMETER)
+# GDA's DataCollection.runStatus at the end of a good collection.
+RUN_STATUS_SUCCESSFUL = "DataCollection Successful"
+
+_VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(0|[1-9]\d*)$")
+_TEMPLATE_STEM = re.compile(r"^(.*?)(?:_master|_#+)?$")
+
+_ATTEMPTS = 6
+_FIRST_BACKOFF_S = 0.05
+_SQLITE_BUSY_TIMEOUT_S = 30
+_BULK_ROWS = 1000
+# PostgreSQL SQLSTATEs and MySQL/MariaDB error numbers worth retrying: serialization
+# failure, deadlock, lock not available, unique violation (a racing insert won).
+_TRANSIENT_PG_CODES = frozenset({"40001", "40P01", "55P03", "23505"})
+_TRANSIENT_MYSQL_ERRORS = frozenset({1205, 1213, 1062})
+_TRANSIENT_MESSAGES = ("database is locked", "database table is locked", "unique constraint")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+ProgramStatus = Literal["queued", "running", "success", "failed"]
 
 
-def ispyb_experiment_type(technique: Technique, experiment_type: str) -> str:
-    """ISPyB's experimentType for an event's technique and experiment type."""
-    try:
-        return EXPERIMENT_TYPES[(technique, experiment_type)]
-    except KeyError:
-        known = ", ".join(f"{t.value}/{e}" for t, e in EXPERIMENT_TYPES)
-        raise ValueError(
-            f"no ISPyB experimentType for technique {technique.value!r} with experiment_type "
-            f"{experiment_type!r}; known: {known}"
-        ) from None
+@dataclass(frozen=True, slots=True)
+class ImageQuality:
+    """Per-image analysis of one image: one ImageQualityIndicators row.
 
-
-def event_experiment_type(ispyb_type: str) -> tuple[Technique, str]:
-    """(technique, experiment_type) for an ISPyB experimentType."""
-    try:
-        return _ISPYB_TO_EVENT[ispyb_type]
-    except KeyError:
-        raise ValueError(
-            f"DataCollectionGroup.experimentType {ispyb_type!r} is not mapped to a technique; "
-            f"known: {', '.join(sorted(_ISPYB_TO_EVENT))}"
-        ) from None
-
-
-def split_visit(visit: str) -> tuple[str, str, int]:
-    """ISPyB visit "mx12345-1" -> ("mx", "12345", 1).
-
-    A visit that does not follow ISPyB's pattern is kept whole as the proposal code with
-    visit number 0, so facilities with other conventions still round-trip.
+    Stored as Zocalo stores DIALS per-image analysis: spotTotal = n_spots,
+    goodBraggCandidates = n_spots_no_ice, method1Res = method2Res = d_min_angstrom,
+    totalIntegratedSignal = total_intensity.
     """
-    match = _VISIT.match(visit)
-    if match is None:
-        return visit, "", 0
-    return match.group(1), match.group(2), int(match.group(3))
+
+    image_number: int
+    n_spots: int
+    n_spots_no_ice: int | None = field(default=None, kw_only=True)
+    total_intensity: float
+    d_min_angstrom: float | None
 
 
-def join_visit(code: str, number: str, visit_number: int) -> str:
-    return f"{code}{number}-{visit_number}" if number else code
+@dataclass(frozen=True, slots=True)
+class GridResult:
+    """X-ray centre of a grid scan, in grid steps (0-based floats, x fast, y slow).
 
+    `max_count` is the best per-image count. The optional ISPyB fields (position of the
+    best image, size and summed count of the crystal region) are stored when given.
+    """
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    x: float
+    y: float
+    box_min_x: float
+    box_min_y: float
+    box_max_x: float
+    box_max_y: float
+    max_count: float
+    status: str = "success"
+    max_voxel_x: int | None = field(default=None, kw_only=True)
+    max_voxel_y: int | None = field(default=None, kw_only=True)
+    n_voxels: int | None = field(default=None, kw_only=True)
+    total_count: float | None = field(default=None, kw_only=True)
 
-
-def retry_transient(method: Callable[P, R]) -> Callable[P, R]:
-    """Retry a whole transaction on lock timeouts, deadlocks and unique-key races."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        for attempt in range(_TRANSIENT_ATTEMPTS):
-            try:
-                return method(*args, **kwargs)
-            except (OperationalError, IntegrityError) as error:
-                transient = isinstance(error, IntegrityError) or any(
-                    word in str(error).lower() for word in ("locked", "deadlock", "lock wait")
-                )
-                if not transient or attempt == _TRANSIENT_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    return wrapper
+    def __post_init__(self) -> None:
+        if self.status not in XRAY_CENTRING_STATUSES:
+            raise ValueError(
+                f"GridResult.status must be one of {XRAY_CENTRING_STATUSES}, got {self.status!r}"
+            )
+        if self.box_min_x > self.box_max_x or self.box_min_y > self.box_max_y:
+            raise ValueError(
+                f"GridResult bounding box min ({self.box_min_x}, {self.box_min_y}) exceeds "
+                f"max ({self.box_max_x}, {self.box_max_y})"
+            )
 
 
 @dataclass(frozen=True)
@@ -136,161 +175,202 @@ class CollectionDescription:
 
 
 @dataclass(frozen=True)
-class ImageQuality:
-    """One ImageQualityIndicators row."""
-
-    image_number: int
-    n_spots: int
-    total_intensity: float
-    d_min_angstrom: float | None
-
-
-@dataclass(frozen=True)
-class GridResult:
-    """X-ray centre of a grid scan, in grid steps (0-based)."""
-
-    x: float
-    y: float
-    box_min_x: float
-    box_min_y: float
-    box_max_x: float
-    box_max_y: float
-    max_count: float
-    status: str
-
-
-@dataclass(frozen=True)
 class ProcessingJobSummary:
-    """One job of a collection as the CLI, demo and tests report it."""
+    """One processing job of a collection, as the CLI, demo and tests report it."""
 
     processing_job_id: int
+    data_collection_id: int
     recipe: str | None
+    display_name: str | None
     automatic: bool
     triggered_by: str | None
+    run_key: str | None
     parameters: dict[str, Any]
+    comments: str | None
+    submitted: datetime
     program_id: int | None
-    program_status: str | None
+    program_status: ProgramStatus
     program_message: str | None
+    program_start: datetime | None = None
+    program_end: datetime | None = None
     attachments: list[str] = field(default_factory=list)
     n_image_quality_rows: int = 0
-    grid_result: dict[str, float] | None = None
+    grid_result: GridResult | None = None
 
     @property
     def results_dir(self) -> str | None:
+        """Folder of the first attachment: where the job wrote its results."""
         return str(Path(self.attachments[0]).parent) if self.attachments else None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "results_dir": self.results_dir}
 
 
-def _status_name(status: bool | None) -> str:
-    return "running" if status is None else ("success" if status else "failed")
+def split_visit(visit: str) -> tuple[str, str, int]:
+    """ISPyB visit "mx12345-1" -> ("mx", "12345", 1); anything else -> (visit, "", 0)."""
+    match = _VISIT.match(visit)
+    if match is None:
+        return visit, "", 0
+    return match.group(1), match.group(2), int(match.group(3))
+
+
+def join_visit(proposal_code: str, proposal_number: str, visit_number: int) -> str:
+    """The inverse of `split_visit`."""
+    if not proposal_number:
+        return proposal_code
+    return f"{proposal_code}{proposal_number}-{visit_number}"
+
+
+def _retrying(method: Callable[P, R]) -> Callable[P, R]:
+    """Rerun the whole call (its transaction rolled back) on transient database errors."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        attempt = 1
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except DBAPIError as error:
+                if attempt >= _ATTEMPTS or not _is_transient(error):
+                    raise
+                delay = _FIRST_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                log.debug(
+                    "%s: transient database error (attempt %d), retrying in %.2f s: %s",
+                    method.__name__,
+                    attempt,
+                    delay,
+                    error.orig,
+                )
+                time.sleep(delay)
+                attempt += 1
+
+    return wrapper
+
+
+def _is_transient(error: DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    if getattr(orig, "pgcode", None) in _TRANSIENT_PG_CODES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _TRANSIENT_MYSQL_ERRORS:
+        return True
+    message = str(orig).lower()
+    return any(text in message for text in _TRANSIENT_MESSAGES)
 
 
 class Lims:
-    """Reads and idempotent writes of the ISPyB subset.
+    """Idempotent writes and reads of the ISPyB subset in `prefect_beamline.lims.schema`.
+
+    Cheap to construct: instances for the same URL share one engine (connection pool),
+    so a task may open its own. Safe to share between threads.
 
     Example:
         >>> lims = Lims("sqlite:///lims.db")
         >>> lims.create_schema()
+        >>> lims.get_collection(42) is None
+        True
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = _make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.engine: Engine = _engine_for(url)
 
     @classmethod
     def from_settings(cls) -> Lims:
+        """The LIMS named by PREFECT_BEAMLINE_LIMS_URL (default: SQLite in the home folder)."""
         from prefect_beamline.settings import get_settings
 
         return cls(get_settings().resolved_lims_url)
 
-    def session(self) -> Session:
-        return self._sessions()
+    def __repr__(self) -> str:
+        return f"Lims({make_url(self.url).render_as_string(hide_password=True)!r})"
 
-    @retry_transient
+    def __reduce__(self) -> tuple[type[Lims], tuple[str]]:
+        return (Lims, (self.url,))
+
+    def close(self) -> None:
+        """Close pooled connections (the Lims still works: it reconnects when used)."""
+        _forget_engine(self.url, self.engine)
+
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Create the tables that are missing (idempotent; leaves existing tables alone).
 
-    @retry_transient
+        Safe when several processes start on a fresh database: one that loses the race
+        to create a table ("already exists") checks again and finds it. On a real ISPyB
+        database nothing is created or altered: the tables exist.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self.engine.connect() as connection:
+                    connection.execution_options(lims_write=True)
+                    with connection.begin():
+                        Base.metadata.create_all(connection)
+                return
+            except DBAPIError:
+                if attempt == _ATTEMPTS:
+                    raise
+                time.sleep(_FIRST_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+
+    # -- data collections ---------------------------------------------------------------
+
+    @_retrying
     def record_data_collection(self, event: CollectionEvent) -> int:
-        """Upsert the collection (with its proposal, session, group and grid) as announced."""
-        experiment = ispyb_experiment_type(event.technique, event.experiment_type)
+        """Upsert the collection as announced, with its proposal, session, group and grid.
+
+        The DataCollection row gets `dataCollectionId = event.collection_id`; the first
+        data file (for NXmx the master file) becomes imageDirectory + fileTemplate. Later
+        announcements update the row; a finished one sets endTime and runStatus.
+        """
+        experiment_type = ispyb_experiment_type(event.technique, event.experiment_type)
         code, number, visit_number = split_visit(event.visit)
-        master = Path(event.data_files[0])
-        with self.session() as session, session.begin():
-            proposal = session.scalar(
-                select(Proposal).filter_by(proposalCode=code, proposalNumber=number)
+        image_directory, file_template = _split_data_file(event.data_files[0])
+        prefix, suffix = _prefix_and_suffix(file_template)
+        announced = _naive_utc(event.timestamp)
+        with self._transaction(write=True) as session:
+            collection = session.get(
+                DataCollection, event.collection_id, with_for_update={"key_share": True}
             )
-            if proposal is None:
-                proposal = Proposal(proposalCode=code, proposalNumber=number)
-                session.add(proposal)
-                session.flush()
-            blsession = session.scalar(
-                select(BLSession).filter_by(
-                    proposalId=proposal.proposalId,
-                    visit_number=visit_number,
-                    beamLineName=event.beamline,
-                )
+            session_id = _upsert_session(
+                session, event.visit, code, number, visit_number, event.beamline
             )
-            if blsession is None:
-                blsession = BLSession(
-                    proposalId=proposal.proposalId,
-                    visit_number=visit_number,
-                    beamLineName=event.beamline,
-                )
-                session.add(blsession)
-                session.flush()
-            collection = session.get(DataCollection, event.collection_id)
             if collection is None:
-                group = DataCollectionGroup(
-                    sessionId=blsession.sessionId, experimentType=experiment
-                )
+                group = DataCollectionGroup(sessionId=session_id, experimentType=experiment_type)
                 session.add(group)
                 session.flush()
                 collection = DataCollection(
                     dataCollectionId=event.collection_id,
                     dataCollectionGroupId=group.dataCollectionGroupId,
-                    startTime=event.timestamp.replace(tzinfo=None),
+                    startTime=announced,
                 )
                 session.add(collection)
             else:
                 group = session.get_one(DataCollectionGroup, collection.dataCollectionGroupId)
-                group.sessionId = blsession.sessionId
-                group.experimentType = experiment
-            collection.imageDirectory = str(master.parent) + "/"
-            collection.fileTemplate = master.name
+                group.sessionId = session_id
+                group.experimentType = experiment_type
+            collection.imageDirectory = image_directory
+            collection.fileTemplate = file_template
+            collection.imagePrefix = prefix
+            collection.imageSuffix = suffix
             if event.image_range is not None:
-                collection.startImageNumber = event.image_range[0]
-                collection.numberOfImages = event.image_range[1] - event.image_range[0] + 1
-            if event.kind.value == "finished":
-                collection.endTime = event.timestamp.replace(tzinfo=None)
-                collection.runStatus = "DataCollection Successful"
+                first, last = event.image_range
+                collection.startImageNumber = first
+                collection.numberOfImages = last - first + 1
+            if event.kind == CollectionEventKind.started:
+                collection.startTime = announced
+            elif event.kind == CollectionEventKind.finished:
+                collection.endTime = announced
+                collection.runStatus = RUN_STATUS_SUCCESSFUL
             session.flush()
             if event.grid is not None:
-                self._upsert_grid(session, collection, event.grid)
+                _upsert_grid(session, collection, event.grid)
         return event.collection_id
 
-    @staticmethod
-    def _upsert_grid(session: Session, collection: DataCollection, grid: GridScan) -> None:
-        row = session.scalar(
-            select(GridInfo).filter_by(dataCollectionId=collection.dataCollectionId)
-        )
-        if row is None:
-            row = GridInfo(
-                dataCollectionId=collection.dataCollectionId,
-                dataCollectionGroupId=collection.dataCollectionGroupId,
-            )
-            session.add(row)
-        row.steps_x, row.steps_y = grid.steps_x, grid.steps_y
-        row.dx_mm, row.dy_mm = grid.dx_um / 1000.0, grid.dy_um / 1000.0
-        row.snaked = grid.snaked
-        row.orientation = "horizontal"
-
+    @_retrying
     def get_collection(self, data_collection_id: int) -> CollectionDescription | None:
         """The collection as the flows need it, or None when the id is unknown."""
-        with self.session() as session:
+        with self._transaction(write=False) as session:
             row = session.execute(
                 select(DataCollection, DataCollectionGroup, BLSession, Proposal)
                 .join(
@@ -305,37 +385,33 @@ class Lims:
             if row is None:
                 return None
             collection, group, blsession, proposal = row
-            grid_row = session.scalar(
-                select(GridInfo).filter_by(dataCollectionId=data_collection_id)
+            grid = _read_grid(session, collection)
+        technique, experiment_type = technique_for_experiment_type(group.experimentType)
+        if not collection.imageDirectory or not collection.fileTemplate:
+            raise ValueError(
+                f"DataCollection {data_collection_id} has no imageDirectory/fileTemplate "
+                f"({collection.imageDirectory!r}, {collection.fileTemplate!r}): no data file"
             )
-        technique, experiment_type = event_experiment_type(group.experimentType)
         image_range = None
-        if collection.startImageNumber is not None and collection.numberOfImages:
-            image_range = (
-                collection.startImageNumber,
-                collection.startImageNumber + collection.numberOfImages - 1,
-            )
-        grid = None
-        if grid_row is not None:
-            grid = GridScan(
-                steps_x=int(grid_row.steps_x),
-                steps_y=int(grid_row.steps_y),
-                dx_um=grid_row.dx_mm * 1000.0,
-                dy_um=grid_row.dy_mm * 1000.0,
-                snaked=bool(grid_row.snaked),
-            )
+        if collection.numberOfImages:
+            first = collection.startImageNumber or 1
+            image_range = (first, first + collection.numberOfImages - 1)
         return CollectionDescription(
             collection_id=collection.dataCollectionId,
-            beamline=blsession.beamLineName,
-            visit=join_visit(proposal.proposalCode, proposal.proposalNumber, blsession.visit_number),
+            beamline=blsession.beamLineName or "",
+            visit=join_visit(
+                proposal.proposalCode, proposal.proposalNumber, blsession.visit_number
+            ),
             technique=technique,
             experiment_type=experiment_type,
-            data_files=[collection.imageDirectory.rstrip("/") + "/" + collection.fileTemplate],
+            data_files=[str(PurePosixPath(collection.imageDirectory) / collection.fileTemplate)],
             image_range=image_range,
             grid=grid,
         )
 
-    @retry_transient
+    # -- processing jobs and programs ---------------------------------------------------
+
+    @_retrying
     def record_processing_job(
         self,
         *,
@@ -347,28 +423,58 @@ class Lims:
         parameters: Mapping[str, object],
         run_key: str,
     ) -> int:
-        """The ProcessingJob of one flow run (created once per `run_key`)."""
-        with self.session() as session, session.begin():
-            existing = session.scalar(
-                select(ProcessingJobParameter.processingJobId).filter_by(
-                    parameterKey=RUN_KEY, parameterValue=run_key
+        """The ProcessingJob of one flow run on one collection, created once per run_key.
+
+        `run_key` is the Prefect flow-run id: a retried task gets the same job back, a
+        rerun (a new flow run) gets a new one. Parameters are stored JSON-encoded, with
+        `triggered_by` and the run key, as ProcessingJobParameter rows.
+        """
+        if not run_key:
+            raise ValueError("run_key must not be empty: pass the Prefect flow-run id")
+        _check_length(recipe, RECIPE_LENGTH, "ProcessingJob.recipe")
+        values = _encode_parameters(parameters)
+        values[RUN_KEY_PARAMETER] = _check_length(
+            run_key, PARAMETER_VALUE_LENGTH, "ProcessingJobParameter.parameterValue of run_key"
+        )
+        values[TRIGGERED_BY_PARAMETER] = _clip(triggered_by, PARAMETER_VALUE_LENGTH)
+        with self._transaction(write=True) as session:
+            collection = session.get(
+                DataCollection, data_collection_id, with_for_update={"key_share": True}
+            )
+            if collection is None:
+                raise ValueError(
+                    f"DataCollection {data_collection_id} is not in the LIMS; "
+                    "record_data_collection first"
                 )
+            existing = session.scalar(
+                select(ProcessingJob.processingJobId)
+                .join(
+                    ProcessingJobParameter,
+                    ProcessingJobParameter.processingJobId == ProcessingJob.processingJobId,
+                )
+                .where(
+                    ProcessingJob.dataCollectionId == data_collection_id,
+                    ProcessingJobParameter.parameterKey == RUN_KEY_PARAMETER,
+                    ProcessingJobParameter.parameterValue == run_key,
+                )
+                .order_by(ProcessingJob.processingJobId)
+                .limit(1)
             )
             if existing is not None:
                 return int(existing)
             job = ProcessingJob(
                 dataCollectionId=data_collection_id,
-                displayName=display_name[:80],
-                comments=f"triggered by {triggered_by}"[:255],
+                displayName=_clip(display_name, DISPLAY_NAME_LENGTH),
+                comments=_clip(
+                    f"{'automatic' if automatic else 'manual'}, triggered by {triggered_by}",
+                    TEXT_LENGTH,
+                ),
                 recordTimestamp=_now(),
-                recipe=recipe[:50],
+                recipe=recipe,
                 automatic=automatic,
             )
             session.add(job)
             session.flush()
-            values = {**{k: json.dumps(v, default=str) for k, v in parameters.items()}}
-            values[RUN_KEY] = run_key
-            values[TRIGGERED_BY] = triggered_by
             session.add_all(
                 ProcessingJobParameter(
                     processingJobId=job.processingJobId, parameterKey=key, parameterValue=value
@@ -377,110 +483,176 @@ class Lims:
             )
             return job.processingJobId
 
-    @retry_transient
+    @_retrying
     def start_program(
         self, *, processing_job_id: int, programs: str, command_line: str, environment: str
     ) -> int:
-        """The job's AutoProcProgram, running (one per job)."""
-        with self.session() as session, session.begin():
+        """The job's AutoProcProgram, marked running (processingStatus NULL).
+
+        One program per job: calling again returns the same id; if the program had
+        finished (a retried flow run), it is running again from now.
+        """
+        with self._transaction(write=True) as session:
+            job = session.get(ProcessingJob, processing_job_id, with_for_update={"key_share": True})
+            if job is None:
+                raise ValueError(f"ProcessingJob {processing_job_id} does not exist")
             program = session.scalar(
-                select(AutoProcProgram).filter_by(processingJobId=processing_job_id)
+                select(AutoProcProgram)
+                .filter_by(processingJobId=processing_job_id)
+                .order_by(AutoProcProgram.autoProcProgramId)
+                .limit(1)
             )
+            now = _now()
             if program is None:
-                program = AutoProcProgram(
-                    processingJobId=processing_job_id,
-                    processingStartTime=_now(),
-                    recordTimeStamp=_now(),
-                )
+                program = AutoProcProgram(processingJobId=processing_job_id)
                 session.add(program)
-            program.processingPrograms = programs[:255]
-            program.processingCommandLine = command_line[:255]
-            program.processingEnvironment = environment[:255]
+                program.processingStartTime = now
+            elif program.processingStatus is not None or program.processingEndTime is not None:
+                program.processingStatus = None
+                program.processingMessage = None
+                program.processingEndTime = None
+                program.processingStartTime = now
+            program.processingPrograms = _clip(programs, TEXT_LENGTH)
+            program.processingCommandLine = _clip(command_line, TEXT_LENGTH)
+            program.processingEnvironment = _clip(environment, TEXT_LENGTH)
+            program.recordTimeStamp = now
             session.flush()
             return program.autoProcProgramId
 
-    @retry_transient
+    @_retrying
     def finish_program(self, program_id: int, *, success: bool, message: str) -> None:
-        with self.session() as session, session.begin():
-            program = session.get(AutoProcProgram, program_id)
+        """Mark the program successful (1) or failed (0), with a message for people.
+
+        Messages longer than ISPyB's 255 characters are cut (their start is kept).
+        """
+        with self._transaction(write=True) as session:
+            program = session.get(AutoProcProgram, program_id, with_for_update={"key_share": True})
             if program is None:
                 raise ValueError(f"AutoProcProgram {program_id} does not exist")
+            now = _now()
             program.processingStatus = success
-            program.processingMessage = message[:255]
-            program.processingEndTime = _now()
+            program.processingMessage = _clip(message, TEXT_LENGTH)
+            program.processingEndTime = now
+            program.recordTimeStamp = now
 
-    @retry_transient
+    # -- results --------------------------------------------------------------------------
+
+    @_retrying
     def add_attachment(
         self, program_id: int, path: Path, file_type: str, importance_rank: int | None = None
     ) -> int:
-        """Register a result file once per (program, file name)."""
+        """Register a result file of the program, once per (program, path).
+
+        `file_type` is ISPyB's: Log, Result, Graph, Debug or Input. ISPyB reads a higher
+        `importance_rank` (0-255) as more important within a file type.
+        """
         path = Path(path)
-        with self.session() as session, session.begin():
+        if not path.is_absolute():
+            raise ValueError(f"attachment path must be absolute, got {str(path)!r}")
+        if file_type not in ATTACHMENT_FILE_TYPES:
+            raise ValueError(
+                f"attachment fileType must be one of {ATTACHMENT_FILE_TYPES}, got {file_type!r}"
+            )
+        if importance_rank is not None and not 0 <= importance_rank <= 255:
+            raise ValueError(f"importance_rank must be 0-255, got {importance_rank}")
+        directory = _check_length(
+            str(path.parent), PATH_LENGTH, "AutoProcProgramAttachment.filePath"
+        )
+        name = _check_length(path.name, PATH_LENGTH, "AutoProcProgramAttachment.fileName")
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id)
             row = session.scalar(
                 select(AutoProcProgramAttachment).filter_by(
-                    autoProcProgramId=program_id, fileName=path.name
+                    autoProcProgramId=program_id, filePath=directory, fileName=name
                 )
             )
             if row is None:
                 row = AutoProcProgramAttachment(
-                    autoProcProgramId=program_id, fileName=path.name, recordTimeStamp=_now()
+                    autoProcProgramId=program_id, filePath=directory, fileName=name
                 )
                 session.add(row)
-            row.filePath = str(path.parent)
             row.fileType = file_type
             row.importanceRank = importance_rank
+            row.recordTimeStamp = _now()
             session.flush()
             return row.autoProcProgramAttachmentId
 
-    @retry_transient
+    @_retrying
     def record_image_quality(
         self, program_id: int, data_collection_id: int, rows: Sequence[ImageQuality]
     ) -> None:
-        """One row per image of this program: inserted once, updated when rewritten."""
-        with self.session() as session, session.begin():
-            existing = {
-                r.imageNumber: r
-                for r in session.scalars(
-                    select(ImageQualityIndicators).filter_by(autoProcProgramId=program_id)
-                )
-            }
-            for quality in rows:
-                row = existing.get(quality.image_number)
-                if row is None:
-                    row = ImageQualityIndicators(
-                        autoProcProgramId=program_id,
-                        dataCollectionId=data_collection_id,
-                        imageNumber=quality.image_number,
-                    )
-                    session.add(row)
-                row.spotTotal = quality.n_spots
-                row.goodBraggCandidates = quality.n_spots
-                row.totalIntegratedSignal = quality.total_intensity
-                row.method2Res = quality.d_min_angstrom
-                row.recordTimeStamp = _now()
+        """Per-image rows of one program: inserted once, updated when written again.
 
-    @retry_transient
+        One bulk upsert per call (thousands of rows in well under a second); a row
+        repeated within `rows` counts once, the last one winning.
+        """
+        by_image = {quality.image_number: quality for quality in rows}
+        if not by_image:
+            return
+        negative = [number for number in by_image if number < 0]
+        if negative:
+            raise ValueError(f"image numbers must be >= 0, got {sorted(negative)[:5]}")
+        now = _now()
+        values = [
+            {
+                "dataCollectionId": data_collection_id,
+                "autoProcProgramId": program_id,
+                "imageNumber": quality.image_number,
+                "spotTotal": quality.n_spots,
+                "goodBraggCandidates": quality.n_spots_no_ice,
+                "method1Res": quality.d_min_angstrom,
+                "method2Res": quality.d_min_angstrom,
+                "totalIntegratedSignal": quality.total_intensity,
+                "recordTimeStamp": now,
+            }
+            for _, quality in sorted(by_image.items())
+        ]
+        table = ImageQualityIndicators.__table__
+        assert isinstance(table, Table)
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id, data_collection_id)
+            connection = session.connection()
+            dialect = connection.dialect.name
+            update = tuple(
+                key for key in values[0] if key not in ("autoProcProgramId", "imageNumber")
+            )
+            conflict = ("autoProcProgramId", "imageNumber")
+            statement = _upsert(dialect, table, conflict, update)
+            if dialect == "postgresql":
+                # SQLAlchemy batches an upsert into multi-row VALUES only when it returns
+                # something; without, psycopg2 would send the rows one by one.
+                statement = statement.returning(table.c.imageQualityIndicatorsId)
+            for start in range(0, len(values), _BULK_ROWS):
+                connection.execute(statement, values[start : start + _BULK_ROWS]).close()
+
+    @_retrying
     def record_grid_result(
         self, program_id: int, data_collection_id: int, result: GridResult
     ) -> int:
-        """The X-ray centring of a grid-scan job (one per job)."""
-        with self.session() as session, session.begin():
-            program = session.get_one(AutoProcProgram, program_id)
-            collection = session.get_one(DataCollection, data_collection_id)
-            centring = session.scalar(
-                select(XrayCentring).filter_by(processingJobId=program.processingJobId)
-            )
+        """The X-ray centring found by one program (one per program; rewriting updates it).
+
+        Returns the XrayCentringResult id.
+        """
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id, data_collection_id)
+            collection = session.get(DataCollection, data_collection_id)
+            if collection is None:
+                raise ValueError(f"DataCollection {data_collection_id} does not exist")
+            centring = session.scalar(select(XrayCentring).filter_by(autoProcProgramId=program_id))
             if centring is None:
                 centring = XrayCentring(
                     dataCollectionGroupId=collection.dataCollectionGroupId,
-                    processingJobId=program.processingJobId,
+                    autoProcProgramId=program_id,
                     xrayCentringType="2d",
                 )
                 session.add(centring)
             centring.status = result.status
             session.flush()
             row = session.scalar(
-                select(XrayCentringResult).filter_by(xrayCentringId=centring.xrayCentringId)
+                select(XrayCentringResult)
+                .filter_by(xrayCentringId=centring.xrayCentringId)
+                .order_by(XrayCentringResult.xrayCentringResultId)
+                .limit(1)
             )
             if row is None:
                 row = XrayCentringResult(xrayCentringId=centring.xrayCentringId)
@@ -488,104 +660,308 @@ class Lims:
             row.centreOfMassX, row.centreOfMassY = result.x, result.y
             row.boundingBoxMinX, row.boundingBoxMinY = result.box_min_x, result.box_min_y
             row.boundingBoxMaxX, row.boundingBoxMaxY = result.box_max_x, result.box_max_y
-            row.totalCount = result.max_count
-            row.status = result.status
+            row.maxCount = result.max_count
+            row.maxVoxelX, row.maxVoxelY = result.max_voxel_x, result.max_voxel_y
+            row.numberOfVoxels = result.n_voxels
+            row.totalCount = result.total_count
             session.flush()
             return row.xrayCentringResultId
 
+    # -- reports --------------------------------------------------------------------------
+
+    @_retrying
     def jobs_for_collection(self, data_collection_id: int) -> list[ProcessingJobSummary]:
-        """Every job of a collection, oldest first, with its program and results."""
-        summaries = []
-        with self.session() as session:
+        """Every processing job of a collection, oldest first, with its program's state."""
+        with self._transaction(write=False) as session:
             jobs = session.scalars(
                 select(ProcessingJob)
                 .filter_by(dataCollectionId=data_collection_id)
                 .order_by(ProcessingJob.processingJobId)
             ).all()
-            for job in jobs:
-                parameters = {
-                    p.parameterKey: p.parameterValue
-                    for p in session.scalars(
-                        select(ProcessingJobParameter).filter_by(
-                            processingJobId=job.processingJobId
-                        )
-                    )
-                }
-                triggered_by = parameters.pop(TRIGGERED_BY, None)
-                parameters.pop(RUN_KEY, None)
-                program = session.scalar(
-                    select(AutoProcProgram).filter_by(processingJobId=job.processingJobId)
+            if not jobs:
+                return []
+            job_ids = [job.processingJobId for job in jobs]
+            parameters: dict[int, dict[str, str]] = defaultdict(dict)
+            for job_id, key, value in session.execute(
+                select(
+                    ProcessingJobParameter.processingJobId,
+                    ProcessingJobParameter.parameterKey,
+                    ProcessingJobParameter.parameterValue,
                 )
-                attachments: list[str] = []
-                n_quality = 0
-                grid_result = None
-                if program is not None:
-                    attachments = [
-                        f"{a.filePath}/{a.fileName}"
-                        for a in session.scalars(
-                            select(AutoProcProgramAttachment)
-                            .filter_by(autoProcProgramId=program.autoProcProgramId)
-                            .order_by(AutoProcProgramAttachment.importanceRank)
-                        )
-                    ]
-                    n_quality = int(
-                        session.scalar(
-                            select(func.count()).where(
-                                ImageQualityIndicators.autoProcProgramId
-                                == program.autoProcProgramId
-                            )
-                        )
-                        or 0
+                .where(ProcessingJobParameter.processingJobId.in_(job_ids))
+                .order_by(ProcessingJobParameter.processingJobParameterId)
+            ):
+                parameters[job_id or 0][key or ""] = value or ""
+            programs: dict[int, AutoProcProgram] = {}
+            for program in session.scalars(
+                select(AutoProcProgram)
+                .where(AutoProcProgram.processingJobId.in_(job_ids))
+                .order_by(AutoProcProgram.autoProcProgramId)
+            ):
+                programs.setdefault(program.processingJobId or 0, program)
+            program_ids = [program.autoProcProgramId for program in programs.values()]
+            attachments: dict[int, list[str]] = defaultdict(list)
+            n_quality: dict[int, int] = {}
+            grids: dict[int, GridResult] = {}
+            if program_ids:
+                for program_id, directory, name in session.execute(
+                    select(
+                        AutoProcProgramAttachment.autoProcProgramId,
+                        AutoProcProgramAttachment.filePath,
+                        AutoProcProgramAttachment.fileName,
                     )
-                    grid_result = self._grid_result(session, job.processingJobId)
-                summaries.append(
-                    ProcessingJobSummary(
-                        processing_job_id=job.processingJobId,
-                        recipe=job.recipe,
-                        automatic=bool(job.automatic),
-                        triggered_by=triggered_by,
-                        parameters={k: _decode(v) for k, v in parameters.items()},
-                        program_id=program.autoProcProgramId if program else None,
-                        program_status=_status_name(program.processingStatus) if program else None,
-                        program_message=program.processingMessage if program else None,
-                        attachments=attachments,
-                        n_image_quality_rows=n_quality,
-                        grid_result=grid_result,
-                    )
+                    .where(AutoProcProgramAttachment.autoProcProgramId.in_(program_ids))
+                    .order_by(AutoProcProgramAttachment.autoProcProgramAttachmentId)
+                ):
+                    attachments[program_id].append(str(Path(directory) / name))
+                for program_id, count in session.execute(
+                    select(ImageQualityIndicators.autoProcProgramId, func.count())
+                    .where(ImageQualityIndicators.autoProcProgramId.in_(program_ids))
+                    .group_by(ImageQualityIndicators.autoProcProgramId)
+                ):
+                    n_quality[program_id] = int(count)
+                grids = _read_grid_results(session, program_ids)
+        summaries = []
+        for job in jobs:
+            values = parameters[job.processingJobId]
+            triggered_by = values.pop(TRIGGERED_BY_PARAMETER, None)
+            run_key = values.pop(RUN_KEY_PARAMETER, None)
+            job_program = programs.get(job.processingJobId)
+            job_program_id = job_program.autoProcProgramId if job_program else None
+            summaries.append(
+                ProcessingJobSummary(
+                    processing_job_id=job.processingJobId,
+                    data_collection_id=data_collection_id,
+                    recipe=job.recipe,
+                    display_name=job.displayName,
+                    automatic=bool(job.automatic),
+                    triggered_by=triggered_by,
+                    run_key=run_key,
+                    parameters={key: _decode(value) for key, value in values.items()},
+                    comments=job.comments,
+                    submitted=job.recordTimestamp,
+                    program_id=job_program_id,
+                    program_status=_program_status(job_program),
+                    program_message=job_program.processingMessage if job_program else None,
+                    program_start=job_program.processingStartTime if job_program else None,
+                    program_end=job_program.processingEndTime if job_program else None,
+                    attachments=attachments.get(job_program_id or -1, []),
+                    n_image_quality_rows=n_quality.get(job_program_id or -1, 0),
+                    grid_result=grids.get(job_program_id or -1),
                 )
+            )
         return summaries
 
-    @staticmethod
-    def _grid_result(session: Session, processing_job_id: int) -> dict[str, float] | None:
-        row = session.execute(
-            select(XrayCentringResult)
-            .join(XrayCentring, XrayCentring.xrayCentringId == XrayCentringResult.xrayCentringId)
-            .where(XrayCentring.processingJobId == processing_job_id)
-        ).scalar()
-        if row is None:
-            return None
-        return {
-            "x": row.centreOfMassX,
-            "y": row.centreOfMassY,
-            "box_min_x": row.boundingBoxMinX,
-            "box_min_y": row.boundingBoxMinY,
-            "box_max_x": row.boundingBoxMaxX,
-            "box_max_y": row.boundingBoxMaxY,
-            "max_count": row.totalCount,
-        }
-
+    @_retrying
     def image_quality(self, program_id: int) -> list[ImageQuality]:
-        """The ImageQualityIndicators rows of one program, by image number."""
-        with self.session() as session:
-            rows = session.scalars(
-                select(ImageQualityIndicators)
+        """The per-image rows of one program, by image number."""
+        with self._transaction(write=False) as session:
+            rows = session.execute(
+                select(
+                    ImageQualityIndicators.imageNumber,
+                    ImageQualityIndicators.spotTotal,
+                    ImageQualityIndicators.goodBraggCandidates,
+                    ImageQualityIndicators.totalIntegratedSignal,
+                    ImageQualityIndicators.method2Res,
+                )
                 .filter_by(autoProcProgramId=program_id)
                 .order_by(ImageQualityIndicators.imageNumber)
             ).all()
         return [
-            ImageQuality(r.imageNumber, r.spotTotal, r.totalIntegratedSignal, r.method2Res)
-            for r in rows
+            ImageQuality(
+                image_number=number,
+                n_spots=spots or 0,
+                n_spots_no_ice=no_ice,
+                total_intensity=intensity or 0.0,
+                d_min_angstrom=d_min,
+            )
+            for number, spots, no_ice, intensity, d_min in rows
         ]
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Session]:
+        """One short transaction; committed when the block ends, rolled back on error."""
+        with self.engine.connect() as connection:
+            if write:
+                connection.execution_options(lims_write=True)
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+                yield session
+
+
+# -- helpers of the writes -------------------------------------------------------------
+
+
+def _upsert_session(
+    session: Session, visit: str, code: str, number: str, visit_number: int, beamline: str
+) -> int:
+    """sessionId of the visit, creating its Proposal and BLSession when new."""
+    proposal_id = session.scalar(
+        select(Proposal.proposalId).filter_by(proposalCode=code, proposalNumber=number)
+    )
+    if proposal_id is None:
+        proposal = Proposal(proposalCode=code, proposalNumber=number)
+        session.add(proposal)
+        session.flush()
+        proposal_id = proposal.proposalId
+    blsession = session.scalar(
+        select(BLSession).filter_by(proposalId=proposal_id, visit_number=visit_number)
+    )
+    if blsession is None:
+        blsession = BLSession(
+            proposalId=proposal_id, visit_number=visit_number, beamLineName=beamline
+        )
+        session.add(blsession)
+        session.flush()
+    elif blsession.beamLineName is None:
+        blsession.beamLineName = beamline
+    elif blsession.beamLineName.casefold() != beamline.casefold():
+        raise ValueError(
+            f"visit {visit!r} is on beamline {blsession.beamLineName!r} in the LIMS "
+            f"(BLSession {blsession.sessionId}), but the event names beamline {beamline!r}"
+        )
+    return blsession.sessionId
+
+
+def _upsert_grid(session: Session, collection: DataCollection, grid: GridScan) -> None:
+    row = session.scalar(
+        select(GridInfo)
+        .filter_by(dataCollectionId=collection.dataCollectionId)
+        .order_by(GridInfo.gridInfoId)
+        .limit(1)
+    )
+    if row is None:
+        row = GridInfo(dataCollectionId=collection.dataCollectionId)
+        session.add(row)
+    row.dataCollectionGroupId = collection.dataCollectionGroupId
+    row.steps_x, row.steps_y = grid.steps_x, grid.steps_y
+    row.dx_mm, row.dy_mm = grid.dx_um / 1000.0, grid.dy_um / 1000.0
+    row.snaked = grid.snaked
+    row.orientation = "horizontal"
+    row.recordTimeStamp = _now()
+
+
+def _read_grid(session: Session, collection: DataCollection) -> GridScan | None:
+    """The collection's GridInfo (or, as older ISPyB has it, its group's)."""
+    row = session.scalar(
+        select(GridInfo)
+        .filter_by(dataCollectionId=collection.dataCollectionId)
+        .order_by(GridInfo.gridInfoId)
+        .limit(1)
+    ) or session.scalar(
+        select(GridInfo)
+        .where(
+            GridInfo.dataCollectionGroupId == collection.dataCollectionGroupId,
+            GridInfo.dataCollectionId.is_(None),
+        )
+        .order_by(GridInfo.gridInfoId)
+        .limit(1)
+    )
+    if row is None or None in (row.steps_x, row.steps_y, row.dx_mm, row.dy_mm):
+        return None
+    assert row.steps_x is not None and row.steps_y is not None
+    assert row.dx_mm is not None and row.dy_mm is not None
+    return GridScan(
+        steps_x=round(row.steps_x),
+        steps_y=round(row.steps_y),
+        dx_um=round(row.dx_mm * 1000.0, 6),
+        dy_um=round(row.dy_mm * 1000.0, 6),
+        snaked=bool(row.snaked),
+    )
+
+
+def _read_grid_results(session: Session, program_ids: list[int]) -> dict[int, GridResult]:
+    results: dict[int, GridResult] = {}
+    for program_id, status, row in session.execute(
+        select(XrayCentring.autoProcProgramId, XrayCentring.status, XrayCentringResult)
+        .join(XrayCentringResult, XrayCentringResult.xrayCentringId == XrayCentring.xrayCentringId)
+        .where(XrayCentring.autoProcProgramId.in_(program_ids))
+        .order_by(XrayCentringResult.xrayCentringResultId)
+    ):
+        if program_id is None or program_id in results:
+            continue
+        results[program_id] = GridResult(
+            x=row.centreOfMassX or 0.0,
+            y=row.centreOfMassY or 0.0,
+            box_min_x=row.boundingBoxMinX or 0.0,
+            box_min_y=row.boundingBoxMinY or 0.0,
+            box_max_x=row.boundingBoxMaxX or 0.0,
+            box_max_y=row.boundingBoxMaxY or 0.0,
+            max_count=row.maxCount or 0.0,
+            status=status or "pending",
+            max_voxel_x=row.maxVoxelX,
+            max_voxel_y=row.maxVoxelY,
+            n_voxels=row.numberOfVoxels,
+            total_count=row.totalCount,
+        )
+    return results
+
+
+def _lock_program(
+    session: Session, program_id: int, data_collection_id: int | None = None
+) -> AutoProcProgram:
+    """Lock the program's row for this transaction, checking it belongs to the collection."""
+    program = session.get(AutoProcProgram, program_id, with_for_update={"key_share": True})
+    if program is None:
+        raise ValueError(f"AutoProcProgram {program_id} does not exist; start_program first")
+    if data_collection_id is not None and program.processingJobId is not None:
+        owner = session.scalar(
+            select(ProcessingJob.dataCollectionId).filter_by(
+                processingJobId=program.processingJobId
+            )
+        )
+        if owner is not None and owner != data_collection_id:
+            raise ValueError(
+                f"AutoProcProgram {program_id} processes dataCollectionId {owner}, "
+                f"not {data_collection_id}"
+            )
+    return program
+
+
+def _upsert(
+    dialect: str, table: Table, conflict: tuple[str, ...], update: tuple[str, ...]
+) -> Insert:
+    """INSERT that updates the `update` columns where a row with the same `conflict`
+    key exists."""
+    if dialect in ("mysql", "mariadb"):
+        statement = mysql.insert(table)
+        return statement.on_duplicate_key_update(
+            {column: statement.inserted[column] for column in update}
+        )
+    if dialect in ("postgresql", "sqlite"):
+        upsert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+        return upsert.on_conflict_do_update(
+            index_elements=list(conflict),
+            set_={column: upsert.excluded[column] for column in update},
+        )
+    raise NotImplementedError(
+        f"the LIMS writer supports SQLite, PostgreSQL and MariaDB/MySQL, not {dialect!r}"
+    )
+
+
+def _encode_parameters(parameters: Mapping[str, object]) -> dict[str, str]:
+    encoded: dict[str, str] = {}
+    for key, value in parameters.items():
+        if key in _RESERVED_PARAMETERS:
+            raise ValueError(
+                f"processing parameter {key!r} is reserved by the LIMS writer "
+                f"({', '.join(_RESERVED_PARAMETERS)})"
+            )
+        _check_length(key, PARAMETER_KEY_LENGTH, "ProcessingJobParameter.parameterKey")
+        encoded[key] = _check_length(
+            json.dumps(value, default=_json_default, sort_keys=True),
+            PARAMETER_VALUE_LENGTH,
+            f"JSON of processing parameter {key!r}",
+        )
+    return encoded
+
+
+def _json_default(value: object) -> object:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    return str(value)
 
 
 def _decode(value: str) -> Any:
@@ -595,18 +971,124 @@ def _decode(value: str) -> Any:
         return value
 
 
-def _make_engine(url: str) -> Engine:
-    """An engine; SQLite gets WAL and a busy timeout so threads and processes share it."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+def _split_data_file(data_file: str) -> tuple[str, str]:
+    """(imageDirectory ending in '/', fileTemplate) of a data file path."""
+    path = PurePosixPath(data_file)
+    directory = str(path.parent).rstrip("/") + "/"
+    _check_length(directory, PATH_LENGTH, "DataCollection.imageDirectory")
+    _check_length(path.name, PATH_LENGTH, "DataCollection.fileTemplate")
+    return directory, path.name
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
 
+def _prefix_and_suffix(file_template: str) -> tuple[str | None, str | None]:
+    """ISPyB's imagePrefix and imageSuffix: "xtal_1_master.h5" -> ("xtal_1", "h5")."""
+    stem, dot, suffix = file_template.rpartition(".")
+    if not dot:
+        stem, suffix = file_template, ""
+    match = _TEMPLATE_STEM.match(stem)
+    prefix = match.group(1) if match else stem
+    return (prefix if 0 < len(prefix) <= 45 else None), (suffix if 0 < len(suffix) <= 45 else None)
+
+
+def _program_status(program: AutoProcProgram | None) -> ProgramStatus:
+    if program is None:
+        return "queued"
+    if program.processingStatus is None:
+        return "running"
+    return "success" if program.processingStatus else "failed"
+
+
+def _check_length(value: str, limit: int, what: str) -> str:
+    if len(value) > limit:
+        raise ValueError(
+            f"{what} is {len(value)} characters, ISPyB holds at most {limit}: {value[:80]!r}..."
+        )
+    return value
+
+
+def _clip(text: str, limit: int) -> str:
+    """Free text cut to fit an ISPyB column (identities are checked, never clipped)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """ISPyB stores naive datetimes; ours are UTC."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+# -- engines ---------------------------------------------------------------------------
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine_for(url: str) -> Engine:
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            engine = _ENGINES[url] = _make_engine(url)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+
+
+def _forget_engine(url: str, engine: Engine) -> None:
+    with _ENGINES_LOCK:
+        if _ENGINES.get(url) is engine:
+            del _ENGINES[url]
+    engine.dispose()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not reuse its parent's pooled connections."""
+    global _ENGINES_LOCK
+    _ENGINES_LOCK = threading.Lock()
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _make_engine(url: str) -> Engine:
+    """An engine; SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` for writes, so
+    threads and processes can share one file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, pool_recycle=3600)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    if in_memory:
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False}, poolclass=StaticPool
+        )
+    else:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, begin transactions (see `_on_begin`).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A write takes the database's write lock up front: two writers never both
+        # read, then both insert, and never fail upgrading a read lock mid-transaction.
+        write = connection.get_execution_options().get("lims_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

@@ -1,0 +1,38 @@
+"""The command line parses what the README and docs tell people to type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prefect_beamline.cli import build_parser, main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--json"],
+        ["demo", "mx", "--grid", "--workdir", "/tmp/x"],
+        ["gateway", "--host", "0.0.0.0", "--port", "8787"],
+        ["serve", "--deployment", "mx-rotation", "--limit", "4"],
+        ["rerun", "42", "--set", "sigma_strong=4", "--set", "images_per_chunk=50", "--wait"],
+        ["outbox", "list", "--status", "pending"],
+        ["outbox", "requeue", "--event-id", "i03-0042-end"],
+    ],
+)
+def test_documented_commands_parse(argv: list[str]) -> None:
+    assert build_parser().parse_args(argv).handler is not None
+
+
+def test_outbox_list_with_unknown_status_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PREFECT_BEAMLINE_HOME", str(tmp_path))
+    assert main(["outbox", "list", "--status", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_demo_of_an_unknown_technique_says_what_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "xrf"]) == 2
+    assert "available: mx" in capsys.readouterr().err
