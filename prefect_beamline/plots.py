@@ -27,6 +27,8 @@ def spots_per_image_png(image_numbers: Sequence[int], n_spots: np.ndarray) -> by
     axes.plot(image_numbers, n_spots, marker=".", linewidth=1)
     axes.set_xlabel("image number")
     axes.set_ylabel("spots")
+    axes.set_ylim(bottom=0)
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_title("Spots per image")
     axes.grid(alpha=0.3)
     return _png(figure)
