@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from prefect_beamline.events import GridScan
 
@@ -28,7 +29,7 @@ def spots_per_image_png(image_numbers: Sequence[int], n_spots: np.ndarray) -> by
     axes.set_xlabel("image number")
     axes.set_ylabel("spots")
     axes.set_ylim(bottom=0)
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title("Spots per image")
     axes.grid(alpha=0.3)
     return _png(figure)
