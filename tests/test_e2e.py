@@ -288,3 +288,41 @@ def test_event_accepted_while_prefect_is_down_is_processed_when_it_returns(
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def test_chunks_run_on_a_real_dask_cluster(stack: LocalStack, tmp_path: Path) -> None:
+    """A DAQ (or a rerun) naming a Dask scheduler gets its chunks computed there."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster:
+        collection_id = next(_collection_ids)
+        synthetic = write_mx_collection(tmp_path / "data", n_images=6, seed=23)
+        event = CollectionEvent(
+            event_id=f"test-{uuid.uuid4()}",
+            kind=CollectionEventKind.finished,
+            technique=Technique.mx,
+            experiment_type="rotation",
+            beamline="i03",
+            visit="mx12345-1",
+            collection_id=collection_id,
+            data_files=[str(synthetic.master_file)],
+            processing_parameters={
+                "dask_scheduler": cluster.scheduler_address,
+                "images_per_chunk": 2,
+            },
+        )
+        response = httpx.post(
+            f"{stack.gateway_url}/api/v1/collections",
+            content=event.model_dump_json(),
+            headers={"Authorization": f"Bearer {stack.gateway_token}"},
+            timeout=10.0,
+        )
+        assert response.status_code == 202
+        run_to_completion(stack, "mx-processing/mx-rotation", collection_id, set())
+        assert cluster.scheduler is not None
+        assert cluster.scheduler.transition_counter > 0  # the scheduler really ran tasks
+    job = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"]).jobs_for_collection(collection_id)[0]
+    assert job.n_image_quality_rows == 6
+    assert job.parameters["dask_scheduler"] == cluster.scheduler_address
