@@ -240,17 +240,22 @@ def write_mx_results(
     summary_file = folder / "summary.json"
     summary_file.write_text(json.dumps(summary, indent=2))
     plot = folder / ("grid_heatmap.png" if grid else "spots_per_image.png")
-    plot.write_bytes(plot_png(results, grid))
+    centre = summary.get("grid_centre")
+    plot.write_bytes(plot_png(results, grid, (centre["x"], centre["y"]) if centre else None))
     return [(table, "Result"), (summary_file, "Result"), (plot, "Graph")]
 
 
-def plot_png(results: Sequence[ImageResult], grid: GridScan | None) -> bytes:
+def plot_png(
+    results: Sequence[ImageResult],
+    grid: GridScan | None,
+    centre_xy: tuple[float, float] | None = None,
+) -> bytes:
     # matplotlib is imported here, not at module import: flow runs start ~0.4 s sooner.
     from prefect_beamline.plots import grid_heatmap_png, spots_per_image_png
 
     counts = np.array([r.n_spots for r in results])
     if grid is not None and counts.size == grid.steps_x * grid.steps_y:
-        return grid_heatmap_png(grid, counts)
+        return grid_heatmap_png(grid, counts, centre_xy)
     return spots_per_image_png([r.image_number for r in results], counts)
 
 

@@ -35,14 +35,18 @@ def spots_per_image_png(image_numbers: Sequence[int], n_spots: np.ndarray) -> by
     return _png(figure)
 
 
-def grid_heatmap_png(grid: GridScan, n_spots: np.ndarray) -> bytes:
-    """Spots per grid point, laid out as the grid is on the sample."""
+def grid_heatmap_png(
+    grid: GridScan, n_spots: np.ndarray, centre_xy: tuple[float, float] | None = None
+) -> bytes:
+    """Spots per grid point, laid out as the grid is on the sample, with the X-ray centre."""
     from prefect_beamline.analysis.mx import grid_image_index
 
     counts = n_spots[grid_image_index(grid)]
     figure, axes = plt.subplots(figsize=(6, 6 * grid.steps_y / max(grid.steps_x, 1) + 1))
     shown = axes.imshow(counts, cmap="viridis", origin="upper")
     figure.colorbar(shown, ax=axes, label="spots")
+    if centre_xy is not None:
+        axes.plot(*centre_xy, marker="+", color="red", markersize=18, markeredgewidth=2)
     axes.set_xlabel(f"x step ({grid.dx_um:g} µm)")
     axes.set_ylabel(f"y step ({grid.dy_um:g} µm)")
     axes.set_title("Grid scan: spots per point")
