@@ -1,11 +1,14 @@
 """Build the Cython kernels of ext/ (the rest of the metadata is in pyproject.toml)."""
 
+from pathlib import Path
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 OPENMP = ["-fopenmp"]
-KERNELS = ["_spotfind"]
+# Every `ext/_<family>.pyx` is one extension module `prefect_beamline.ext._<family>`.
+KERNELS = sorted(path.stem for path in Path("ext").glob("_*.pyx"))
 
 extensions = [
     Extension(

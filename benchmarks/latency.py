@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect_beamline.demo import demo_event, post_event
+from prefect_beamline.demos.common import post_event
+from prefect_beamline.demos.mx import demo_event
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
 from prefect_beamline.stack import FAST_POLLING, embedded_stack
 from prefect_beamline.synth import write_mx_collection

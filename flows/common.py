@@ -30,12 +30,12 @@ from prefect_beamline.events import (
     LABEL_VISIT,
     CollectionEvent,
 )
-from prefect_beamline.formats.nxmx import NXmxError
+from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.lims import CollectionDescription, Lims
 
 # Bad input never gets better by retrying: fail fast and name it.
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    NXmxError,
+    DataFileError,
     ValidationError,
     ValueError,
     KeyError,

@@ -10,16 +10,27 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from prefect_beamline.demo import print_report, run_demo
+    from prefect_beamline.demos import demo_module
 
-    if args.technique != "mx":
-        print(f"no demo for technique {args.technique!r} yet (available: mx)", file=sys.stderr)
+    try:
+        module = demo_module(args.technique)
+    except KeyError as error:
+        print(error.args[0], file=sys.stderr)
         return 2
-    report = run_demo(args.workdir, grid=args.grid, n_images=args.images)
+    options: dict[str, object] = {}
+    if args.images is not None:
+        options["n_images"] = args.images
+    if args.grid:
+        options["grid"] = True
+    try:
+        report = module.run_demo(args.workdir, **options)
+    except TypeError as error:
+        print(f"demo {args.technique}: {error}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report, default=str))
     else:
-        print_report(report)
+        module.print_report(report)
     return 0 if report["state"] == "COMPLETED" else 1
 
 
@@ -45,8 +56,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _rerun(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
+    from prefect_beamline.deployments import deployment_for_collection
     from prefect_beamline.lims import Lims
-    from prefect_beamline.runs import TERMINAL_STATES, parse_assignment, start_rerun, wait_for_state
+    from prefect_beamline.runs import (
+        TERMINAL_STATES,
+        parse_assignment,
+        qualified_deployment_name,
+        start_rerun,
+        wait_for_state,
+    )
 
     overrides = dict(parse_assignment(text) for text in args.set or [])
     deployment = args.deployment
@@ -55,9 +73,19 @@ def _rerun(args: argparse.Namespace) -> int:
         if collection is None:
             print(f"data collection {args.collection_id} is not in the LIMS", file=sys.stderr)
             return 2
-        deployment = f"{collection.technique.value}-{collection.experiment_type}"
-    flow_and_deployment = deployment if "/" in deployment else f"mx-processing/{deployment}"
+        try:
+            deployment = deployment_for_collection(
+                collection.technique.value, collection.experiment_type
+            )
+        except LookupError as error:
+            print(error, file=sys.stderr)
+            return 2
     api_url = str(PREFECT_API_URL.value())
+    try:
+        flow_and_deployment = qualified_deployment_name(api_url, deployment)
+    except LookupError as error:
+        print(error, file=sys.stderr)
+        return 2
     run = start_rerun(api_url, flow_and_deployment, args.collection_id, overrides)
     print(f"started {run.name} ({run.id}) of {flow_and_deployment} with {overrides}")
     if args.wait:
@@ -92,10 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run one synthetic collection through the whole path")
-    demo.add_argument("technique", nargs="?", default="mx", help="technique to demonstrate (mx)")
+    demo.add_argument(
+        "technique", nargs="?", default="mx", help="technique to demonstrate (mx, ...)"
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--grid", action="store_true", help="a grid scan instead of a rotation")
-    demo.add_argument("--images", type=int, default=20, help="images in a rotation demo")
+    demo.add_argument(
+        "--images", type=int, default=None, help="images (projections, movies) to write"
+    )
     demo.add_argument("--workdir", type=Path, default=None, help="folder for data and state")
     demo.set_defaults(handler=_demo)
 

@@ -30,6 +30,7 @@ class DeploymentSpec:
     tags: list[str]
     parameters: dict[str, Any]
     triggers: list[dict[str, Any]]
+    concurrency_limit: int | None = None
 
 
 def find_prefect_yaml(explicit: Path | None = None) -> Path:
@@ -61,6 +62,7 @@ def read_deployment_specs(path: Path) -> list[DeploymentSpec]:
                 tags=list(entry.get("tags") or []),
                 parameters=dict(entry.get("parameters") or {}),
                 triggers=[dict(t) for t in entry.get("triggers") or []],
+                concurrency_limit=entry.get("concurrency_limit"),
             )
         )
     return specs
@@ -79,6 +81,7 @@ def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         tags=spec.tags,
         parameters=spec.parameters,
         triggers=triggers,
+        concurrency_limit=spec.concurrency_limit,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     assert isinstance(deployment, RunnerDeployment)
@@ -96,3 +99,26 @@ def load_runner_deployments(
             raise ValueError(f"unknown deployment(s): {', '.join(sorted(unknown))}")
         specs = [spec for spec in specs if spec.name in only]
     return [runner_deployment(spec) for spec in specs]
+
+
+def deployment_for_collection(
+    technique: str, experiment_type: str, path: Path | None = None
+) -> str:
+    """The deployment whose `finished` trigger matches a collection's labels.
+
+    The triggers of `prefect.yaml` are the one routing table: a rerun goes to the
+    deployment an automation would have started.
+    """
+    from prefect_beamline.events import LABEL_EXPERIMENT_TYPE, LABEL_TECHNIQUE
+
+    for spec in read_deployment_specs(find_prefect_yaml(path)):
+        for trigger in spec.triggers:
+            match = trigger.get("match") or {}
+            if match.get(LABEL_TECHNIQUE) != technique:
+                continue
+            if match.get(LABEL_EXPERIMENT_TYPE, experiment_type) in (experiment_type, "*"):
+                return spec.name
+    raise LookupError(
+        f"no deployment in prefect.yaml is triggered by technique {technique!r} with "
+        f"experiment_type {experiment_type!r}; pass --deployment"
+    )

@@ -40,13 +40,27 @@ def _info(run: dict[str, Any]) -> FlowRunInfo:
     )
 
 
-def deployment_id(api_url: str, flow_and_deployment: str) -> str:
-    """Id of the deployment `flow-name/deployment-name`, with a clear error if missing."""
-    response = httpx.get(f"{api_url}/deployments/name/{flow_and_deployment}", timeout=10.0)
-    if response.status_code == 404:
-        raise LookupError(f"deployment {flow_and_deployment!r} is not registered at {api_url}")
+def deployment_id(api_url: str, deployment: str) -> str:
+    """Id of a deployment named `flow-name/deployment-name` or just `deployment-name`."""
+    if "/" in deployment:
+        response = httpx.get(f"{api_url}/deployments/name/{deployment}", timeout=10.0)
+        if response.status_code == 404:
+            raise LookupError(f"deployment {deployment!r} is not registered at {api_url}")
+        response.raise_for_status()
+        return str(response.json()["id"])
+    response = httpx.post(
+        f"{api_url}/deployments/filter",
+        json={"deployments": {"name": {"any_": [deployment]}}},
+        timeout=10.0,
+    )
     response.raise_for_status()
-    return str(response.json()["id"])
+    found = response.json()
+    if len(found) != 1:
+        raise LookupError(
+            f"{len(found)} deployments are named {deployment!r} at {api_url}; "
+            "name it as flow-name/deployment-name"
+        )
+    return str(found[0]["id"])
 
 
 def flow_runs_for_collection(
@@ -147,3 +161,15 @@ def start_rerun(
     if response.status_code >= 400:
         raise RuntimeError(f"Prefect refused the rerun ({response.status_code}): {response.text}")
     return _info(response.json())
+
+
+def qualified_deployment_name(api_url: str, deployment: str) -> str:
+    """`flow-name/deployment-name` for a deployment named either way."""
+    response = httpx.get(
+        f"{api_url}/deployments/{deployment_id(api_url, deployment)}", timeout=10.0
+    )
+    response.raise_for_status()
+    found = response.json()
+    flow = httpx.get(f"{api_url}/flows/{found['flow_id']}", timeout=10.0)
+    flow.raise_for_status()
+    return f"{flow.json()['name']}/{found['name']}"

@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 
 SERVER_START_TIMEOUT_S = 120.0
-SERVED_DEPLOYMENTS = ["mx-processing/mx-rotation", "mx-processing/mx-gridscan"]
 PROCESS_START_TIMEOUT_S = 90.0
 # Runners poll for scheduled runs every 10 s by default; 1 s keeps event-to-running
 # latency near 1.5 s (measured, DESIGN.md).
@@ -203,7 +202,7 @@ def embedded_stack(
         if serve:
             runner = start_process("serve", cli("serve"), env, workdir / "logs")
             stack.processes.append(runner)
-            wait_for_deployments(api_url, SERVED_DEPLOYMENTS, runner)
+            wait_for_deployments(api_url, served_deployment_names(), runner)
         if gateway:
             gateway_process = start_process(
                 "gateway", cli("gateway", "--port", str(gateway_port)), env, workdir / "logs"
@@ -218,30 +217,39 @@ def embedded_stack(
             process.stop()
 
 
+def served_deployment_names() -> list[str]:
+    """Names of the deployments `prefect-beamline serve` registers: all of prefect.yaml."""
+    from prefect_beamline.deployments import find_prefect_yaml, read_deployment_specs
+
+    return [spec.name for spec in read_deployment_specs(find_prefect_yaml())]
+
+
 def wait_for_deployments(
     api_url: str,
     names: list[str],
     runner: ManagedProcess,
     timeout_s: float = PROCESS_START_TIMEOUT_S,
 ) -> None:
-    """Block until the runner has registered each `flow/deployment` and its automations."""
+    """Block until the runner has registered each named deployment and its automations."""
     deadline = time.monotonic() + timeout_s
     pending = list(names)
     while pending and time.monotonic() < deadline:
         if runner.process.poll() is not None:
             raise RuntimeError(f"serve exited early:\n{runner.log_tail()}")
-        name = pending[0]
         with contextlib.suppress(httpx.HTTPError):
-            response = httpx.get(f"{api_url}/deployments/name/{name}", timeout=5.0)
-            if response.status_code == 200:
-                deployment_id = response.json()["id"]
+            response = httpx.post(
+                f"{api_url}/deployments/filter",
+                json={"deployments": {"name": {"any_": pending}}},
+                timeout=5.0,
+            )
+            for deployment in response.json() if response.status_code == 200 else []:
                 owned = httpx.get(
-                    f"{api_url}/automations/related-to/prefect.deployment.{deployment_id}",
+                    f"{api_url}/automations/related-to/prefect.deployment.{deployment['id']}",
                     timeout=5.0,
                 )
-                if owned.status_code == 200 and owned.json():
-                    pending.pop(0)
-                    continue
-        time.sleep(0.5)
+                if owned.status_code == 200 and owned.json() and deployment["name"] in pending:
+                    pending.remove(deployment["name"])
+        if pending:
+            time.sleep(0.5)
     if pending:
         raise TimeoutError(f"deployments not registered in time: {pending}\n{runner.log_tail()}")

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from prefect_beamline.lims import Lims
+from prefect_beamline.stack import LocalStack, embedded_stack
 
 LIMS_DATABASES = ("sqlite", "postgresql", "mariadb")
 SERVER_URL_VARIABLES = {
@@ -80,3 +81,11 @@ def lims(lims_url: str) -> Iterator[Lims]:
     client.create_schema()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One embedded stack (own Prefect server on SQLite, `serve` of every deployment in
+    prefect.yaml, gateway) shared by the end-to-end tests of every technique."""
+    with embedded_stack(tmp_path_factory.mktemp("stack"), api_url=None) as running:
+        yield running

@@ -2,7 +2,8 @@
 automation -> served deployment -> completed flow -> LIMS rows, result files, artifacts.
 
 One embedded stack (Prefect server on SQLite, `prefect-beamline serve`, gateway) is shared
-by the tests of this module; each test uses its own collection id.
+by the end-to-end tests of every technique (the `stack` fixture of conftest.py); each
+test uses its own collection id.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,7 +30,6 @@ from prefect_beamline.runs import (
 from prefect_beamline.stack import (
     LocalStack,
     cli,
-    embedded_stack,
     free_port,
     stack_environment,
     start_prefect_server,
@@ -43,12 +42,6 @@ pytestmark = pytest.mark.e2e
 RUN_TIMEOUT_S = 180.0
 _collection_ids = itertools.count(1001)
 REPOSITORY = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with embedded_stack(tmp_path_factory.mktemp("stack"), api_url=None) as running:
-        yield running
 
 
 def announce(

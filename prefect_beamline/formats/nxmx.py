@@ -19,6 +19,8 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle-LZ4 filter the data files need)
 import numpy as np
 
+from prefect_beamline.formats.errors import DataFileError
+
 ENTRY = "/entry"
 DATA_GROUP = "/entry/data"
 DETECTOR = "/entry/instrument/detector"
@@ -64,7 +66,7 @@ _DISTANCE_MM = (1.0, 1e5)
 _WAVELENGTH_ANGSTROM = (1e-3, 100.0)
 
 
-class NXmxError(ValueError):
+class NXmxError(DataFileError):
     """A missing, corrupt or inconsistent part of an NXmx collection."""
 
 

@@ -1,4 +1,4 @@
-"""`prefect-beamline demo`: one data collection through the whole facility path.
+"""`prefect-beamline demo mx`: one MX collection through the whole facility path.
 
 Starts the embedded stack (Prefect server on SQLite, `serve` with the triggers of
 `prefect.yaml`, the gateway), writes a synthetic Eiger collection, POSTs the DAQ
@@ -16,19 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from prefect_beamline.demos.common import announce_and_wait
 from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, Technique
 from prefect_beamline.lims import Lims
-from prefect_beamline.runs import (
-    TERMINAL_STATES,
-    wait_for_new_flow_run,
-    wait_for_state,
-)
 from prefect_beamline.stack import LocalStack, embedded_stack
 from prefect_beamline.synth import write_mx_collection
 
-RUN_TIMEOUT_S = 300.0
 DEMO_GRID = GridScan(steps_x=8, steps_y=6, dx_um=20.0, dy_um=20.0, snaked=True)
 
 
@@ -45,22 +38,6 @@ def demo_event(master_file: Path, collection_id: int, grid: GridScan | None) -> 
         data_files=[str(master_file)],
         grid=grid,
     )
-
-
-def post_event(stack: LocalStack, event: CollectionEvent) -> dict[str, Any]:
-    """POST the announcement to the gateway as a DAQ does; raise on anything but 202."""
-    response = httpx.post(
-        f"{stack.gateway_url}/api/v1/collections",
-        content=event.model_dump_json(),
-        headers={
-            "Authorization": f"Bearer {stack.gateway_token}",
-            "Content-Type": "application/json",
-        },
-        timeout=10.0,
-    )
-    if response.status_code != 202:
-        raise RuntimeError(f"gateway answered {response.status_code}: {response.text}")
-    return dict(response.json())
 
 
 def read_per_image(results_dir: Path) -> list[dict[str, Any]]:
@@ -80,10 +57,11 @@ def read_per_image(results_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_demo(
-    workdir: Path | None = None, *, grid: bool = False, n_images: int = 20
+    workdir: Path | None = None, *, grid: bool = False, n_images: int | None = None
 ) -> dict[str, Any]:
     """Run the demo and return its report (what `--json` prints)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="prefect-beamline-demo-"))
+    n_images = n_images or 20
     started = time.monotonic()
     with embedded_stack(workdir) as stack:
         data_dir = workdir / "data" / "i03" / "mx12345-1"
@@ -101,27 +79,20 @@ def run_demo(
         collection_id = int(time.time() * 1000) % 1_000_000_000
         event = demo_event(synthetic.master_file, collection_id, DEMO_GRID if grid else None)
         deployment = f"mx-processing/mx-{event.experiment_type}"
-        posted_at = time.monotonic()
-        accepted = post_event(stack, event)
-        run = wait_for_new_flow_run(stack.api_url, deployment, collection_id, set(), RUN_TIMEOUT_S)
-        running = wait_for_state(
-            stack.api_url, run.id, {"RUNNING", *TERMINAL_STATES}, RUN_TIMEOUT_S, poll_s=0.05
-        )
-        webhook_to_running_s = time.monotonic() - posted_at
-        final = wait_for_state(stack.api_url, running.id, TERMINAL_STATES, RUN_TIMEOUT_S)
+        run = announce_and_wait(stack, event, deployment)
         lims_url = stack.env["PREFECT_BEAMLINE_LIMS_URL"]
         jobs = Lims(lims_url).jobs_for_collection(collection_id)
-        report = build_report(stack, final.id, final.state, accepted, jobs, lims_url)
+        report = build_report(stack, run.flow_run_id, run.state, run.accepted, jobs, lims_url)
         report.update(
             {
-                "webhook_to_running_s": round(webhook_to_running_s, 3),
+                "webhook_to_running_s": run.webhook_to_running_s,
                 "total_s": round(time.monotonic() - started, 1),
                 "workdir": str(workdir),
                 "deployment": deployment,
                 "collection_id": collection_id,
             }
         )
-        if final.state != "COMPLETED":
+        if run.state != "COMPLETED":
             report["logs"] = stack.logs()
         return report
 
