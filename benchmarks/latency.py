@@ -18,7 +18,8 @@ from typing import Any
 from prefect_beamline.demos.common import post_event
 from prefect_beamline.demos.mx import demo_event
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
-from prefect_beamline.stack import FAST_POLLING, embedded_stack
+from prefect_beamline.serving import DEFAULT_POLL_SECONDS, warm_start_enabled
+from prefect_beamline.stack import embedded_stack
 from prefect_beamline.synth import write_mx_collection
 
 DEPLOYMENT = "mx-processing/mx-rotation"
@@ -57,7 +58,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "latencies_s": [round(x, 3) for x in latencies],
         # Of which: webhook -> gateway -> event -> automation -> flow run created.
         "to_flow_run_created_median_s": round(statistics.median(to_created), 3),
-        "polling": FAST_POLLING,
+        "serve_poll_seconds": DEFAULT_POLL_SECONDS,
+        "warm_start": warm_start_enabled(),
         "target_median_s": 2.0,
     }
 

@@ -44,12 +44,9 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prefect import serve
+    from prefect_beamline.serving import serve
 
-    from prefect_beamline.deployments import load_runner_deployments
-
-    deployments = load_runner_deployments(args.prefect_file, args.deployment or None)
-    serve(*deployments, limit=args.limit, pause_on_shutdown=False)
+    serve(args.prefect_file, args.deployment, limit=args.limit, poll_seconds=args.poll_seconds)
     return 0
 
 
@@ -144,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefect-file", type=Path, default=None, help="path of prefect.yaml")
     serve.add_argument("--deployment", action="append", help="serve only this deployment")
     serve.add_argument("--limit", type=int, default=None, help="most flow runs at once")
+    serve.add_argument(
+        "--poll-seconds", type=float, default=0.25, help="how often to look for new runs"
+    )
     serve.set_defaults(handler=_serve)
 
     rerun = commands.add_parser("rerun", help="rerun a collection with changed parameters")

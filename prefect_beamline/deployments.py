@@ -68,37 +68,47 @@ def read_deployment_specs(path: Path) -> list[DeploymentSpec]:
     return specs
 
 
-def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    """A deployment `prefect.serve` can run, with the spec's triggers as automations."""
-    flow: Flow[..., Any] = load_flow_from_entrypoint(spec.entrypoint)
+def deployment_arguments(spec: DeploymentSpec) -> dict[str, Any]:
+    """Keyword arguments of `Flow.to_deployment` / `Runner.add_flow` for one spec."""
     triggers: list[Any] = []
     for index, trigger in enumerate(spec.triggers, start=1):
         trigger = {"name": f"{spec.name}__automation_{index}", **trigger}
         triggers.append(_TRIGGERS.validate_python(trigger))
-    deployment = flow.to_deployment(
-        name=spec.name,
-        description=spec.description or None,
-        tags=spec.tags,
-        parameters=spec.parameters,
-        triggers=triggers,
-        concurrency_limit=spec.concurrency_limit,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    return {
+        "name": spec.name,
+        "description": spec.description or None,
+        "tags": spec.tags,
+        "parameters": spec.parameters,
+        "triggers": triggers,
+        "concurrency_limit": spec.concurrency_limit,
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
+
+
+def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
+    """A deployment `prefect.serve` can run, with the spec's triggers as automations."""
+    flow: Flow[..., Any] = load_flow_from_entrypoint(spec.entrypoint)
+    deployment = flow.to_deployment(**deployment_arguments(spec))
     assert isinstance(deployment, RunnerDeployment)
     return deployment
 
 
-def load_runner_deployments(
-    path: Path | None = None, only: list[str] | None = None
-) -> list[RunnerDeployment]:
-    """Every deployment of `prefect.yaml` (or those named in `only`)."""
+def selected_specs(path: Path | None = None, only: list[str] | None = None) -> list[DeploymentSpec]:
+    """The specs of `prefect.yaml` (or those named in `only`, which must all exist)."""
     specs = read_deployment_specs(find_prefect_yaml(path))
     if only:
         unknown = set(only) - {spec.name for spec in specs}
         if unknown:
             raise ValueError(f"unknown deployment(s): {', '.join(sorted(unknown))}")
         specs = [spec for spec in specs if spec.name in only]
-    return [runner_deployment(spec) for spec in specs]
+    return specs
+
+
+def load_runner_deployments(
+    path: Path | None = None, only: list[str] | None = None
+) -> list[RunnerDeployment]:
+    """Every deployment of `prefect.yaml` (or those named in `only`)."""
+    return [runner_deployment(spec) for spec in selected_specs(path, only)]
 
 
 def deployment_for_collection(

@@ -24,8 +24,8 @@ import httpx
 
 SERVER_START_TIMEOUT_S = 120.0
 PROCESS_START_TIMEOUT_S = 90.0
-# Runners poll for scheduled runs every 10 s by default; 1 s keeps event-to-running
-# latency near 1.5 s (measured, DESIGN.md).
+# Prefect's workers and runner poll for scheduled runs every 10 s by default; 1 s is the
+# smallest (whole-second) setting. `prefect-beamline serve` polls every 0.25 s itself.
 FAST_POLLING = {
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     "PREFECT_WORKER_QUERY_SECONDS": "1",

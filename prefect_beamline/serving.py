@@ -1,0 +1,147 @@
+"""`prefect-beamline serve`: every deployment of `prefect.yaml` from one warm runner.
+
+Prefect's runner starts each flow run in a fresh interpreter, which imports Prefect,
+numpy and h5py again before the run reports RUNNING: 1.5–2.5 s of the 3.3 s a webhook
+took to become a running flow (docs/benchmarks.md). A beamline wants that gap small, so
+this runner
+
+- registers the flows themselves (`Runner.add_flow`), so runs start from the flow object
+  in memory instead of `python -m prefect.engine` re-resolving the entrypoint;
+- starts those runs from a *forkserver* that imported Prefect and the flow modules once
+  (`warm_start`): each run is a fork of an already-warm interpreter, a fresh process as
+  before (isolation, crash handling and cancellation stay Prefect's);
+- polls for scheduled runs every `poll_seconds` (Prefect's setting only takes whole
+  seconds).
+
+`PREFECT_BEAMLINE_WARM_START=false` turns the forkserver off (plain spawn, as Prefect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copyreg
+import importlib
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from prefect.exceptions import TerminationSignal
+from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.runner import Runner
+
+from prefect_beamline.deployments import DeploymentSpec, deployment_arguments, selected_specs
+
+DEFAULT_POLL_SECONDS = 0.25
+WARM_START_VARIABLE = "PREFECT_BEAMLINE_WARM_START"
+# Imported once by the forkserver, so a flow-run process starts with them loaded.
+ALWAYS_PRELOADED = ["prefect", "prefect.flow_engine", "prefect.runner", "numpy", "h5py"]
+
+
+def warm_start_enabled() -> bool:
+    return os.environ.get(WARM_START_VARIABLE, "true").lower() not in {"0", "false", "no"}
+
+
+class _ForkserverMultiprocessing(ModuleType):
+    """`multiprocessing` as Prefect's flow engine sees it, with spawn served by a forkserver.
+
+    Prefect 3.9 starts a served flow run with `multiprocessing.get_context("spawn")`
+    (`prefect.flow_engine.run_flow_in_subprocess`). Handing it a preloaded forkserver
+    context instead gives the same fresh child process without the imports.
+    """
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        super().__init__("multiprocessing")
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing, name)
+
+    def get_context(self, method: str | None = None) -> multiprocessing.context.BaseContext:
+        return self._context
+
+
+def warm_start(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    """Make Prefect start served flow runs by forking a preloaded interpreter."""
+    import prefect.flow_engine
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([*ALWAYS_PRELOADED, *preload])
+    engine: Any = prefect.flow_engine
+    engine.multiprocessing = _ForkserverMultiprocessing(context)
+    # Start it now, not at the first run: its imports are the cost we are avoiding.
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def flow_module(spec: DeploymentSpec) -> str:
+    """`prefect_beamline.flows.mx` of the entrypoint `prefect_beamline.flows.mx:process_mx`."""
+    module, _, _ = spec.entrypoint.partition(":")
+    return module
+
+
+def build_runner(
+    specs: Sequence[DeploymentSpec],
+    *,
+    limit: int | None = None,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+) -> Runner:
+    """A runner holding every spec's flow, deployment and triggers."""
+    runner = Runner(
+        name="prefect-beamline", limit=limit, pause_on_shutdown=False, query_seconds=poll_seconds
+    )
+    for spec in specs:
+        flow: Flow[..., Any] = load_flow_from_entrypoint(spec.entrypoint)
+        pickle_by_entrypoint(flow, spec.entrypoint)
+        runner.add_flow(flow, **deployment_arguments(spec))
+    return runner
+
+
+def pickle_by_entrypoint(flow: Flow[..., Any], entrypoint: str) -> None:
+    """Send `flow` to its run's process as its entrypoint, not as pickled code.
+
+    The runner pickles a served flow into each run's process. By default cloudpickle
+    copies the function by value with only the globals its body names; the string
+    annotations of `from __future__ import annotations` (the pydantic parameter models
+    the UI form comes from) then name types the copy cannot resolve. Loading the flow
+    by its entrypoint there gives the real module, already imported by the forkserver.
+    """
+    _ENTRYPOINTS[id(flow)] = entrypoint
+    copyreg.pickle(type(flow), _reduce_flow)
+
+
+_ENTRYPOINTS: dict[int, str] = {}
+
+
+def _reduce_flow(flow: Flow[..., Any]) -> str | tuple[Any, ...]:
+    entrypoint = _ENTRYPOINTS.get(id(flow))
+    if entrypoint is None:
+        return flow.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+    return (load_flow_from_entrypoint, (entrypoint,))
+
+
+def serve(
+    prefect_file: Path | None = None,
+    only: list[str] | None = None,
+    *,
+    limit: int | None = None,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+) -> None:
+    """Register and serve the deployments until interrupted."""
+    specs = selected_specs(prefect_file, only)
+    for module in {flow_module(spec) for spec in specs}:
+        importlib.import_module(module)  # fail here, loudly, on a broken entrypoint
+    runner = build_runner(specs, limit=limit, poll_seconds=poll_seconds)
+    if warm_start_enabled():
+        warm_start(sorted({flow_module(spec) for spec in specs}))
+    names = ", ".join(spec.name for spec in specs)
+    print(f"serving {names} (poll every {poll_seconds} s, warm start {warm_start_enabled()})")
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal) as stop:
+        print(f"received {type(stop).__name__}, shutting down")
