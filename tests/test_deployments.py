@@ -17,12 +17,16 @@ from prefect_beamline.runs import parse_assignment
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def test_every_deployment_has_a_trigger_on_finished_collections() -> None:
+def test_every_deployment_is_triggered_by_a_collection_event_of_the_gateway() -> None:
     specs = read_deployment_specs(REPOSITORY / "prefect.yaml")
     assert {s.name for s in specs} >= {"mx-rotation", "mx-gridscan"}
+    gateway_events = {
+        CollectionEvent.model_construct(kind=k).event_name for k in CollectionEventKind
+    }
     for spec in specs:
         assert spec.triggers, spec.name
-        assert spec.triggers[0]["expect"] == ["beamline.collection.finished"]
+        for trigger in spec.triggers:
+            assert trigger["expect"] and set(trigger["expect"]) <= gateway_events, spec.name
 
 
 def test_triggers_match_the_labels_the_gateway_emits() -> None:
