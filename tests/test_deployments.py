@@ -27,6 +27,10 @@ def test_every_deployment_is_triggered_by_a_collection_event_of_the_gateway() ->
         assert spec.triggers, spec.name
         for trigger in spec.triggers:
             assert trigger["expect"] and set(trigger["expect"]) <= gateway_events, spec.name
+            # The flows' shared signature: a run needs at least the collection id.
+            assert {"collection_id", "collection", "triggered_by"} <= set(
+                trigger.get("parameters") or {}
+            ), spec.name
 
 
 def test_triggers_match_the_labels_the_gateway_emits() -> None:
