@@ -5,9 +5,9 @@
 The threshold streams: each band of rows keeps per-column running sums (count, sum) of
 the (2k+1) rows around the current row, and sums those along the row over (2k+1)
 columns, so every pixel is touched O(1) times and no full-frame summed-area table is
-built. Integer frames take the vectorised int32 rows of `_spotfind_rows.h` (rows whose
-window holds a value too large for int32 fall back to the 64-bit rows here); float32
-frames take the double rows here. Bands run in parallel with the GIL released.
+built. Integer frames take the vectorised 32-bit rows of `_spotfind_rows.h` (rows whose
+window holds a value too large for them take the 64-bit rows here); float32 frames take
+the double rows here. Bands run in parallel with the GIL released.
 """
 
 from cython.parallel cimport prange
@@ -36,11 +36,11 @@ cdef extern from "_spotfind_rows.h" nogil:
     Py_ssize_t spot_u16_band(
         const unsigned short* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
-        const spot_params* params, int32_t* work, Py_ssize_t* bright_row)
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
     Py_ssize_t spot_u32_band(
         const unsigned int* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
-        const spot_params* params, int32_t* work, Py_ssize_t* bright_row)
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
 
 
 ctypedef fused acc_t:
@@ -165,10 +165,10 @@ cdef void _threshold_band(
 cdef void _integer_band(
     const pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
     Py_ssize_t row_start, Py_ssize_t row_stop, const spot_params* params,
-    int32_t* work, long long* sums, Py_ssize_t columns,
+    uint32_t* work, long long* sums, Py_ssize_t columns,
 ) noexcept nogil:
-    """Rows [row_start, row_stop) of an integer frame: int32 rows in C, and the 64-bit
-    rows here for the rows whose window holds a value beyond the int32 limit."""
+    """Rows [row_start, row_stop) of an integer frame: the packed 32-bit rows in C, and
+    the 64-bit rows here for the rows whose window holds a value beyond their limit."""
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], r = row_start, slow_stop
     cdef Py_ssize_t bright_row = 0
     cdef int k = params.kernel_size
@@ -208,7 +208,7 @@ def dispersion_threshold_kernel(
 ):
     """Strong-pixel mask into `out` (1 = strong). Shapes and dtypes checked by the caller.
 
-    Integer images accumulate in int32 where that is exact, else in 64-bit integers;
+    Integer images accumulate in packed 32-bit sums where exact, else in 64-bit integers;
     float32 images in doubles.
     """
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
@@ -219,7 +219,7 @@ def dispersion_threshold_kernel(
     cdef int band
     cdef long long[:, ::1] int_sums
     cdef double[:, ::1] float_sums
-    cdef int32_t[:, ::1] work
+    cdef uint32_t[:, ::1] work
     cdef spot_params params
     params.gain = gain
     params.sigma_background = sigma_background
@@ -233,7 +233,7 @@ def dispersion_threshold_kernel(
         float_sums = np.zeros((n_bands, 2 * columns), dtype=np.float64)
     else:
         int_sums = np.zeros((n_bands, 2 * columns), dtype=np.int64)
-        work = np.zeros((n_bands, 2 * columns), dtype=np.int32)
+        work = np.zeros((n_bands, columns), dtype=np.uint32)
     with nogil:
         for band in prange(n_bands, num_threads=n_threads, schedule="dynamic"):
             start = band * band_rows
