@@ -172,26 +172,27 @@ cdef void _integer_band(
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], r = row_start, slow_stop
     cdef Py_ssize_t bright_row = 0
     cdef int k = params.kernel_size
-    while r < row_stop:
-        if pixel_t is uint16_t:
-            r = spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, r, row_stop,
-                              params, work, &bright_row)
-        elif pixel_t is float:
-            return  # float32 frames take _threshold_band directly
-        else:
-            # int32 frames as uint32: negative values exceed the limit and fall back.
-            r = spot_u32_band(<const unsigned int*>&image[0, 0], &valid[0, 0], &out[0, 0],
-                              ny, nx, r, row_stop, params, work, &bright_row)
-        if r >= row_stop:
-            return
-        slow_stop = bright_row + k + 1 if bright_row + k + 1 < row_stop else row_stop
-        memset(sums, 0, 2 * columns * sizeof(long long))
-        _threshold_band(
-            image, valid, out, r, slow_stop, k, params.gain, params.sigma_background,
-            params.sigma_strong, params.min_local, params.global_threshold,
-            sums, sums + columns,
-        )
-        r = slow_stop
+    if pixel_t is float:
+        return  # float32 frames take _threshold_band directly
+    else:
+        while r < row_stop:
+            if pixel_t is uint16_t:
+                r = spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, r,
+                                  row_stop, params, work, &bright_row)
+            else:
+                # int32 frames as uint32: negative values exceed the limit, so fall back.
+                r = spot_u32_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0],
+                                  ny, nx, r, row_stop, params, work, &bright_row)
+            if r >= row_stop:
+                return
+            slow_stop = bright_row + k + 1 if bright_row + k + 1 < row_stop else row_stop
+            memset(sums, 0, 2 * columns * sizeof(long long))
+            _threshold_band(
+                image, valid, out, r, slow_stop, k, params.gain, params.sigma_background,
+                params.sigma_strong, params.min_local, params.global_threshold,
+                sums, sums + columns,
+            )
+            r = slow_stop
 
 
 def dispersion_threshold_kernel(

@@ -1,9 +1,9 @@
 /* Fast rows of the dispersion threshold for integer frames (included by _spotfind.pyx).
  *
  * Why C: gcc vectorises these loops only with `restrict` pointers and arithmetic
- * (branch-free) selects, which Cython does not emit. `target_clones` adds an AVX2 copy
- * of each band function, picked when the module loads, so it still runs on any x86-64
- * (and builds elsewhere without the clones).
+ * (branch-free) selects, which Cython does not emit. `target_clones` adds x86-64-v4
+ * (AVX-512) and AVX2 copies of each band function, one picked when the module loads, so
+ * it still runs on any x86-64 (and builds elsewhere without the clones).
  *
  * Per band of rows, one uint32 per column holds the valid count of the 2k+1 rows around
  * the current row in its high bits and their summed counts in its low bits, updated by
@@ -26,8 +26,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define SPOT_CLONES __attribute__((target_clones("avx2", "default")))
+#if defined(SPOT_CLONES)
+/* set by the includer (a test build of one instruction set) */
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SPOT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define SPOT_CLONES
 #endif
