@@ -69,17 +69,18 @@ static inline float spot_screen_factor(const spot_params *p) {
     return (float)(p->sigma_strong * p->sigma_strong * p->gain * (1.0 - 1e-5));
 }
 
-/* DIALS's test on exact window sums (m valid pixels, sum x, sum of squares y), in the
-   order of operations of the reference. */
+/* DIALS's test on exact window sums (m valid pixels, sum x, sum of squares y), each
+   quantity computed in the order of operations of the reference. The dispersion half
+   goes first: most pixels the screen lets through fail it at a <= 0, before any sqrt. */
 static inline int spot_dials_test(double p, double m, double x, double y,
                                   const spot_params *prm) {
     double gain = prm->gain, a, b;
-    b = m * p - x;
-    if (!(b > 0.0 && b > prm->sigma_strong * sqrt(gain * x * m)
-          && p > prm->global_threshold))
-        return 0;
     a = m * y - x * x - gain * x * (m - 1.0);
-    return a > 0.0 && a > gain * x * prm->sigma_background * sqrt(2.0 * (m - 1.0));
+    if (!(a > 0.0 && a > gain * x * prm->sigma_background * sqrt(2.0 * (m - 1.0))))
+        return 0;
+    b = m * p - x;
+    return b > 0.0 && b > prm->sigma_strong * sqrt(gain * x * m)
+           && p > prm->global_threshold;
 }
 
 #define SPOT_NAME(suffix) spot_u16_##suffix

@@ -48,11 +48,12 @@ SPOT_INLINE void SPOT_NAME(screen)(
         uint32_t window = 0;
         for (int j = 0; j < width; j++) window += columns[c + j];
         int32_t m = (int32_t)(window >> shift), x = (int32_t)(window & low);
-        int32_t p = (int32_t)((uint32_t)row[c] & -(uint32_t)row_valid[c]);
-        int32_t b = m * p - x;
+        /* b = m p - x exactly for valid pixels (p <= limit); a masked pixel's b may wrap
+           around, harmlessly, as its flag is cleared by the mask at the end. */
+        int32_t b = (int32_t)((uint32_t)m * (uint32_t)row[c] - (uint32_t)x);
         float bf = (float)b;
         out[c] = (uint8_t)((b > 0) & (m >= min_local)
-                           & (bf * bf > factor * (float)x * (float)m));
+                           & (bf * bf > factor * (float)x * (float)m)) & row_valid[c];
     }
 }
 
@@ -187,16 +188,17 @@ SPOT_CLONES static ptrdiff_t SPOT_NAME(band)(
         uint8_t *row_out = out + r * nx;
         SPOT_NAME(screen_any)(image + r * nx, valid + r * nx, work, row_out, nx, k, shift,
                               prm->min_local, factor);
-        /* Survivors are rare: skip eight screened-out pixels at a time. */
+        /* Survivors are rare: eight screen flags (bytes 0 or 1) at a time, visiting only
+           the set ones. */
         ptrdiff_t c = 0;
         for (; c + 8 <= nx; c += 8) {
             uint64_t word;
             memcpy(&word, row_out + c, sizeof word);
-            if (word == 0) continue;
-            for (ptrdiff_t j = c; j < c + 8; j++)
-                if (row_out[j])
-                    row_out[j] = (uint8_t)SPOT_NAME(exact)(image, valid, ny, nx, r, j, prm,
-                                                           lanes);
+            while (word != 0) {
+                ptrdiff_t j = c + (__builtin_ctzll(word) >> 3);
+                row_out[j] = (uint8_t)SPOT_NAME(exact)(image, valid, ny, nx, r, j, prm, lanes);
+                word &= word - 1;
+            }
         }
         for (; c < nx; c++)
             if (row_out[c])
