@@ -185,7 +185,13 @@ cdef void _integer_band(
                                   ny, nx, r, row_stop, params, work, &bright_row)
             if r >= row_stop:
                 return
-            slow_stop = bright_row + k + 1 if bright_row + k + 1 < row_stop else row_stop
+            # At least 64 rows at a time, so frames bright (or negative) in most rows spend
+            # little on packed rows restarted only to stop again.
+            slow_stop = bright_row + k + 1
+            if slow_stop < r + 64:
+                slow_stop = r + 64
+            if slow_stop > row_stop:
+                slow_stop = row_stop
             memset(sums, 0, 2 * columns * sizeof(long long))
             _threshold_band(
                 image, valid, out, r, slow_stop, k, params.gain, params.sigma_background,
