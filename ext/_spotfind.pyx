@@ -25,6 +25,7 @@ ctypedef fused pixel_t:
     float
 
 
+# The packed 32-bit rows for integer frames, in C so gcc vectorises them (see the header).
 cdef extern from "_spotfind_rows.h" nogil:
     ctypedef struct spot_params:
         double gain
@@ -34,11 +35,11 @@ cdef extern from "_spotfind_rows.h" nogil:
         int32_t kernel_size
         int32_t min_local
     Py_ssize_t spot_u16_band(
-        const unsigned short* image, const unsigned char* valid, unsigned char* out,
+        const uint16_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
         const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
     Py_ssize_t spot_u32_band(
-        const unsigned int* image, const unsigned char* valid, unsigned char* out,
+        const uint32_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
         const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
 
