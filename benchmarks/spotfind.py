@@ -4,9 +4,9 @@ Measured in one run (medians; also the fastest runs of the kernel and the memory
 which a machine shared with other work disturbs least): the Cython kernel's threshold on
 1 thread and on all cores, the whole `find_spots` (threshold + components + centroids),
 the numpy/scipy reference of the tests, and one pass over memory (`numpy.copyto` of the
-frame into a preallocated array), the floor any per-pixel kernel is compared with. DIALS, the peer, is not installable from
-PyPI here, so it is not timed. Targets (issue 2): kernel >= 20x faster than the reference,
-and within 6x of one memory pass on one thread.
+frame into a preallocated array), the floor any per-pixel kernel is compared with. DIALS,
+the peer, is not installable from PyPI here, so it is not timed. Targets (issue 2): kernel
+>= 20x faster than the reference, and within 6x of one memory pass on one thread.
 """
 
 from __future__ import annotations
