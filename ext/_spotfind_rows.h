@@ -10,8 +10,8 @@
  * the entering and leaving rows; the window sums along the row are added from those on
  * the fly, both halves at once. A float32 screen, looser than the exact test by a
  * relative 1e-5 (far above float32 rounding), drops almost every pixel; the few left get
- * the exact DIALS test in doubles on window sums that are exact, in the same order of
- * operations as the numpy reference, so the mask is identical to it.
+ * the exact DIALS test in doubles on window sums that are exact, each quantity computed
+ * with the numpy reference's operations in its order, so the mask is identical to it.
  *
  * Packing is exact while every valid value v satisfies v * (2k+1)^2 < 2^shift (for
  * k = 3: v <= 684,784 counts). Each entering row's largest valid value is found in the
