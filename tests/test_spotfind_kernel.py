@@ -257,3 +257,16 @@ def test_empty_frame_is_handled() -> None:
     for shape in [(0, 10), (10, 0)]:
         image = np.zeros(shape, dtype=np.uint32)
         assert dispersion_threshold(image, np.ones(shape, bool)).shape == shape
+
+
+def test_kernel_too_large_to_pack_takes_the_64_bit_rows() -> None:
+    # k = 1500 leaves too few bits to pack counts and sums; on a 30 x 30 frame any
+    # k >= 29 covers the whole frame, so k = 1500 must give the answer of k = 30.
+    image, mask = frame_with_spots((30, 30), seed=17)
+    image = image.astype(np.uint32)
+    small = DispersionParameters(kernel_size=30)
+    expected = reference_threshold(image, mask, small)
+    assert expected.any()
+    np.testing.assert_array_equal(dispersion_threshold(image, mask, small), expected)
+    found = dispersion_threshold(image, mask, DispersionParameters(kernel_size=1500))
+    np.testing.assert_array_equal(found, expected)
