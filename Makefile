@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd)
+SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
 
 $(BIN)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(VENV)

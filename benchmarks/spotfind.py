@@ -1,11 +1,12 @@
 """Spot finding on one 16-Mpixel Eiger frame (4148 x 4362, uint32).
 
-Measured in one run: the Cython kernel's threshold on 1 thread and on all cores, the
-whole `find_spots` (threshold + components + centroids), the numpy/scipy reference of the
-tests, and one pass over memory (`numpy.copyto` of the frame into a preallocated array),
-the floor any per-pixel kernel is compared with. DIALS, the peer, is not installable from
-PyPI here, so it is not timed. Targets (issue 2): kernel >= 20x faster than the reference,
-and within 6x of one memory pass on one thread.
+Measured in one run (medians; also the fastest runs of the kernel and the memory pass,
+which a machine shared with other work disturbs least): the Cython kernel's threshold on
+1 thread and on all cores, the whole `find_spots` (threshold + components + centroids),
+the numpy/scipy reference of the tests, and one pass over memory (`numpy.copyto` of the
+frame into a preallocated array), the floor any per-pixel kernel is compared with. DIALS,
+the peer, is not installable from PyPI here, so it is not timed. Targets (issue 2): kernel
+>= 20x faster than the reference, and within 6x of one memory pass on one thread.
 """
 
 from __future__ import annotations
@@ -43,15 +44,20 @@ def realistic_frame(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, 
     return frame, valid
 
 
-def best_ms(function: Callable[[], object], repeats: int) -> float:
-    """Median of `repeats` timings after one warm-up, in milliseconds."""
+def timings_ms(function: Callable[[], object], repeats: int) -> list[float]:
+    """`repeats` timings after one warm-up, in milliseconds."""
     function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+        times.append(1000.0 * (time.perf_counter() - start))
+    return times
+
+
+def best_ms(function: Callable[[], object], repeats: int) -> float:
+    """Median of `repeats` timings after one warm-up, in milliseconds."""
+    return statistics.median(timings_ms(function, repeats))
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -61,10 +67,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     copy = np.empty_like(frame)
     cores = os.cpu_count() or 1
     repeats = 3 if quick else 7
-    memory_pass_ms = best_ms(lambda: np.copyto(copy, frame), repeats * 3)
-    kernel_ms_1t = best_ms(
+    memory_pass = timings_ms(lambda: np.copyto(copy, frame), repeats * 3)
+    kernel_1t = timings_ms(
         lambda: dispersion_threshold(frame, valid, out=out, n_threads=1), repeats
     )
+    memory_pass_ms, kernel_ms_1t = statistics.median(memory_pass), statistics.median(kernel_1t)
     kernel_ms_all = best_ms(
         lambda: dispersion_threshold(frame, valid, out=out, n_threads=cores), repeats
     )
@@ -83,6 +90,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "memory_pass_ms": round(memory_pass_ms, 2),
         "speedup_vs_reference": round(reference_ms / kernel_ms_1t, 1),
         "ratio_to_memory_pass_1t": round(kernel_ms_1t / memory_pass_ms, 1),
+        # Fastest runs: on a machine shared with other work, the least disturbed ratio.
+        "kernel_ms_1t_min": round(min(kernel_1t), 2),
+        "memory_pass_ms_min": round(min(memory_pass), 2),
+        "ratio_to_memory_pass_1t_min": round(min(kernel_1t) / min(memory_pass), 1),
         "n_spots": len(find_spots(frame, valid)),
         "kernel_equals_reference": agree,
         "peer": None,
@@ -101,7 +112,9 @@ def report(result: dict[str, Any]) -> str:
             f"  numpy/scipy reference           {result['reference_ms']:8.1f} ms",
             f"  one memory pass (copyto)        {result['memory_pass_ms']:8.1f} ms",
             f"  speed-up vs reference {result['speedup_vs_reference']}x (target >= 20x); "
-            f"kernel / memory pass {result['ratio_to_memory_pass_1t']}x (target <= 6x)",
+            f"kernel / memory pass {result['ratio_to_memory_pass_1t']}x (target <= 6x); "
+            f"fastest runs {result['kernel_ms_1t_min']:.1f} / "
+            f"{result['memory_pass_ms_min']:.1f} ms = {result['ratio_to_memory_pass_1t_min']}x",
             f"  kernel mask equals reference: {result['kernel_equals_reference']}",
         ]
     )

@@ -2,23 +2,46 @@
 # cython: language_level=3
 """DIALS "dispersion" spot-finding threshold and run-length connected components.
 
-The threshold streams: each band of rows keeps per-column running sums (count, sum,
-sum of squares) of the (2k+1) rows around the current row, and a running sum along the
-row over (2k+1) columns, so every pixel is touched O(1) times and no full-frame
-summed-area table is built. Bands run in parallel with the GIL released.
+The threshold streams: each band of rows keeps per-column running sums (count, sum) of
+the (2k+1) rows around the current row, and sums those along the row over (2k+1)
+columns, so every pixel is touched O(1) times and no full-frame summed-area table is
+built. Integer frames take the vectorised 32-bit rows of `_spotfind_rows.h` (rows whose
+window holds a value too large for them take the 64-bit rows here); float32 frames take
+the double rows here. Bands run in parallel with the GIL released.
 """
 
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
 
 import numpy as np
 
 ctypedef fused pixel_t:
-    unsigned short
-    unsigned int
-    int
+    uint16_t
+    uint32_t
+    int32_t
     float
+
+
+# The packed 32-bit rows for integer frames, in C so gcc vectorises them (see the header).
+cdef extern from "_spotfind_rows.h" nogil:
+    ctypedef struct spot_params:
+        double gain
+        double sigma_background
+        double sigma_strong
+        double global_threshold
+        int32_t kernel_size
+        int32_t min_local
+    Py_ssize_t spot_u16_band(
+        const uint16_t* image, const unsigned char* valid, unsigned char* out,
+        Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
+    Py_ssize_t spot_u32_band(
+        const uint32_t* image, const unsigned char* valid, unsigned char* out,
+        Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
 
 
 ctypedef fused acc_t:
@@ -140,6 +163,45 @@ cdef void _threshold_band(
             )
 
 
+cdef void _integer_band(
+    const pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
+    Py_ssize_t row_start, Py_ssize_t row_stop, const spot_params* params,
+    uint32_t* work, long long* sums, Py_ssize_t columns,
+) noexcept nogil:
+    """Rows [row_start, row_stop) of an integer frame: the packed 32-bit rows in C, and
+    the 64-bit rows here for the rows whose window holds a value beyond their limit."""
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], r = row_start, slow_stop
+    cdef Py_ssize_t bright_row = 0
+    cdef int k = params.kernel_size
+    if pixel_t is float:
+        return  # float32 frames take _threshold_band directly
+    else:
+        while r < row_stop:
+            if pixel_t is uint16_t:
+                r = spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, r,
+                                  row_stop, params, work, &bright_row)
+            else:
+                # int32 frames as uint32: negative values exceed the limit, so fall back.
+                r = spot_u32_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0],
+                                  ny, nx, r, row_stop, params, work, &bright_row)
+            if r >= row_stop:
+                return
+            # At least 64 rows at a time, so frames bright (or negative) in most rows spend
+            # little on packed rows restarted only to stop again.
+            slow_stop = bright_row + k + 1
+            if slow_stop < r + 64:
+                slow_stop = r + 64
+            if slow_stop > row_stop:
+                slow_stop = row_stop
+            memset(sums, 0, 2 * columns * sizeof(long long))
+            _threshold_band(
+                image, valid, out, r, slow_stop, k, params.gain, params.sigma_background,
+                params.sigma_strong, params.min_local, params.global_threshold,
+                sums, sums + columns,
+            )
+            r = slow_stop
+
+
 def dispersion_threshold_kernel(
     const pixel_t[:, ::1] image,
     const unsigned char[:, ::1] valid,
@@ -154,7 +216,8 @@ def dispersion_threshold_kernel(
 ):
     """Strong-pixel mask into `out` (1 = strong). Shapes and dtypes checked by the caller.
 
-    Integer images accumulate in 64-bit integers (exact); float32 images in doubles.
+    Integer images accumulate in packed 32-bit sums where exact, else in 64-bit integers;
+    float32 images in doubles.
     """
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
     cdef int n_bands = n_threads * 4 if ny >= 64 * n_threads else 1
@@ -164,10 +227,21 @@ def dispersion_threshold_kernel(
     cdef int band
     cdef long long[:, ::1] int_sums
     cdef double[:, ::1] float_sums
+    cdef uint32_t[:, ::1] work
+    cdef spot_params params
+    params.gain = gain
+    params.sigma_background = sigma_background
+    params.sigma_strong = sigma_strong
+    params.global_threshold = global_threshold
+    params.kernel_size = kernel_size
+    params.min_local = min_local
+    if ny == 0 or nx == 0:
+        return
     if pixel_t is float:
         float_sums = np.zeros((n_bands, 2 * columns), dtype=np.float64)
     else:
         int_sums = np.zeros((n_bands, 2 * columns), dtype=np.int64)
+        work = np.zeros((n_bands, columns), dtype=np.uint32)
     with nogil:
         for band in prange(n_bands, num_threads=n_threads, schedule="dynamic"):
             start = band * band_rows
@@ -183,10 +257,9 @@ def dispersion_threshold_kernel(
                     &float_sums[band, 0], &float_sums[band, columns],
                 )
             else:
-                _threshold_band(
-                    image, valid, out, start, stop, kernel_size, gain, sigma_background,
-                    sigma_strong, min_local, global_threshold,
-                    &int_sums[band, 0], &int_sums[band, columns],
+                _integer_band(
+                    image, valid, out, start, stop, &params, &work[band, 0],
+                    &int_sums[band, 0], columns,
                 )
 
 

@@ -140,3 +140,133 @@ def test_diagonal_neighbours_join_one_spot() -> None:
 def test_bad_input_is_named(image: np.ndarray, mask: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dispersion_threshold(image, mask)
+
+
+# Crafted inputs for the packed 32-bit rows (ext/_spotfind_rows.h): the rows whose window
+# holds a value above the packing limit take the 64-bit rows, and the exact test of the
+# screen's survivors runs on 8 lanes inside the row and element by element at its ends.
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_bright_pixels_take_the_64_bit_rows_and_still_match(n_threads: int) -> None:
+    image, mask = frame_with_spots((300, 200), seed=9)
+    image = image.astype(np.uint32)
+    # Above the k = 3 packing limit (684,784 counts), and small enough that every window
+    # sum of squares stays an exact float64 integer in the reference.
+    for row, col, value in [
+        (0, 5, 700_000),
+        (2, 199, 3_000_000),
+        (99, 90, 20_000_000),
+        (100, 40, 800_000),
+        (150, 0, 5_000_000),
+        (299, 150, 1_000_000),
+    ]:
+        image[row, col] = value
+        image[row, col + 1 if col < 199 else col - 1] = value // 2
+    found = dispersion_threshold(image, mask, n_threads=n_threads)
+    np.testing.assert_array_equal(found, reference_threshold(image, mask))
+    assert found[99, 90] and found[150, 0]
+
+
+def test_bright_background_region_matches_the_reference() -> None:
+    # Every window in this region sums past the packing limit: only the 64-bit rows get
+    # its spots right (packed sums would carry into the count bits there).
+    image, mask = frame_with_spots((160, 150), seed=16)
+    rng = np.random.default_rng(16)
+    region = (slice(40, 90), slice(20, 120))
+    image[region] = 1_000_000 + rng.normal(0, 1_000, (50, 100)).astype(np.int64)
+    image[60:62, 50:52] += 40_000
+    image[75, 100] += 60_000_000  # m * p would overflow int32
+    image = image.astype(np.uint32)
+    expected = reference_threshold(image, mask)
+    assert expected[region].sum() >= 5 and expected[75, 100]
+    np.testing.assert_array_equal(dispersion_threshold(image, mask, n_threads=2), expected)
+
+
+def test_masked_bright_values_keep_the_fast_rows_exact() -> None:
+    image, mask = frame_with_spots(seed=10)
+    image = image.astype(np.uint32)
+    mask[40:43, :] = False
+    image[40:43, :] = np.iinfo(np.uint32).max  # saturated module edge, masked
+    found = dispersion_threshold(image, mask)
+    assert not found[40:43].any()
+    np.testing.assert_array_equal(found, reference_threshold(image, mask))
+
+
+def test_negative_int32_values_match_the_reference() -> None:
+    image, mask = frame_with_spots(seed=11)
+    image = image.astype(np.int32)
+    image[60:64, 30:90] = -5  # e.g. a pedestal-subtracted region
+    image[120, 10] = -1_000
+    np.testing.assert_array_equal(
+        dispersion_threshold(image, mask, n_threads=2), reference_threshold(image, mask)
+    )
+
+
+def test_uint16_full_range_with_a_large_kernel() -> None:
+    # k = 20: the packing limit (623 counts) is below uint16's range, so bright rows
+    # take the 64-bit rows; the rest stays on the packed rows.
+    rng = np.random.default_rng(12)
+    image = rng.poisson(3.0, (200, 180)).astype(np.uint16)
+    image[50:53, 60:63] = 65_535
+    image[150, 170] = 2_000
+    mask = np.ones(image.shape, dtype=bool)
+    params = DispersionParameters(kernel_size=20)
+    found = dispersion_threshold(image, mask, params)
+    assert found[51, 61]
+    np.testing.assert_array_equal(found, reference_threshold(image, mask, params))
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4])
+def test_strong_pixels_at_every_column_near_the_edges(kernel_size: int) -> None:
+    rng = np.random.default_rng(13)
+    shape = (60, 41)
+    image = rng.poisson(2.0, shape).astype(np.uint32)
+    rows = np.arange(3, 57, 3)
+    for i, row in enumerate(rows):
+        for col in (i % 10, shape[1] - 1 - i % 10):  # 0..9 and nx-10..nx-1
+            image[row, col] += 60
+    mask = rng.random(shape) > 0.05
+    params = DispersionParameters(kernel_size=kernel_size)
+    found = dispersion_threshold(image, mask, params)
+    assert found.sum() > 10
+    np.testing.assert_array_equal(found, reference_threshold(image, mask, params))
+
+
+def test_sparse_mask_inside_every_window() -> None:
+    image, _ = frame_with_spots((200, 220), background=4.0, seed=14)
+    mask = np.random.default_rng(14).random(image.shape) > 0.3  # 30 % masked
+    for dtype in (np.uint16, np.uint32):
+        np.testing.assert_array_equal(
+            dispersion_threshold(image.astype(dtype), mask),
+            reference_threshold(image.astype(dtype), mask),
+        )
+
+
+@pytest.mark.parametrize("sigma_strong", [0.0, -1.0, 1e-30])
+def test_degenerate_sigma_strong_matches_the_reference(sigma_strong: float) -> None:
+    image, mask = frame_with_spots(seed=15)
+    params = DispersionParameters(sigma_strong=sigma_strong)
+    image = image.astype(np.uint32)
+    np.testing.assert_array_equal(
+        dispersion_threshold(image, mask, params), reference_threshold(image, mask, params)
+    )
+
+
+def test_empty_frame_is_handled() -> None:
+    for shape in [(0, 10), (10, 0)]:
+        image = np.zeros(shape, dtype=np.uint32)
+        assert dispersion_threshold(image, np.ones(shape, bool)).shape == shape
+
+
+def test_kernel_too_large_to_pack_takes_the_64_bit_rows() -> None:
+    # k = 1500 leaves too few bits to pack counts and sums; on a 30 x 30 frame any
+    # k >= 29 covers the whole frame, so k = 1500 must give the answer of k = 30.
+    image, mask = frame_with_spots((30, 30), seed=17)
+    image = image.astype(np.uint32)
+    small = DispersionParameters(kernel_size=30)
+    expected = reference_threshold(image, mask, small)
+    assert expected.any()
+    np.testing.assert_array_equal(dispersion_threshold(image, mask, small), expected)
+    found = dispersion_threshold(image, mask, DispersionParameters(kernel_size=1500))
+    np.testing.assert_array_equal(found, expected)
