@@ -157,7 +157,7 @@ def filter_sinograms(
     spectrum = fft.rfft(sinograms, n=size, axis=2, workers=n_threads)
     spectrum *= response
     filtered = fft.irfft(spectrum, n=size, axis=2, workers=n_threads)
-    out = np.zeros(sinograms.shape[:2] + (n_detector + 1,), dtype=np.float32)
+    out = np.zeros((*sinograms.shape[:2], n_detector + 1), dtype=np.float32)
     out[..., :n_detector] = filtered[..., :n_detector]
     return out
 

@@ -191,9 +191,7 @@ def find_centre(
     radius = parameters.centre_search_radius
     candidates = np.arange(-radius, radius + 0.5, 1.0) + (scan.n_columns - 1) / 2.0
     candidates = candidates[(candidates >= 0) & (candidates <= scan.n_columns - 1)]
-    centre = centre_by_sinogram_metric(
-        sinogram, np.deg2rad(angles), candidates, n_threads=parameters.threads_per_chunk
-    )
+    centre = centre_by_sinogram_metric(sinogram, candidates)
     return CentreEstimate(round(centre, 3), "sinogram metric")
 
 
@@ -351,8 +349,7 @@ def publish_tomo_artifacts(
     )
     n_z, n_y, n_x = summary["shape"]
     lines = [
-        f"# Tomography: dc{collection.collection_id} ({collection.beamline}, "
-        f"{collection.visit})",
+        f"# Tomography: dc{collection.collection_id} ({collection.beamline}, {collection.visit})",
         "",
         "| projections | volume (z × y × x) | centre of rotation (px) | filter | ring filter |",
         "|---|---|---|---|---|",

@@ -13,6 +13,7 @@ the dataset.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -158,9 +159,7 @@ class TomoScan:
     def _open_dxchange(self) -> None:
         self._data = self._frames(DXCHANGE_DATA)
         self._flat_data = self._frames(DXCHANGE_FLATS)
-        self._dark_data = (
-            self._frames(DXCHANGE_DARKS) if DXCHANGE_DARKS in self._file else None
-        )
+        self._dark_data = self._frames(DXCHANGE_DARKS) if DXCHANGE_DARKS in self._file else None
         self._projection_frames = np.arange(self._data.shape[0])
         self._flat_frames = np.arange(self._flat_data.shape[0])
         self._dark_frames = np.arange(0 if self._dark_data is None else self._dark_data.shape[0])
@@ -237,7 +236,9 @@ class TomoScan:
         frames = [int(self._projection_frames[i]) for i in indices]
         return np.stack([self._read(self._data, (frame,)) for frame in frames])
 
-    def iter_rows(self, rows_per_chunk: int, first_row: int = 0, stop_row: int | None = None):  # type: ignore[no-untyped-def]
+    def iter_rows(
+        self, rows_per_chunk: int, first_row: int = 0, stop_row: int | None = None
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
         """(first_row, stop_row, projections) for consecutive bands of rows."""
         stop = self.n_rows if stop_row is None else stop_row
         for start in range(first_row, stop, rows_per_chunk):

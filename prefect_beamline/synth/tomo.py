@@ -15,6 +15,7 @@ pixel), so tests can score a reconstruction directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,7 +120,7 @@ def _rasterise(
 
 def default_defective_columns(n_columns: int, centre: float) -> tuple[int, ...]:
     """Three columns at different distances from the axis: three rings of known radius."""
-    return tuple(int(round(centre + f * n_columns / 2)) for f in (-0.45, 0.2, 0.6))
+    return tuple(round(centre + f * n_columns / 2) for f in (-0.45, 0.2, 0.6))
 
 
 def write_tomo_scan(
@@ -173,7 +174,9 @@ def write_tomo_scan(
     mu_per_density = MAX_ABSORBANCE / max(float(integrals.max()), 1e-12)
     truth *= np.float32(mu_per_density)
 
-    column_profile = 0.85 + 0.3 * np.exp(-(((np.arange(n_columns) - n_columns / 2) / n_columns) ** 2))
+    column_profile = 0.85 + 0.3 * np.exp(
+        -(((np.arange(n_columns) - n_columns / 2) / n_columns) ** 2)
+    )
     row_profile = 1.0 + 0.05 * np.sin(np.arange(n_rows) / 3.0)
     flat_field = flat_counts * row_profile[:, None] * column_profile[None, :]
 
@@ -209,7 +212,9 @@ def write_tomo_scan(
     )
 
 
-def _frames_dataset(group: h5py.Group, name: str, n_frames: int, shape: tuple[int, int]):  # type: ignore[no-untyped-def]
+def _frames_dataset(
+    group: h5py.Group, name: str, n_frames: int, shape: tuple[int, int]
+) -> h5py.Dataset:
     return group.create_dataset(
         name, shape=(n_frames, *shape), dtype=np.uint16, chunks=(1, *shape), compression="gzip"
     )
@@ -220,7 +225,7 @@ def _write_nxtomo(
     shape: tuple[int, int],
     darks: list[np.ndarray],
     flats: list[np.ndarray],
-    projections: object,
+    projections: Iterable[np.ndarray],
     angles_deg: np.ndarray,
 ) -> None:
     """NXtomo as beamlines write it: one stack of frames told apart by image_key."""
@@ -270,7 +275,7 @@ def _write_nxtomo(
         for index, frame in enumerate(frames):
             data[index] = frame
         index = len(frames)
-        for frame in projections:  # type: ignore[attr-defined]
+        for frame in projections:
             data[index] = frame
             index += 1
         for frame in flats[before:]:
@@ -283,7 +288,7 @@ def _write_dxchange(
     shape: tuple[int, int],
     darks: list[np.ndarray],
     flats: list[np.ndarray],
-    projections: object,
+    projections: Iterable[np.ndarray],
     angles_deg: np.ndarray,
 ) -> None:
     """APS Data Exchange: projections, flats (data_white), darks and theta apart."""
@@ -291,7 +296,7 @@ def _write_dxchange(
         handle.attrs["implements"] = "exchange:measurement:process"
         exchange = handle.create_group("exchange")
         data = _frames_dataset(exchange, "data", angles_deg.size, shape)
-        for index, frame in enumerate(projections):  # type: ignore[attr-defined]
+        for index, frame in enumerate(projections):
             data[index] = frame
         exchange.create_dataset("data_white", data=np.stack(flats))
         exchange.create_dataset("data_dark", data=np.stack(darks))
