@@ -10,14 +10,90 @@ Work is split into blocks of slice rows; a block walks the angles in order and, 
 each angle, adds that angle's (filtered) projection to every row of the block, so one
 projection (a few kB) stays in L1 cache while the block's rows are in L2. Blocks of all
 slices run in parallel with the GIL released. The valid range of columns of each row is
-solved for once per (row, angle), so the inner loop has no bounds tests.
+solved for once per (row, angle), so the inner loop (C, below: AVX2 gathers where the
+CPU has them, else fixed-point arithmetic) has no bounds tests.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport ceil, floor, llround, sqrt
+from libc.math cimport ceil, floor, sqrt
 
-cdef double FIXED_ONE = 4294967296.0  # 2**32: t in 32.32 fixed point
-cdef float FIXED_FRACTION = <float>(1.0 / 4294967296.0)
+cdef extern from *:
+    """
+    /* One row of one angle: row[j] += linear interpolation of the projection at
+       t = t0 + j c, for j in lo..hi (the caller has made every t lie in
+       [0, n_detector - 1], up to rounding; the projection has a zero after its last
+       pixel). The AVX2 version computes t in double precision 8 pixels at a time and
+       gathers; the portable one walks t in 32.32 fixed point (one integer add per
+       pixel; the step's rounding drifts < 1e-6 pixel over a row). The choice is made
+       once, at import, from what the CPU supports. */
+    #include <math.h>
+    #include <stdint.h>
+    static void bp_row_portable(const float* p, float* row, double t0, double c,
+                                Py_ssize_t lo, Py_ssize_t hi) {
+        int64_t position = llround((t0 + (double)lo * c) * 4294967296.0);
+        int64_t step = llround(c * 4294967296.0);
+        while (lo <= hi && position < 0) { position += step; lo++; }
+        while (hi >= lo && position + (int64_t)(hi - lo) * step < 0) { hi--; }
+        for (Py_ssize_t j = lo; j <= hi; j++) {
+            Py_ssize_t k = (Py_ssize_t)(position >> 32);
+            float fraction = (float)(uint32_t)position * (float)(1.0 / 4294967296.0);
+            row[j] += p[k] + fraction * (p[k + 1] - p[k]);
+            position += step;
+        }
+    }
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define BP_HAVE_AVX2_PATH 1
+    __attribute__((target("avx2")))
+    static void bp_row_avx2(const float* p, float* row, double t0, double c,
+                            Py_ssize_t lo, Py_ssize_t hi) {
+        const __m256d step = _mm256_set1_pd(c), origin = _mm256_set1_pd(t0);
+        const __m256d lanes = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), four = _mm256_set1_pd(4.0);
+        Py_ssize_t j = lo;
+        for (; j + 8 <= hi + 1; j += 8) {
+            __m256d ja = _mm256_add_pd(_mm256_set1_pd((double)j), lanes);
+            __m256d ta = _mm256_add_pd(origin, _mm256_mul_pd(ja, step));
+            __m256d tb = _mm256_add_pd(origin, _mm256_mul_pd(_mm256_add_pd(ja, four), step));
+            __m128i ka = _mm256_cvttpd_epi32(ta), kb = _mm256_cvttpd_epi32(tb);
+            __m128 fa = _mm256_cvtpd_ps(_mm256_sub_pd(ta, _mm256_cvtepi32_pd(ka)));
+            __m128 fb = _mm256_cvtpd_ps(_mm256_sub_pd(tb, _mm256_cvtepi32_pd(kb)));
+            __m256i k = _mm256_set_m128i(kb, ka);
+            __m256 fraction = _mm256_set_m128(fb, fa);
+            __m256 left = _mm256_i32gather_ps(p, k, 4);
+            __m256 right = _mm256_i32gather_ps(p + 1, k, 4);
+            __m256 sum = _mm256_loadu_ps(row + j);
+            sum = _mm256_add_ps(sum, _mm256_add_ps(left,
+                  _mm256_mul_ps(fraction, _mm256_sub_ps(right, left))));
+            _mm256_storeu_ps(row + j, sum);
+        }
+        for (; j <= hi; j++) {
+            double t = t0 + (double)j * c;
+            Py_ssize_t k = (Py_ssize_t)t;
+            float fraction = (float)(t - (double)k);
+            row[j] += p[k] + fraction * (p[k + 1] - p[k]);
+        }
+    }
+    static int bp_cpu_has_avx2(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2");
+    }
+    #else
+    #define BP_HAVE_AVX2_PATH 0
+    static void bp_row_avx2(const float* p, float* row, double t0, double c,
+                            Py_ssize_t lo, Py_ssize_t hi) { bp_row_portable(p, row, t0, c, lo, hi); }
+    static int bp_cpu_has_avx2(void) { return 0; }
+    #endif
+    """
+    void bp_row_portable(const float* p, float* row, double t0, double c,
+                         Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+    void bp_row_avx2(const float* p, float* row, double t0, double c,
+                     Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+    int bp_cpu_has_avx2() noexcept nogil
+
+
+# Decided once, at import: the AVX2 path where the CPU has it.
+cdef bint USE_AVX2 = bp_cpu_has_avx2()
+HAS_AVX2 = bool(USE_AVX2)
 
 
 cdef inline Py_ssize_t _clamp(double value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:
@@ -37,6 +113,7 @@ cdef void _backproject_block(
     Py_ssize_t first_row,
     Py_ssize_t last_row,
     bint circle,
+    bint avx2,
 ) noexcept nogil:
     """Rows first_row..last_row-1 of one slice from its filtered sinogram.
 
@@ -47,10 +124,8 @@ cdef void _backproject_block(
     cdef Py_ssize_t n_detector = filtered.shape[1] - 1
     cdef Py_ssize_t size = out.shape[1]
     cdef Py_ssize_t half = size // 2
-    cdef Py_ssize_t a, i, j, k, j_low, j_high, reach
+    cdef Py_ssize_t a, i, j, j_low, j_high, reach
     cdef double c, s, t0, last = <double>(n_detector - 1), squared
-    cdef long long position, step
-    cdef float fraction
     cdef const float* projection
     cdef float* row
     for i in range(first_row, last_row):
@@ -84,21 +159,12 @@ cdef void _backproject_block(
                 j_high = min(j_high, _clamp(floor(-t0 / c), -1, size - 1))
             elif t0 < 0 or t0 > last:
                 continue
-            # Walk t in 32.32 fixed point: one exact integer add per pixel instead of a
-            # multiply and two conversions (the step's rounding drifts < 1e-6 pixel
-            # over a row). Rounding must not push t below 0: trim the range's ends.
-            position = llround((t0 + j_low * c) * FIXED_ONE)
-            step = llround(c * FIXED_ONE)
-            while j_low <= j_high and position < 0:
-                position += step
-                j_low += 1
-            while j_high >= j_low and position + (j_high - j_low) * step < 0:
-                j_high -= 1
-            for j in range(j_low, j_high + 1):
-                k = <Py_ssize_t>(position >> 32)
-                fraction = <float>(<unsigned int>position) * FIXED_FRACTION  # low 32 bits
-                row[j] += projection[k] + fraction * (projection[k + 1] - projection[k])
-                position += step
+            if j_low > j_high:
+                continue
+            if avx2:
+                bp_row_avx2(projection, row, t0, c, j_low, j_high)
+            else:
+                bp_row_portable(projection, row, t0, c, j_low, j_high)
 
 
 def backproject_kernel(
@@ -110,11 +176,14 @@ def backproject_kernel(
     bint circle,
     int rows_per_block,
     int n_threads,
+    bint simd=True,
 ):
     """Back-project filtered sinograms (slice, angle, detector + 1) into out (slice, N, N).
 
-    Sums without scaling; the caller multiplies by pi / (2 n_angles).
+    Sums without scaling; the caller multiplies by pi / (2 n_angles). `simd=False`
+    forces the portable path (the AVX2 one is used where the CPU has it).
     """
+    cdef bint avx2 = USE_AVX2 and simd
     cdef Py_ssize_t n_slices = out.shape[0]
     cdef Py_ssize_t size = out.shape[1]
     cdef Py_ssize_t n_blocks = (size + rows_per_block - 1) // rows_per_block
@@ -129,5 +198,5 @@ def backproject_kernel(
             last_row = size
         _backproject_block(
             filtered[slice_index], cos_angles, sin_angles, centre, out[slice_index],
-            first_row, last_row, circle,
+            first_row, last_row, circle, avx2,
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import numpy as np
-from prefect_beamline.ext._backproject import backproject_kernel
+from prefect_beamline.ext._backproject import HAS_AVX2, backproject_kernel
 from prefect_beamline.ext._tomo_preprocess import normalise_kernel, ring_filter_kernel
 from scipy import fft
 
@@ -25,6 +25,7 @@ FILTER_NAMES: tuple[str, ...] = get_args(FilterName)
 RAW_DTYPES = (np.uint16, np.uint32, np.float32)
 MIN_TRANSMISSION = 1e-6
 ROWS_PER_BLOCK = 16
+SIMD_AVAILABLE: bool = HAS_AVX2  # the back projector uses AVX2 gathers
 
 
 def _float32_2d(array: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
@@ -175,6 +176,7 @@ def backproject(
     output_size: int | None = None,
     circle: bool = True,
     n_threads: int = 1,
+    simd: bool = True,
 ) -> np.ndarray:
     """Slices (slice, N, N) float32 from filtered sinograms (slice, angle, detector + 1).
 
@@ -182,7 +184,8 @@ def backproject(
     projects to. N defaults to the detector width. With `circle`, pixels outside the
     inscribed circle (radius N//2) are 0, as `iradon(circle=True)` leaves them. The sum
     is scaled by pi / (2 n_angles), so a uniformly sampled half turn gives attenuation
-    per pixel.
+    per pixel. `simd=False` uses the portable inner loop even where AVX2 is available
+    (tests compare the two).
     """
     if filtered.ndim != 3 or filtered.dtype != np.float32 or not filtered.flags.c_contiguous:
         raise ValueError(
@@ -210,6 +213,7 @@ def backproject(
         bool(circle),
         ROWS_PER_BLOCK,
         int(n_threads),
+        bool(simd),
     )
     out *= np.float32(np.pi / (2 * len(angles)))
     return out

@@ -148,6 +148,16 @@ def test_backprojection_is_the_same_on_one_thread_and_many() -> None:
     assert one.shape == (3, 70, 70)
 
 
+@pytest.mark.parametrize("circle", [True, False])
+def test_portable_and_simd_back_projection_agree(circle: bool) -> None:
+    rng = np.random.default_rng(7)
+    filtered = filter_sinograms(rng.random((2, 70, 61)).astype(np.float32))
+    angles = np.deg2rad(np.linspace(0, 180, 70, endpoint=False))
+    simd = backproject(filtered, angles, 31.7, circle=circle, simd=True)
+    portable = backproject(filtered, angles, 31.7, circle=circle, simd=False)
+    np.testing.assert_allclose(simd, portable, rtol=1e-5, atol=1e-6 * np.abs(portable).max())
+
+
 def test_backproject_rejects_wrong_angle_count() -> None:
     filtered = filter_sinograms(np.zeros((1, 10, 16), dtype=np.float32))
     with pytest.raises(ValueError, match="angles"):

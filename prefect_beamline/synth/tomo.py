@@ -123,6 +123,22 @@ def default_defective_columns(n_columns: int, centre: float) -> tuple[int, ...]:
     return tuple(round(centre + f * n_columns / 2) for f in (-0.45, 0.2, 0.6))
 
 
+def phantom_sinogram(
+    n_columns: int, angles_deg: np.ndarray, centre: float | None = None, z: float = -0.25
+) -> np.ndarray:
+    """Noise-free sinogram (angle, column), float32, of the phantom's slice at height z.
+
+    For benchmarks and kernel tests that need a realistic sinogram without a file. The
+    phantom fills the detector as in `write_tomo_scan`; `centre` defaults to n // 2.
+    """
+    axis = n_columns // 2 if centre is None else centre
+    radius = min(axis, n_columns - 1 - axis) - 2.0
+    t = np.arange(n_columns, dtype=np.float64) - axis
+    ellipses = _slices_at(z, 0.97 * radius / 0.92)
+    sinogram = _line_integrals(ellipses, np.deg2rad(np.asarray(angles_deg)), t)
+    return np.asarray(sinogram * (MAX_ABSORBANCE / max(sinogram.max(), 1e-12)), dtype=np.float32)
+
+
 def write_tomo_scan(
     directory: Path,
     *,
