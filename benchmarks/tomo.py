@@ -91,9 +91,9 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _skimage_version() -> str:
-    import skimage
+    from importlib.metadata import version
 
-    return str(skimage.__version__)
+    return version("scikit-image")
 
 
 def report(result: dict[str, Any]) -> str:
