@@ -22,7 +22,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import INPUTS, NO_CACHE
 from prefect.futures import as_completed
 from prefect_beamline.ext.tomo import FilterName, normalise, reconstruct, ring_filter
 from prefect_beamline.flows.common import (
@@ -86,6 +86,11 @@ class TomoParameters(BaseModel):
     )
     parallel_chunks: int = Field(
         2, ge=1, le=256, description="Chunks reconstructed at once on the thread runner"
+    )
+    cache_chunks: bool = Field(
+        True,
+        description="Keep each chunk's slices in Prefect's result storage (14 days), so a "
+        "retried or identical rerun reuses them; costs as much disk as the volume",
     )
     threads_per_chunk: int = Field(1, ge=1, le=256, description="Kernel threads per chunk")
     dask_scheduler: str | None = Field(
@@ -249,8 +254,13 @@ def reconstruct_volume(
     }
     shape = (stop - first, scan.n_columns, scan.n_columns)
     with VolumeWriter(results_dir / VOLUME_FILE, shape, first_row=first, process=process) as out:
+        chunk_task = (
+            reconstruct_rows
+            if parameters.cache_chunks
+            else reconstruct_rows.with_options(cache_policy=NO_CACHE, persist_result=False)
+        )
         futures = {
-            reconstruct_rows.submit(
+            chunk_task.submit(
                 scan.path, scan.signature, start, end, centre.centre, parameters
             ): start
             for start, end in chunks

@@ -152,7 +152,13 @@ def test_rerun_with_centre_ring_filter_and_slices_is_recorded_separately(
     _, state = final_state(stack, collection_id)
     assert state == "COMPLETED", stack.logs()
 
-    changes = ["centre_of_rotation=50.25", "ring_filter=false", "first_slice=1", "last_slice=3"]
+    changes = [
+        "centre_of_rotation=50.25",
+        "ring_filter=false",
+        "first_slice=1",
+        "last_slice=3",
+        "cache_chunks=false",
+    ]
     done = subprocess.run(
         cli(
             "rerun",
@@ -175,6 +181,7 @@ def test_rerun_with_centre_ring_filter_and_slices_is_recorded_separately(
     assert (automatic.automatic, manual.automatic) == (True, False)
     assert manual.triggered_by == f"cli:{getpass.getuser()}"
     assert manual.parameters["ring_filter"] is False
+    assert manual.parameters["cache_chunks"] is False
     first, rerun = lims.tomogram(automatic.program_id or -1), lims.tomogram(manual.program_id or -1)
     assert first is not None and rerun is not None
     assert (rerun.centre_of_rotation, rerun.centre_method) == (50.25, "user")
