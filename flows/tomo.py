@@ -23,7 +23,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import INPUTS, NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect_beamline.ext.tomo import FilterName, normalise, reconstruct, ring_filter
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
@@ -85,7 +85,11 @@ class TomoParameters(BaseModel):
         8, ge=1, le=4096, description="Slices per task: the unit of retry, cache and fan-out"
     )
     parallel_chunks: int = Field(
-        2, ge=1, le=256, description="Chunks reconstructed at once on the thread runner"
+        2,
+        ge=1,
+        le=256,
+        description="Chunks reconstructed at once on the thread runner (twice as many are "
+        "in flight, in memory, at a time)",
     )
     cache_chunks: bool = Field(
         True,
@@ -238,7 +242,10 @@ def reconstruct_volume(
     results_dir: Path,
 ) -> Path:
     """Fan chunks of slices out over the task runner and write each into the volume as
-    it finishes; the volume gets its final name only when every slice is in."""
+    it finishes; the volume gets its final name only when every slice is in.
+
+    A chunk that fails (after its retries) fails the run and removes the partial volume.
+    """
     first, stop = rows
     chunks = [
         (start, min(start + parameters.slices_per_chunk, stop))
@@ -259,15 +266,30 @@ def reconstruct_volume(
             if parameters.cache_chunks
             else reconstruct_rows.with_options(cache_policy=NO_CACHE, persist_result=False)
         )
-        futures = {
-            chunk_task.submit(
-                scan.path, scan.signature, start, end, centre.centre, parameters
-            ): start
-            for start, end in chunks
-        }
-        for done, future in enumerate(as_completed(list(futures)), start=1):
-            out.write(futures.pop(future) - first, future.result())
+        # At most `window` chunks in flight: each finished chunk is written and dropped
+        # before the next is submitted, so memory holds a few chunks, never the volume.
+        window = 2 * parameters.parallel_chunks
+        waiting = iter(chunks)
+        in_flight: dict[PrefectFuture[np.ndarray], int] = {}
+
+        def submit_next() -> None:
+            chunk = next(waiting, None)
+            if chunk is not None:
+                future = chunk_task.submit(
+                    scan.path, scan.signature, chunk[0], chunk[1], centre.centre, parameters
+                )
+                in_flight[future] = chunk[0]
+
+        for _ in range(window):
+            submit_next()
+        done = 0
+        while in_flight:
+            finished = next(as_completed(list(in_flight)))
+            out.write(in_flight.pop(finished) - first, finished.result())
+            del finished
+            done += 1
             update_progress_artifact(progress, 100.0 * done / len(chunks))
+            submit_next()
     get_run_logger().info("reconstructed %d slices in %d chunks", shape[0], len(chunks))
     return out.path
 

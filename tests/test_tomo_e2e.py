@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from prefect_beamline.events import CollectionEvent, CollectionEventKind, Technique
+from prefect_beamline.formats.nxtomo import NXTOMO_DATA
 from prefect_beamline.lims import Lims
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
 from prefect_beamline.stack import LocalStack, cli
@@ -217,12 +219,27 @@ def test_rerun_with_centre_ring_filter_and_slices_is_recorded_separately(
         assert list(volume["/entry/data/z"][()]) == [1, 2, 3]
 
 
-def test_truncated_scan_fails_naming_the_file_and_leaves_no_volume(
-    stack: LocalStack, tmp_path: Path
+def truncate(scan: SyntheticTomoScan) -> None:
+    scan.path.write_bytes(scan.path.read_bytes()[: scan.path.stat().st_size * 2 // 3])
+
+
+def garble_one_projection(scan: SyntheticTomoScan) -> None:
+    """The file opens and its metadata reads; one compressed projection is garbage, so
+    the run fails while chunks are being reconstructed."""
+    with h5py.File(scan.path) as handle:
+        offset = handle[NXTOMO_DATA].id.get_chunk_info(80).byte_offset  # a projection
+    with scan.path.open("r+b") as raw:
+        raw.seek(offset)
+        raw.write(b"\xff" * 64)
+
+
+@pytest.mark.parametrize("damage", [truncate, garble_one_projection])
+def test_damaged_scan_fails_naming_the_file_and_leaves_no_volume(
+    stack: LocalStack, tmp_path: Path, damage: Callable[[SyntheticTomoScan], None]
 ) -> None:
     collection_id = next(_collection_ids)
     scan = small_scan(tmp_path / "data", seed=7)
-    scan.path.write_bytes(scan.path.read_bytes()[: scan.path.stat().st_size * 2 // 3])
+    damage(scan)
     announce(stack, scan.path, collection_id)
 
     _, state = final_state(stack, collection_id)
@@ -231,4 +248,5 @@ def test_truncated_scan_fails_naming_the_file_and_leaves_no_volume(
     assert job.program_status == "failed"
     assert scan.path.name in (job.program_message or "")
     results = scan.path.parent / "processing" / "tomo-default"
-    assert not list(results.glob("*/volume.h5*"))
+    assert list(results.glob("*/inputs.json"))  # the job's folder exists...
+    assert not list(results.glob("*/volume.h5*"))  # ...without a volume, whole or partial
