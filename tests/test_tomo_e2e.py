@@ -250,3 +250,44 @@ def test_damaged_scan_fails_naming_the_file_and_leaves_no_volume(
     results = scan.path.parent / "processing" / "tomo-default"
     assert list(results.glob("*/inputs.json"))  # the job's folder exists...
     assert not list(results.glob("*/volume.h5*"))  # ...without a volume, whole or partial
+
+
+def test_chunks_run_on_a_real_dask_cluster(stack: LocalStack, tmp_path: Path) -> None:
+    """Named by the DAQ, a Dask scheduler reconstructs the chunks; the volume is whole."""
+    from distributed import LocalCluster
+
+    collection_id = next(_collection_ids)
+    scan = small_scan(tmp_path / "data", seed=8)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as cluster:
+        event = CollectionEvent(
+            event_id=f"test-{uuid.uuid4()}",
+            kind=CollectionEventKind.finished,
+            technique=Technique.tomo,
+            beamline="i13",
+            visit="mg12345-1",
+            collection_id=collection_id,
+            data_files=[str(scan.path)],
+            processing_parameters={
+                "dask_scheduler": cluster.scheduler_address,
+                "slices_per_chunk": 1,
+                "parallel_chunks": 1,
+            },
+        )
+        response = httpx.post(
+            f"{stack.gateway_url}/api/v1/collections",
+            content=event.model_dump_json(),
+            headers={"Authorization": f"Bearer {stack.gateway_token}"},
+            timeout=10.0,
+        )
+        assert response.status_code == 202
+        _, state = final_state(stack, collection_id)
+        assert state == "COMPLETED", stack.logs()
+        assert cluster.scheduler is not None
+        assert cluster.scheduler.transition_counter > 0  # the scheduler really ran tasks
+    [job] = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"]).jobs_for_collection(collection_id)
+    with h5py.File(Path(job.results_dir or "", "volume.h5")) as volume:
+        data = volume["/entry/data/data"][()]
+    assert data.shape == (6, 96, 96)
+    assert all(float(abs(data[row]).max()) > 0 for row in range(6))  # every slice written
