@@ -15,6 +15,7 @@ from pathlib import Path
 BENCHMARKS = {
     "spotfind": "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
     "latency": "webhook to flow-run RUNNING through the embedded stack",
+    "tomo": "Cython filtered back projection vs scikit-image iradon and a memory pass",
 }
 
 

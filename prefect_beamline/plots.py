@@ -51,3 +51,16 @@ def grid_heatmap_png(
     axes.set_ylabel(f"y step ({grid.dy_um:g} µm)")
     axes.set_title("Grid scan: spots per point")
     return _png(figure)
+
+
+def tomo_slice_png(image: np.ndarray, title: str) -> bytes:
+    """One plane of a reconstructed volume in grey, scaled to its 0.5-99.5 percentiles
+    (a few hot ring or edge pixels must not wash out the sample)."""
+    low, high = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
+    height, width = image.shape
+    figure, axes = plt.subplots(figsize=(5, max(1.5, 5 * height / max(width, 1)) + 0.6))
+    shown = axes.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+    figure.colorbar(shown, ax=axes, label="attenuation (1/pixel)", shrink=0.8)
+    axes.set_title(title)
+    axes.set_axis_off()
+    return _png(figure)

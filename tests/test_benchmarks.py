@@ -23,3 +23,18 @@ def test_spotfind_benchmark_reports_every_number_and_agrees_with_reference() -> 
     for key in ("kernel_ms_1t", "kernel_ms_all", "reference_ms", "memory_pass_ms"):
         assert result[key] > 0
     assert result["kernel_equals_reference"] is True
+
+
+def test_tomo_benchmark_reports_every_number_and_agrees_with_iradon() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "tomo", "--quick", "--json"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in ("kernel_ms_1t", "kernel_ms_all", "iradon_ms", "memory_pass_ms"):
+        assert result[key] > 0
+    assert result["relative_difference_vs_iradon"] < 1e-5

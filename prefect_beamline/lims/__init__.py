@@ -1,5 +1,6 @@
 """The LIMS: an ISPyB-compatible subset (`schema`) and its one idempotent writer (`Lims`)."""
 
+from prefect_beamline.lims.tomogram import TomogramRecord
 from prefect_beamline.lims.writer import (
     CollectionDescription,
     GridResult,
@@ -8,4 +9,11 @@ from prefect_beamline.lims.writer import (
     ProcessingJobSummary,
 )
 
-__all__ = ["CollectionDescription", "GridResult", "ImageQuality", "Lims", "ProcessingJobSummary"]
+__all__ = [
+    "CollectionDescription",
+    "GridResult",
+    "ImageQuality",
+    "Lims",
+    "ProcessingJobSummary",
+    "TomogramRecord",
+]

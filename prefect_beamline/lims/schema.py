@@ -315,3 +315,42 @@ class XrayCentringResult(Base):
     boundingBoxMaxY: Mapped[float | None] = mapped_column(Float)
     # Not in ISPyB (see the module docstring).
     maxCount: Mapped[float | None] = mapped_column(Float)
+
+
+# --- tomography ---
+
+
+class Tomogram(Base):
+    """A reconstructed volume (ISPyB's cryo-ET table, used here for X-ray tomography).
+
+    Differs from ISPyB: `autoProcProgramId` is unique (one volume per program, so a
+    retried task updates its row), and `centreOfRotation` (detector column of the
+    rotation axis, pixels) with `centreOfRotationMethod` ("user", "0/180 pair",
+    "sinogram metric") and `projYZ` are this project's own columns. The previews are
+    planes through the volume's centre, not projections: `centralSliceImage` the xy
+    slice, `projXZ` and `projYZ` the vertical planes. `pixelSpacing` is in Å per pixel,
+    as in ISPyB.
+    """
+
+    __tablename__ = "Tomogram"
+
+    tomogramId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataCollectionId: Mapped[int | None] = mapped_column(
+        ForeignKey("DataCollection.dataCollectionId"), index=True
+    )
+    autoProcProgramId: Mapped[int | None] = mapped_column(
+        ForeignKey("AutoProcProgram.autoProcProgramId"), unique=True
+    )
+    volumeFile: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    sizeX: Mapped[int | None] = mapped_column(Integer)
+    sizeY: Mapped[int | None] = mapped_column(Integer)
+    sizeZ: Mapped[int | None] = mapped_column(Integer)
+    pixelSpacing: Mapped[float | None] = mapped_column(Float)
+    fileDirectory: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    centralSliceImage: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    projXZ: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
+    # Not in ISPyB (see the class docstring).
+    projYZ: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    centreOfRotation: Mapped[float | None] = mapped_column(Double)
+    centreOfRotationMethod: Mapped[str | None] = mapped_column(String(20))

@@ -64,11 +64,13 @@ from prefect_beamline.lims.schema import (
     ProcessingJob,
     ProcessingJobParameter,
     Proposal,
+    Tomogram,
     XrayCentring,
     XrayCentringResult,
     ispyb_experiment_type,
     technique_for_experiment_type,
 )
+from prefect_beamline.lims.tomogram import TomogramRecord
 
 __all__ = [
     "RUN_KEY_PARAMETER",
@@ -788,6 +790,58 @@ class Lims:
                 connection.execution_options(lims_write=True)
             with Session(bind=connection, expire_on_commit=False) as session, session.begin():
                 yield session
+
+    # --- tomography ---
+
+    @_retrying
+    def record_tomogram(
+        self, program_id: int, data_collection_id: int, record: TomogramRecord
+    ) -> int:
+        """The volume one program reconstructed: one Tomogram row per program, updated
+        when written again (a retried task). Returns the tomogramId."""
+        volume = _check_length(record.volume_file, PATH_LENGTH, "Tomogram.volumeFile")
+        images = [
+            _check_length(image, PATH_LENGTH, "Tomogram preview path") if image else None
+            for image in (record.central_slice_image, record.xz_image, record.yz_image)
+        ]
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id, data_collection_id)
+            row = session.scalar(select(Tomogram).filter_by(autoProcProgramId=program_id))
+            if row is None:
+                row = Tomogram(autoProcProgramId=program_id, dataCollectionId=data_collection_id)
+                session.add(row)
+            row.volumeFile = volume
+            row.fileDirectory = _check_length(
+                str(Path(volume).parent), PATH_LENGTH, "Tomogram.fileDirectory"
+            )
+            row.sizeX, row.sizeY, row.sizeZ = record.size_x, record.size_y, record.size_z
+            row.pixelSpacing = record.pixel_spacing_angstrom
+            row.centralSliceImage, row.projXZ, row.projYZ = images
+            row.centreOfRotation = record.centre_of_rotation
+            row.centreOfRotationMethod = _clip(record.centre_method, 20)
+            row.recordTimeStamp = _now()
+            session.flush()
+            return row.tomogramId
+
+    @_retrying
+    def tomogram(self, program_id: int) -> TomogramRecord | None:
+        """The volume a program reconstructed, or None."""
+        with self._transaction(write=False) as session:
+            row = session.scalar(select(Tomogram).filter_by(autoProcProgramId=program_id))
+            if row is None:
+                return None
+            return TomogramRecord(
+                volume_file=row.volumeFile or "",
+                size_x=row.sizeX or 0,
+                size_y=row.sizeY or 0,
+                size_z=row.sizeZ or 0,
+                centre_of_rotation=row.centreOfRotation or 0.0,
+                centre_method=row.centreOfRotationMethod or "",
+                pixel_spacing_angstrom=row.pixelSpacing,
+                central_slice_image=row.centralSliceImage,
+                xz_image=row.projXZ,
+                yz_image=row.projYZ,
+            )
 
 
 # -- helpers of the writes -------------------------------------------------------------

@@ -1,5 +1,13 @@
 """Synthetic data of the field with known truth, for the demo, tests and benchmarks."""
 
 from prefect_beamline.synth.mx import SyntheticCollection, SyntheticSpot, write_mx_collection
+from prefect_beamline.synth.tomo import SyntheticTomoScan, phantom_sinogram, write_tomo_scan
 
-__all__ = ["SyntheticCollection", "SyntheticSpot", "write_mx_collection"]
+__all__ = [
+    "SyntheticCollection",
+    "SyntheticSpot",
+    "SyntheticTomoScan",
+    "phantom_sinogram",
+    "write_mx_collection",
+    "write_tomo_scan",
+]
