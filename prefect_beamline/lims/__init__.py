@@ -6,6 +6,14 @@ from prefect_beamline.lims.writer import (
     ImageQuality,
     Lims,
     ProcessingJobSummary,
+    PtychoResult,
 )
 
-__all__ = ["CollectionDescription", "GridResult", "ImageQuality", "Lims", "ProcessingJobSummary"]
+__all__ = [
+    "CollectionDescription",
+    "GridResult",
+    "ImageQuality",
+    "Lims",
+    "ProcessingJobSummary",
+    "PtychoResult",
+]

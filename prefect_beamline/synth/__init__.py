@@ -1,5 +1,12 @@
 """Synthetic data of the field with known truth, for the demo, tests and benchmarks."""
 
 from prefect_beamline.synth.mx import SyntheticCollection, SyntheticSpot, write_mx_collection
+from prefect_beamline.synth.ptycho import SyntheticScan, write_ptycho_scan
 
-__all__ = ["SyntheticCollection", "SyntheticSpot", "write_mx_collection"]
+__all__ = [
+    "SyntheticCollection",
+    "SyntheticScan",
+    "SyntheticSpot",
+    "write_mx_collection",
+    "write_ptycho_scan",
+]
