@@ -76,7 +76,7 @@ class PtychoParameters(BaseModel):
     probe_update_start: int = Field(
         1, ge=0, description="Iteration from which the probe is refined (0: from the start)"
     )
-    probe_from: str | None = Field(
+    probe_from: int | str | None = Field(
         None,
         description="Starting probe: reconstruction.h5 of an earlier run, or its processing "
         "job id; empty: estimated from the mean diffraction pattern",
@@ -242,11 +242,12 @@ def reconstruct_scan(
 
 
 @task
-def resolve_probe_file(probe_from: str | None, lims_block: str | None) -> str | None:
+def resolve_probe_file(probe_from: int | str | None, lims_block: str | None) -> str | None:
     """`probe_from` as a file: a path as given, a processing job id through the LIMS."""
-    if not probe_from:
+    if probe_from is None or probe_from == "":
         return None
-    if probe_from.strip().isdigit():
+    probe_from = str(probe_from).strip()
+    if probe_from.isdigit():
         found = open_lims(lims_block).ptycho_result_of_job(int(probe_from))
         if found is None:
             raise ValueError(

@@ -38,7 +38,8 @@ def test_reconstruction_recovers_the_phase_and_the_error_decreases(
     summary = reconstruct_scan(str(scan.scan_file), tmp_path, parameters)
     nrmse = score(scan, summary.reconstruction_file)
     print(
-        f"{algorithm}: phase NRMSE {nrmse:.4f}, error {summary.first_error:.3g} -> {summary.final_error:.3g}"
+        f"{algorithm}: phase NRMSE {nrmse:.4f}, "
+        f"error {summary.first_error:.3g} -> {summary.final_error:.3g}"
     )
     assert nrmse <= MAX_PHASE_NRMSE
     errors = read_reconstruction(Path(summary.reconstruction_file)).errors

@@ -128,7 +128,9 @@ class PtychoScan:
             try:
                 frames = self._frames[start:stop]
             except (OSError, RuntimeError) as error:
-                raise self._error(FRAMES, f"frames {start}-{stop - 1} unreadable ({error})")
+                raise self._error(
+                    FRAMES, f"frames {start}-{stop - 1} unreadable ({error})"
+                ) from None
             yield start, frames.astype(np.float32)
 
     # -- fields -----------------------------------------------------------------------
