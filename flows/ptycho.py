@@ -44,6 +44,7 @@ from prefect_beamline.analysis.ptycho import (
     initial_probe,
     positions_in_pixels,
     run_iterations,
+    scanned_area,
 )
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.formats.errors import DataFileError
@@ -306,6 +307,18 @@ def error_table(errors: list[float], iterations: int) -> str:
     return "\n".join(lines)
 
 
+def display_phase(
+    obj: np.ndarray, probe: np.ndarray, positions_px: np.ndarray | None
+) -> np.ndarray:
+    """The object's phase with the arbitrary global offset removed: zero mean phase over
+    the scanned area, so the image shows the sample, not the offset."""
+    if positions_px is None:
+        return np.angle(obj)
+    lit = scanned_area(probe, positions_px, obj.shape)
+    offset = np.angle(np.sum(obj[lit]))
+    return np.angle(obj * np.exp(-1j * offset))
+
+
 @task(**infrastructure_retries())
 def write_ptycho_images(job: JobRecord, summary: ReconstructionSummary) -> list[tuple[Path, str]]:
     """Phase and amplitude PNGs, the error curve and summary.json beside the HDF5."""
@@ -315,7 +328,13 @@ def write_ptycho_images(job: JobRecord, summary: ReconstructionSummary) -> list[
     folder = job.results_dir
     phase = folder / "object_phase.png"
     phase.write_bytes(
-        map_png(np.angle(saved.obj), "Object phase", "rad", summary.object_pixel_m, "twilight")
+        map_png(
+            display_phase(saved.obj, saved.probe, saved.positions_px),
+            "Object phase (mean of the scanned area = 0)",
+            "rad",
+            summary.object_pixel_m,
+            "viridis",
+        )
     )
     amplitude = folder / "object_amplitude.png"
     amplitude.write_bytes(

@@ -32,6 +32,7 @@ class SavedReconstruction:
     iteration: int
     errors: list[float]
     key: str
+    positions_px: np.ndarray | None = None  # (row, column) patch corners, final file only
 
 
 def write_reconstruction(
@@ -85,6 +86,11 @@ def read_reconstruction(path: Path) -> SavedReconstruction:
                 iteration=int(group.attrs.get("iteration", len(fields["error"]))),
                 errors=[float(e) for e in fields["error"]],
                 key=str(group.attrs.get("key", "")),
+                positions_px=(
+                    np.asarray(group.attrs["positions_px"])
+                    if "positions_px" in group.attrs
+                    else None
+                ),
             )
     except OSError as error:
         raise DataFileError(f"{path}: not a readable HDF5 file ({error})") from None
