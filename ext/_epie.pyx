@@ -24,11 +24,24 @@ def exit_wave_kernel(
     float[:, ::1] out,
     int n_threads,
 ):
-    """out = probe · obj[y0:y0+n, x0:x0+m] (the exit wave at one scan position)."""
+    """out = probe · obj[y0:y0+n, x0:x0+m] (the exit wave at one scan position).
+
+    Returns (max |P|², max |O[patch]|²), read in the same pass: the ePIE/rPIE update
+    that follows needs both, and nothing changes P or O in between.
+    """
     cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2, i, j, c
-    cdef float pr, pim, o_r, o_i
+    cdef float pr, pim, o_r, o_i, p2, o2, pm, om
+    cdef float probe_max = 0.0, obj_max = 0.0
+    cdef float* probe_rows = <float*>malloc(ny * sizeof(float))
+    cdef float* obj_rows = <float*>malloc(ny * sizeof(float))
+    if probe_rows == NULL or obj_rows == NULL:
+        free(probe_rows)
+        free(obj_rows)
+        raise MemoryError()
     with nogil:
         for i in prange(ny, num_threads=n_threads, schedule="static"):
+            pm = 0.0
+            om = 0.0
             for j in range(nx):
                 c = 2 * (x0 + j)
                 pr = probe[i, 2 * j]
@@ -37,6 +50,18 @@ def exit_wave_kernel(
                 o_i = obj[y0 + i, c + 1]
                 out[i, 2 * j] = pr * o_r - pim * o_i
                 out[i, 2 * j + 1] = pr * o_i + pim * o_r
+                p2 = pr * pr + pim * pim
+                o2 = o_r * o_r + o_i * o_i
+                pm = p2 if p2 > pm else pm
+                om = o2 if o2 > om else om
+            probe_rows[i] = pm
+            obj_rows[i] = om
+        for i in range(ny):
+            probe_max = probe_rows[i] if probe_rows[i] > probe_max else probe_max
+            obj_max = obj_rows[i] if obj_rows[i] > obj_max else obj_max
+        free(probe_rows)
+        free(obj_rows)
+    return probe_max, obj_max
 
 
 def extract_patch_kernel(
@@ -94,28 +119,6 @@ def modulus_constraint_kernel(
     return error
 
 
-cdef void _row_maxima(
-    const float[:, ::1] obj, const float[:, ::1] probe, Py_ssize_t y0, Py_ssize_t x0,
-    float* probe_max, float* obj_max, int n_threads,
-) noexcept nogil:
-    """Per-row maxima of |P|² and |O[patch]|²; the caller reduces them."""
-    cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2, i, j, c
-    cdef float p2, o2, pm, om
-    for i in prange(ny, num_threads=n_threads, schedule="static"):
-        pm = 0.0
-        om = 0.0
-        for j in range(nx):
-            c = 2 * (x0 + j)
-            p2 = probe[i, 2 * j] * probe[i, 2 * j] + probe[i, 2 * j + 1] * probe[i, 2 * j + 1]
-            o2 = obj[y0 + i, c] * obj[y0 + i, c] + obj[y0 + i, c + 1] * obj[y0 + i, c + 1]
-            if p2 > pm:
-                pm = p2
-            if o2 > om:
-                om = o2
-        probe_max[i] = pm
-        obj_max[i] = om
-
-
 def update_kernel(
     float[:, ::1] obj,
     float[:, ::1] probe,
@@ -125,6 +128,8 @@ def update_kernel(
     const float[:, ::1] revised,
     float alpha,
     float beta,
+    float probe_max,
+    float obj_max,
     bint regularised,
     bint update_probe,
     int n_threads,
@@ -133,30 +138,16 @@ def update_kernel(
 
     ePIE (Maiden & Rodenburg 2009): O += α P*Δ / max|P|², P += β O*Δ / max|O|².
     rPIE (Maiden, Johnson & Li 2017): O += P*Δ / ((1−α)|P|² + α max|P|²), and the same
-    form for the probe with β. Both updates use the object before this position's update.
+    form for the probe with β. Both updates use the object before this position's update;
+    `probe_max`, `obj_max` are the maxima `exit_wave_kernel` returned for this position.
     """
     cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2, i, j, c
-    cdef float probe_max = 0.0, obj_max = 0.0
-    cdef float dr, di, pr, pim, o_r, o_i, p2, o2, wo, wp
-    cdef float* probe_rows = <float*>malloc(ny * sizeof(float))
-    cdef float* obj_rows = <float*>malloc(ny * sizeof(float))
-    if probe_rows == NULL or obj_rows == NULL:
-        free(probe_rows)
-        free(obj_rows)
-        raise MemoryError()
+    cdef float dr, di, pr, pim, o_r, o_i, wo, wp
+    cdef float wo_epie = alpha / probe_max if probe_max > 0 else alpha
+    cdef float wp_epie = beta / obj_max if obj_max > 0 else beta
+    cdef float a_obj = 1.0 - alpha, b_obj = alpha * probe_max
+    cdef float a_probe = 1.0 - beta, b_probe = beta * obj_max
     with nogil:
-        _row_maxima(obj, probe, y0, x0, probe_rows, obj_rows, n_threads)
-        for i in range(ny):
-            if probe_rows[i] > probe_max:
-                probe_max = probe_rows[i]
-            if obj_rows[i] > obj_max:
-                obj_max = obj_rows[i]
-        free(probe_rows)
-        free(obj_rows)
-        if probe_max <= 0.0:
-            probe_max = 1.0
-        if obj_max <= 0.0:
-            obj_max = 1.0
         for i in prange(ny, num_threads=n_threads, schedule="static"):
             for j in range(nx):
                 c = 2 * (x0 + j)
@@ -167,13 +158,11 @@ def update_kernel(
                 o_r = obj[y0 + i, c]
                 o_i = obj[y0 + i, c + 1]
                 if regularised:
-                    p2 = pr * pr + pim * pim
-                    o2 = o_r * o_r + o_i * o_i
-                    wo = 1.0 / ((1.0 - alpha) * p2 + alpha * probe_max)
-                    wp = 1.0 / ((1.0 - beta) * o2 + beta * obj_max)
+                    wo = 1.0 / (a_obj * (pr * pr + pim * pim) + b_obj)
+                    wp = 1.0 / (a_probe * (o_r * o_r + o_i * o_i) + b_probe)
                 else:
-                    wo = alpha / probe_max
-                    wp = beta / obj_max
+                    wo = wo_epie
+                    wp = wp_epie
                 # O += wo·conj(P)·Δ ; P += wp·conj(O)·Δ (O before its update)
                 obj[y0 + i, c] = o_r + wo * (pr * dr + pim * di)
                 obj[y0 + i, c + 1] = o_i + wo * (pr * di - pim * dr)

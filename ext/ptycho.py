@@ -39,14 +39,17 @@ def _check_patch(obj: np.ndarray, shape: tuple[int, ...], y0: int, x0: int) -> N
 
 def exit_wave(
     obj: np.ndarray, probe: np.ndarray, y0: int, x0: int, out: np.ndarray, *, n_threads: int = 1
-) -> np.ndarray:
-    """out = probe · obj[y0:y0+n, x0:x0+m]: the wave leaving the sample at one position."""
+) -> tuple[float, float]:
+    """out = probe · obj[y0:y0+n, x0:x0+m]: the wave leaving the sample at one position.
+
+    Returns (max |P|², max |O[patch]|²), read in the same pass, for `update_object_probe`.
+    """
     o, p, w = (_complex_view(a, n) for a, n in ((obj, "obj"), (probe, "probe"), (out, "out")))
     if out.shape != probe.shape:
         raise ValueError(f"out shape {out.shape} differs from probe shape {probe.shape}")
     _check_patch(obj, probe.shape, y0, x0)
-    exit_wave_kernel(o, p, y0, x0, w, n_threads)
-    return out
+    probe_max, object_max = exit_wave_kernel(o, p, y0, x0, w, n_threads)
+    return float(probe_max), float(object_max)
 
 
 def extract_patch(
@@ -101,6 +104,8 @@ def update_object_probe(
     *,
     alpha: float,
     beta: float,
+    probe_max: float | None = None,
+    object_max: float | None = None,
     regularised: bool = False,
     update_probe: bool = True,
     n_threads: int = 1,
@@ -109,6 +114,8 @@ def update_object_probe(
 
     ePIE: O += α P*Δ/max|P|², P += β O*Δ/max|O|², with Δ = revised − exit_wave.
     rPIE: O += P*Δ/((1−α)|P|² + α max|P|²), P likewise with β and O.
+    `probe_max`, `object_max`: what `exit_wave` returned for this position (computed here
+    when not given).
     """
     o, p = _complex_view(obj, "obj"), _complex_view(probe, "probe")
     e, r = _complex_view(exit_wave, "exit_wave"), _complex_view(revised, "revised")
@@ -117,4 +124,11 @@ def update_object_probe(
     if not (0.0 < alpha <= 1.0 and 0.0 <= beta <= 1.0):
         raise ValueError(f"alpha must be in (0, 1] and beta in [0, 1], got {alpha}, {beta}")
     _check_patch(obj, probe.shape, y0, x0)
-    update_kernel(o, p, y0, x0, e, r, alpha, beta, regularised, update_probe, n_threads)
+    if probe_max is None or object_max is None:
+        ny, nx = probe.shape
+        probe_max = float(np.max(np.abs(probe) ** 2))
+        object_max = float(np.max(np.abs(obj[y0 : y0 + ny, x0 : x0 + nx]) ** 2))
+    update_kernel(
+        o, p, y0, x0, e, r, alpha, beta, probe_max, object_max, regularised, update_probe,
+        n_threads,
+    )

@@ -103,11 +103,13 @@ def epie_iteration(
     update_probe: bool = True,
     n_threads: int = 1,
     seed: int = 0,
+    measured_power: float | None = None,
 ) -> float:
     """One pass over every position, in place on `state`; returns the normalised error.
 
     The error is Σ_positions Σ_valid (|Ψ| − √I)² / Σ_positions Σ_valid I: the Fourier
-    magnitude misfit before each position's update, relative to the measured photons.
+    magnitude misfit before each position's update, relative to the measured photons
+    (`measured_power`, Σ valid I, computed when not given).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -117,7 +119,7 @@ def epie_iteration(
     error = 0.0
     for index in position_order(len(positions), state.iteration, seed):
         y0, x0 = int(positions[index, 0]), int(positions[index, 1])
-        exit_wave(obj, probe, y0, x0, buffers.wave, n_threads=n_threads)
+        probe_max, object_max = exit_wave(obj, probe, y0, x0, buffers.wave, n_threads=n_threads)
         wave_ft = scipy.fft.fft2(buffers.wave, norm="ortho", workers=n_threads)
         error += modulus_constraint(wave_ft, amplitudes[index], valid, n_threads=n_threads)
         revised = scipy.fft.ifft2(wave_ft, norm="ortho", workers=n_threads, overwrite_x=True)
@@ -127,18 +129,26 @@ def epie_iteration(
             y0,
             x0,
             buffers.wave,
-            np.ascontiguousarray(revised),
+            revised,
             alpha=alpha,
             beta=beta,
+            probe_max=probe_max,
+            object_max=object_max,
             regularised=regularised,
             update_probe=update_probe,
             n_threads=n_threads,
         )
     state.iteration += 1
-    total = float(np.einsum("nij,ij->", amplitudes**2, valid, dtype=np.float64))
-    normalised = error / max(total, 1e-30)
+    if measured_power is None:
+        measured_power = total_measured_power(amplitudes, valid)
+    normalised = error / max(measured_power, 1e-30)
     state.errors.append(normalised)
     return normalised
+
+
+def total_measured_power(amplitudes: np.ndarray, valid: np.ndarray) -> float:
+    """Σ over positions and valid pixels of the measured intensity (amplitude²)."""
+    return float(np.einsum("nij,nij,ij->", amplitudes, amplitudes, valid, dtype=np.float64))
 
 
 def run_iterations(
@@ -156,8 +166,9 @@ def run_iterations(
     every: int = 0,
     on_block: Callable[[Reconstruction], None] | None = None,
 ) -> Reconstruction:
-    """Iterate until `state.iteration == until`, calling `on_block` every `every` iterations
-    (a checkpoint, a progress report) and once at the end."""
+    """Iterate until `state.iteration == until`, calling `on_block` every `every`
+    iterations (a checkpoint, a progress report)."""
+    measured_power = total_measured_power(amplitudes, valid)
     while state.iteration < until:
         epie_iteration(
             state,
@@ -169,6 +180,7 @@ def run_iterations(
             beta=beta,
             update_probe=state.iteration >= probe_update_start,
             n_threads=n_threads,
+            measured_power=measured_power,
         )
         if on_block is not None and every and state.iteration % every == 0:
             on_block(state)
