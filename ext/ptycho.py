@@ -129,6 +129,17 @@ def update_object_probe(
         probe_max = float(np.max(np.abs(probe) ** 2))
         object_max = float(np.max(np.abs(obj[y0 : y0 + ny, x0 : x0 + nx]) ** 2))
     update_kernel(
-        o, p, y0, x0, e, r, alpha, beta, probe_max, object_max, regularised, update_probe,
+        o,
+        p,
+        y0,
+        x0,
+        e,
+        r,
+        alpha,
+        beta,
+        probe_max,
+        object_max,
+        regularised,
+        update_probe,
         n_threads,
     )

@@ -330,7 +330,7 @@ def write_ptycho_images(job: JobRecord, summary: ReconstructionSummary) -> list[
     phase.write_bytes(
         map_png(
             display_phase(saved.obj, saved.probe, saved.positions_px),
-            "Object phase (mean of the scanned area = 0)",
+            "Object phase (offset removed)",
             "rad",
             summary.object_pixel_m,
             "viridis",
