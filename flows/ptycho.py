@@ -186,7 +186,11 @@ def reconstruct_scan(
         )
         amplitudes, valid, mean_amplitude = load_amplitudes(scan, parameters.frames_per_chunk)
     saved = read_checkpoint(results_dir, key)
-    if saved is not None and saved.obj.shape == object_shape:
+    if (
+        saved is not None
+        and saved.obj.shape == object_shape
+        and saved.probe.shape == scan.pattern_shape
+    ):
         state = Reconstruction(saved.obj, saved.probe, saved.iteration, list(saved.errors))
     else:
         probe = starting_probe(probe_file, scan.pattern_shape, mean_amplitude, valid)
@@ -221,10 +225,10 @@ def reconstruct_scan(
         state.probe,
         state.errors,
         key=key,
+        positions_px=positions,
         attributes={
             "algorithm": parameters.algorithm,
             "object_pixel_size_m": pixel_m,
-            "positions_px": positions,
             "scan_file": scan_file,
         },
     )

@@ -42,8 +42,11 @@ def test_reconstruction_recovers_the_phase_and_the_error_decreases(
         f"error {summary.first_error:.3g} -> {summary.final_error:.3g}"
     )
     assert nrmse <= MAX_PHASE_NRMSE
-    errors = read_reconstruction(Path(summary.reconstruction_file)).errors
+    saved = read_reconstruction(Path(summary.reconstruction_file))
+    errors = saved.errors
     assert len(errors) == 60 and is_decreasing(errors)
+    assert saved.positions_px is not None
+    np.testing.assert_array_equal(saved.positions_px, scan.positions_px)
     assert summary.final_error < 0.1 * summary.first_error
     assert summary.n_positions == 100 and summary.object_shape == scan.object_true.shape
 

@@ -42,9 +42,11 @@ def write_reconstruction(
     errors: list[float],
     *,
     key: str = "",
+    positions_px: np.ndarray | None = None,
     attributes: dict[str, Any] | None = None,
 ) -> Path:
-    """Write object, probe and errors to `path` atomically (temp file + rename)."""
+    """Write object, probe, errors (and the patch corners) to `path` atomically
+    (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with h5py.File(temporary, "w") as handle:
@@ -57,6 +59,8 @@ def write_reconstruction(
         group.create_dataset("object_phase", data=np.angle(obj).astype(np.float32))
         group.create_dataset("object_amplitude", data=np.abs(obj).astype(np.float32))
         group.create_dataset("error", data=np.asarray(errors, dtype=np.float64))
+        if positions_px is not None:
+            group.create_dataset("positions_px", data=np.asarray(positions_px, dtype=np.int64))
         group.attrs["iteration"] = len(errors)
         group.attrs["key"] = key
         for name, value in (attributes or {}).items():
@@ -87,9 +91,7 @@ def read_reconstruction(path: Path) -> SavedReconstruction:
                 errors=[float(e) for e in fields["error"]],
                 key=str(group.attrs.get("key", "")),
                 positions_px=(
-                    np.asarray(group.attrs["positions_px"])
-                    if "positions_px" in group.attrs
-                    else None
+                    np.asarray(group["positions_px"][()]) if "positions_px" in group else None
                 ),
             )
     except OSError as error:
