@@ -16,6 +16,7 @@ BENCHMARKS = {
     "spotfind": "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
     "latency": "webhook to flow-run RUNNING through the embedded stack",
     "tomo": "Cython filtered back projection vs scikit-image iradon and a memory pass",
+    "ptycho": "one ePIE iteration (1000 x 256² patterns): Cython vs numpy vs Pty-Chi",
 }
 
 

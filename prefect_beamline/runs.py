@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,12 +153,16 @@ def start_rerun(
             "triggered_by": f"cli:{who or getpass.getuser()}",
         },
         "tags": ["rerun"],
+        # A server on SQLite answers 503 while its database is locked: retrying with the
+        # same key creates the run once even if an earlier attempt got through.
+        "idempotency_key": f"rerun-{uuid.uuid4()}",
     }
-    response = httpx.post(
-        f"{api_url}/deployments/{deployment_id(api_url, flow_and_deployment)}/create_flow_run",
-        json=body,
-        timeout=10.0,
-    )
+    url = f"{api_url}/deployments/{deployment_id(api_url, flow_and_deployment)}/create_flow_run"
+    for attempt in range(5):
+        response = httpx.post(url, json=body, timeout=10.0)
+        if response.status_code < 500:
+            break
+        time.sleep(0.5 * 2**attempt)
     if response.status_code >= 400:
         raise RuntimeError(f"Prefect refused the rerun ({response.status_code}): {response.text}")
     return _info(response.json())

@@ -38,3 +38,21 @@ def test_tomo_benchmark_reports_every_number_and_agrees_with_iradon() -> None:
     for key in ("kernel_ms_1t", "kernel_ms_all", "iradon_ms", "memory_pass_ms"):
         assert result[key] > 0
     assert result["relative_difference_vs_iradon"] < 1e-5
+
+
+def test_ptycho_benchmark_reports_ours_numpy_and_ptychi_or_why_not() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "ptycho", "--quick", "--json"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["iteration_s"] > 0 and result["numpy_iteration_s"] > 0
+    assert result["iteration_s_all_threads"] > 0
+    if result["ptychi_iteration_s"] is None:
+        assert result["ptychi_note"]  # the reason it was not timed
+    else:
+        assert result["ptychi_iteration_s"] > 0

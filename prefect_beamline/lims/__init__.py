@@ -7,6 +7,7 @@ from prefect_beamline.lims.writer import (
     ImageQuality,
     Lims,
     ProcessingJobSummary,
+    PtychoResult,
 )
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "ImageQuality",
     "Lims",
     "ProcessingJobSummary",
+    "PtychoResult",
     "TomogramRecord",
 ]

@@ -354,3 +354,30 @@ class Tomogram(Base):
     projYZ: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
     centreOfRotation: Mapped[float | None] = mapped_column(Double)
     centreOfRotationMethod: Mapped[str | None] = mapped_column(String(20))
+
+
+# --- ptycho ---
+
+
+class PtychographyResult(Base):
+    """Not in ISPyB (which has no ptychography table): one row per program that
+    reconstructed a ptychography scan. The object/probe HDF5 and the phase/amplitude PNGs
+    are the program's AutoProcProgramAttachments; this row holds what a scientist sorts
+    and compares runs by, and where the reconstruction file is (for `probe_from`)."""
+
+    __tablename__ = "PtychographyResult"
+
+    ptychographyResultId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    autoProcProgramId: Mapped[int] = mapped_column(
+        ForeignKey("AutoProcProgram.autoProcProgramId"), unique=True
+    )
+    dataCollectionId: Mapped[int] = mapped_column(
+        ForeignKey("DataCollection.dataCollectionId"), index=True
+    )
+    algorithm: Mapped[str] = mapped_column(String(10))
+    iterations: Mapped[int] = mapped_column(Integer)
+    numberOfPositions: Mapped[int] = mapped_column(Integer)
+    finalError: Mapped[float | None] = mapped_column(Double)
+    objectPixelSize: Mapped[float | None] = mapped_column(Double)  # metres
+    reconstructionFile: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)

@@ -64,6 +64,7 @@ from prefect_beamline.lims.schema import (
     ProcessingJob,
     ProcessingJobParameter,
     Proposal,
+    PtychographyResult,
     Tomogram,
     XrayCentring,
     XrayCentringResult,
@@ -843,6 +844,70 @@ class Lims:
                 yz_image=row.projYZ,
             )
 
+    # --- ptycho ----------------------------------------------------------------------------
+
+    @_retrying
+    def record_ptycho_result(
+        self, program_id: int, data_collection_id: int, result: PtychoResult
+    ) -> int:
+        """The reconstruction of one program (one row per program; rewriting updates it).
+
+        Returns the PtychographyResult id.
+        """
+        if result.algorithm not in ("epie", "rpie"):
+            raise ValueError(f"algorithm must be 'epie' or 'rpie', got {result.algorithm!r}")
+        path = _check_length(
+            str(result.reconstruction_file), PATH_LENGTH, "PtychographyResult.reconstructionFile"
+        )
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id, data_collection_id)
+            row = session.scalar(select(PtychographyResult).filter_by(autoProcProgramId=program_id))
+            if row is None:
+                row = PtychographyResult(
+                    autoProcProgramId=program_id, dataCollectionId=data_collection_id
+                )
+                session.add(row)
+            row.algorithm = result.algorithm
+            row.iterations = result.iterations
+            row.numberOfPositions = result.n_positions
+            row.finalError = result.final_error
+            row.objectPixelSize = result.object_pixel_m
+            row.reconstructionFile = path
+            row.recordTimeStamp = _now()
+            session.flush()
+            return row.ptychographyResultId
+
+    @_retrying
+    def ptycho_results(self, data_collection_id: int) -> list[PtychoResult]:
+        """Every reconstruction of a collection, oldest first, with its job id."""
+        with self._transaction(write=False) as session:
+            rows = session.execute(
+                select(PtychographyResult, AutoProcProgram.processingJobId)
+                .join(
+                    AutoProcProgram,
+                    AutoProcProgram.autoProcProgramId == PtychographyResult.autoProcProgramId,
+                )
+                .filter(PtychographyResult.dataCollectionId == data_collection_id)
+                .order_by(PtychographyResult.ptychographyResultId)
+            ).all()
+        return [_ptycho_result(row, job_id) for row, job_id in rows]
+
+    @_retrying
+    def ptycho_result_of_job(self, processing_job_id: int) -> PtychoResult | None:
+        """The reconstruction a processing job recorded, or None."""
+        with self._transaction(write=False) as session:
+            found = session.execute(
+                select(PtychographyResult, AutoProcProgram.processingJobId)
+                .join(
+                    AutoProcProgram,
+                    AutoProcProgram.autoProcProgramId == PtychographyResult.autoProcProgramId,
+                )
+                .filter(AutoProcProgram.processingJobId == processing_job_id)
+                .order_by(PtychographyResult.ptychographyResultId)
+                .limit(1)
+            ).first()
+        return _ptycho_result(found[0], found[1]) if found else None
+
 
 # -- helpers of the writes -------------------------------------------------------------
 
@@ -1146,3 +1211,31 @@ def _make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+# --- ptycho -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PtychoResult:
+    """One ptychographic reconstruction, as the PtychographyResult row holds it."""
+
+    algorithm: str
+    iterations: int
+    n_positions: int
+    final_error: float | None
+    object_pixel_m: float | None
+    reconstruction_file: str
+    processing_job_id: int | None = None
+
+
+def _ptycho_result(row: PtychographyResult, processing_job_id: int | None) -> PtychoResult:
+    return PtychoResult(
+        algorithm=row.algorithm,
+        iterations=row.iterations,
+        n_positions=row.numberOfPositions,
+        final_error=row.finalError,
+        object_pixel_m=row.objectPixelSize,
+        reconstruction_file=row.reconstructionFile or "",
+        processing_job_id=processing_job_id,
+    )

@@ -1,0 +1,112 @@
+"""Files a ptychographic reconstruction leaves: the result HDF5 and the checkpoint.
+
+Both hold the complex object and probe, the iteration count and the error of every
+iteration. The checkpoint also holds a key (scan file + the parameters that shape the
+iterations), so a retried run resumes only from its own state. Writes go to a temporary
+file renamed over the target, so a run killed mid-write leaves the previous checkpoint
+whole, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from prefect_beamline.formats.errors import DataFileError
+
+RECONSTRUCTION_FILE = "reconstruction.h5"
+CHECKPOINT_FILE = "checkpoint.h5"
+
+
+@dataclass(frozen=True)
+class SavedReconstruction:
+    """Object, probe and error history read back from a reconstruction or checkpoint."""
+
+    obj: np.ndarray
+    probe: np.ndarray
+    iteration: int
+    errors: list[float]
+    key: str
+    positions_px: np.ndarray | None = None  # (row, column) patch corners, final file only
+
+
+def write_reconstruction(
+    path: Path,
+    obj: np.ndarray,
+    probe: np.ndarray,
+    errors: list[float],
+    *,
+    key: str = "",
+    positions_px: np.ndarray | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> Path:
+    """Write object, probe, errors (and the patch corners) to `path` atomically
+    (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with h5py.File(temporary, "w") as handle:
+        entry = handle.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        group = entry.create_group("reconstruction")
+        group.attrs["NX_class"] = "NXprocess"
+        group.create_dataset("object", data=obj.astype(np.complex64))
+        group.create_dataset("probe", data=probe.astype(np.complex64))
+        group.create_dataset("object_phase", data=np.angle(obj).astype(np.float32))
+        group.create_dataset("object_amplitude", data=np.abs(obj).astype(np.float32))
+        group.create_dataset("error", data=np.asarray(errors, dtype=np.float64))
+        if positions_px is not None:
+            group.create_dataset("positions_px", data=np.asarray(positions_px, dtype=np.int64))
+        group.attrs["iteration"] = len(errors)
+        group.attrs["key"] = key
+        for name, value in (attributes or {}).items():
+            group.attrs[name] = value
+    os.replace(temporary, path)
+    return path
+
+
+def read_reconstruction(path: Path) -> SavedReconstruction:
+    """Read a reconstruction or checkpoint; DataFileError names the file and field."""
+    if not path.exists():
+        raise DataFileError(f"{path}: reconstruction file does not exist")
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle.get("/entry/reconstruction")
+            if not isinstance(group, h5py.Group):
+                raise DataFileError(f"{path}: /entry/reconstruction is missing")
+            fields = {}
+            for name in ("object", "probe", "error"):
+                item = group.get(name)
+                if not isinstance(item, h5py.Dataset):
+                    raise DataFileError(f"{path}: /entry/reconstruction/{name} is missing")
+                fields[name] = item[()]
+            return SavedReconstruction(
+                obj=np.ascontiguousarray(fields["object"], dtype=np.complex64),
+                probe=np.ascontiguousarray(fields["probe"], dtype=np.complex64),
+                iteration=int(group.attrs.get("iteration", len(fields["error"]))),
+                errors=[float(e) for e in fields["error"]],
+                key=str(group.attrs.get("key", "")),
+                positions_px=(
+                    np.asarray(group["positions_px"][()]) if "positions_px" in group else None
+                ),
+            )
+    except OSError as error:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({error})") from None
+
+
+def read_checkpoint(folder: Path, key: str) -> SavedReconstruction | None:
+    """The most advanced state in `folder` written for `key` (the checkpoint, or the
+    final reconstruction of an attempt that finished iterating), else None."""
+    found: SavedReconstruction | None = None
+    for name in (CHECKPOINT_FILE, RECONSTRUCTION_FILE):
+        path = folder / name
+        if not path.exists():
+            continue
+        saved = read_reconstruction(path)
+        if saved.key == key and (found is None or saved.iteration > found.iteration):
+            found = saved
+    return found
