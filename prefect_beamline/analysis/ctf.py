@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-from prefect_beamline.ext.powerspec import elliptical_average, sector_average
 from scipy import ndimage, optimize
+
+from prefect_beamline.ext.powerspec import elliptical_average, sector_average
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,13 @@ def tile_power_spectrum(image: np.ndarray, tile: int) -> np.ndarray:
 
 def subtract_background(spectrum: np.ndarray, box: int) -> np.ndarray:
     """sqrt(power) minus its box-filtered self (the smooth background): rings remain."""
-    full = np.sqrt(np.fft.fftshift(_full_plane(spectrum), axes=(0, 1)))
+    full = np.sqrt(np.fft.fftshift(full_plane(spectrum), axes=(0, 1)))
     background = ndimage.uniform_filter(full, size=box, mode="nearest")
     flat = np.fft.ifftshift(full - background, axes=(0, 1))
     return np.ascontiguousarray(flat[:, : spectrum.shape[1]], dtype=np.float32)
 
 
-def _full_plane(half: np.ndarray) -> np.ndarray:
+def full_plane(half: np.ndarray) -> np.ndarray:
     """The full (tile, tile) power spectrum from its rfft half plane (Hermitian)."""
     n = half.shape[0]
     full = np.empty((n, n), dtype=np.float64)
@@ -242,7 +243,7 @@ def fit_ctf_to_spectrum(
 def _simplex(start: CTFParameters) -> np.ndarray:
     x0 = np.array([start.defocus_u, start.defocus_v, start.angle_deg])
     step = max(200.0, 0.03 * start.mean_defocus)
-    return np.stack([x0, x0 + [step, 0, 0], x0 + [0, step, 0], x0 + [0, 0, 15.0]])
+    return np.stack([x0, [*x0, step, 0, 0], [*x0, 0, step, 0], [*x0, 0, 0, 15.0]])
 
 
 def _profile(flat: np.ndarray, a: float, b: float, c: float, n_bins: int) -> np.ndarray:

@@ -16,6 +16,7 @@ and the Fourier accumulator.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -25,15 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
+
+from prefect_beamline.analysis.ctf import CTFFit, Microscope, fit_ctf
+from prefect_beamline.analysis.motion import MotionModel, accumulated_motion, estimate_motion
 from prefect_beamline.ext.motioncor import (
     dose_accumulate,
     dose_normalise,
     gain_bin,
     shift_accumulate,
 )
-
-from prefect_beamline.analysis.ctf import CTFFit, Microscope, fit_ctf
-from prefect_beamline.analysis.motion import MotionModel, accumulated_motion, estimate_motion
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.formats.mrc import MovieReader, read_gain_reference
 
@@ -80,7 +81,9 @@ class MovieResult:
     def frame_motion_angstrom(self) -> np.ndarray:
         return accumulated_motion(self.motion.global_shifts) * self.pixel_size_angstrom
 
-    def motion_totals(self, dose_per_frame: float, pre_exposure: float) -> tuple[float, float, float]:
+    def motion_totals(
+        self, dose_per_frame: float, pre_exposure: float
+    ) -> tuple[float, float, float]:
         """RELION's accumulated motion (Å): total, early (first 4 e/Å²), late."""
         steps = self.frame_motion_angstrom
         exposure_at_end = pre_exposure + dose_per_frame * np.arange(2, self.n_frames + 1)
@@ -107,7 +110,7 @@ def dose_groups(n_frames: int, n_groups: int) -> list[range]:
     """Consecutive frame ranges, as even as possible."""
     n_groups = max(1, min(n_groups, n_frames))
     edges = np.linspace(0, n_frames, n_groups + 1).round().astype(int)
-    return [range(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [range(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def process_movie(

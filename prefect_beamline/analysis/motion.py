@@ -58,9 +58,9 @@ def _peak(cc: np.ndarray, max_shift: float) -> tuple[float, float]:
     reach_y = int(min(max_shift, ny // 2 - 2))
     reach_x = int(min(max_shift, nx // 2 - 2))
     window = np.roll(cc, (reach_y, reach_x), axis=(0, 1))[: 2 * reach_y + 1, : 2 * reach_x + 1]
-    iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
-    iy = int(np.clip(iy, 1, window.shape[0] - 2))
-    ix = int(np.clip(ix, 1, window.shape[1] - 2))
+    flat_index = np.unravel_index(int(np.argmax(window)), window.shape)
+    iy = int(np.clip(flat_index[0], 1, window.shape[0] - 2))
+    ix = int(np.clip(flat_index[1], 1, window.shape[1] - 2))
 
     def vertex(minus: float, centre: float, plus: float) -> float:
         denominator = minus - 2.0 * centre + plus
@@ -185,7 +185,9 @@ def estimate_motion(
             values = local[frame, :, :, axis].ravel()
             fitted = np.linalg.lstsq(basis[:, :terms], values, rcond=None)[0]
             coefficients[frame, axis, :terms] += fitted * binning
-    return MotionModel(global_shifts * binning, coefficients, local * binning, (patches_x, patches_y))
+    return MotionModel(
+        global_shifts * binning, coefficients, local * binning, (patches_x, patches_y)
+    )
 
 
 def accumulated_motion(shifts: np.ndarray) -> np.ndarray:

@@ -93,7 +93,7 @@ class MovieReader:
         assert self._tiff is not None
         try:
             page = self._tiff.pages[index]
-            image = page.asarray()  # type: ignore[union-attr]
+            image = page.asarray()
         except Exception as error:
             raise DataFileError(
                 f"{self.path}: TIFF frame {index} is unreadable (truncated or corrupt): {error}"

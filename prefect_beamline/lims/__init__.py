@@ -2,10 +2,24 @@
 
 from prefect_beamline.lims.writer import (
     CollectionDescription,
+    CTFResult,
+    EMMovieResult,
     GridResult,
     ImageQuality,
     Lims,
+    MotionResult,
+    MovieRecord,
     ProcessingJobSummary,
 )
 
-__all__ = ["CollectionDescription", "GridResult", "ImageQuality", "Lims", "ProcessingJobSummary"]
+__all__ = [
+    "CTFResult",
+    "CollectionDescription",
+    "EMMovieResult",
+    "GridResult",
+    "ImageQuality",
+    "Lims",
+    "MotionResult",
+    "MovieRecord",
+    "ProcessingJobSummary",
+]

@@ -135,10 +135,14 @@ def write_em_session(
         u = rng.uniform(*defocus_range)
         astig = rng.uniform(*astigmatism_range)
         ctf = CTFParameters(u, u - astig, float(rng.uniform(0.0, 180.0)))
-        clean = imaged(specimen(shape, rng, pixel_size_angstrom), ctf, microscope, pixel_size_angstrom)
+        clean = imaged(
+            specimen(shape, rng, pixel_size_angstrom), ctf, microscope, pixel_size_angstrom
+        )
         expected = counts_per_pixel * np.clip(1.0 + contrast * clean, 0.0, None)
         shifts = drift(n_frames, drift_px, rng)
-        frames = np.empty((n_frames, *shape), dtype=np.uint16 if movie_format == "mrc" else np.uint8)
+        frames = np.empty(
+            (n_frames, *shape), dtype=np.uint16 if movie_format == "mrc" else np.uint8
+        )
         for f in range(n_frames):
             fraction = f / max(n_frames - 1, 1)
             mean = render_frame(expected, shifts[f], local_motion_px, fraction, interpolation_order)
