@@ -243,7 +243,8 @@ def fit_ctf_to_spectrum(
 def _simplex(start: CTFParameters) -> np.ndarray:
     x0 = np.array([start.defocus_u, start.defocus_v, start.angle_deg])
     step = max(200.0, 0.03 * start.mean_defocus)
-    return np.stack([x0, [*x0, step, 0, 0], [*x0, 0, step, 0], [*x0, 0, 0, 15.0]])
+    steps = np.array([[0.0, 0.0, 0.0], [step, 0.0, 0.0], [0.0, step, 0.0], [0.0, 0.0, 15.0]])
+    return x0[None, :] + steps
 
 
 def _profile(flat: np.ndarray, a: float, b: float, c: float, n_bins: int) -> np.ndarray:
