@@ -15,6 +15,7 @@ from pathlib import Path
 BENCHMARKS = {
     "spotfind": "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
     "latency": "webhook to flow-run RUNNING through the embedded stack",
+    "em": "one cryo-EM movie (40 x 4096²) to micrograph + CTF, by step, vs a memory pass",
 }
 
 

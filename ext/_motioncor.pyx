@@ -8,7 +8,7 @@ detector stored them (uint8, int8, int16, uint16, float32): no converted copy is
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, floor, pow, sqrt
+from libc.math cimport expf, floor, pow, sqrt, sqrtf
 
 ctypedef fused raw_t:
     unsigned char
@@ -29,25 +29,39 @@ def gain_bin_kernel(
     """out[i, j] = mean over the factor x factor block of raw * gain."""
     cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
     cdef Py_ssize_t i, j, a, b, y, x
-    cdef double total
-    cdef double scale = 1.0 / (factor * factor)
+    cdef float total
+    cdef float scale = 1.0 / (factor * factor)
+    cdef float* row
     with nogil:
         for i in prange(ny, num_threads=n_threads, schedule="static"):
+            row = &out[i, 0]
             for j in range(nx):
-                total = 0.0
-                for a in range(factor):
-                    y = i * factor + a
-                    for b in range(factor):
-                        x = j * factor + b
-                        if use_gain:
-                            total = total + <double>raw[y, x] * gain[y, x]
-                        else:
-                            total = total + <double>raw[y, x]
-                out[i, j] = <float>(total * scale)
+                row[j] = 0
+            for a in range(factor):
+                y = i * factor + a
+                if use_gain:
+                    for j in range(nx):
+                        total = 0
+                        for b in range(factor):
+                            x = j * factor + b
+                            total = total + raw[y, x] * gain[y, x]
+                        row[j] += total
+                else:
+                    for j in range(nx):
+                        total = 0
+                        for b in range(factor):
+                            total = total + raw[y, j * factor + b]
+                        row[j] += total
+            for j in range(nx):
+                row[j] = row[j] * scale
 
 
 cdef inline double _field(const double* c, double u, double v) noexcept nogil:
     return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
+
+
+cdef inline Py_ssize_t _clamp(Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    return 0 if i < 0 else (n - 1 if i > n - 1 else i)
 
 
 def shift_accumulate_kernel(
@@ -57,53 +71,85 @@ def shift_accumulate_kernel(
     const double[::1] coeff_x,
     const double[::1] coeff_y,
     float[:, ::1] out,
+    int tile,
     int n_threads,
 ):
-    """out[y, x] += (raw * gain)(x + dx(x, y), y + dy(x, y)), bilinear, edges clamped.
+    """out[y, x] += (raw * gain)(x + dx, y + dy), bilinear, edges clamped.
 
-    dx, dy: the quadratic field with coefficients coeff_x, coeff_y at u = x/nx - 0.5,
-    v = y/ny - 0.5 (see prefect_beamline.analysis.motion.field_basis).
+    The shift field (quadratic, coefficients coeff_x / coeff_y at u = x/nx - 0.5,
+    v = y/ny - 0.5; see prefect_beamline.analysis.motion.field_basis) is evaluated at
+    the centre of each tile x tile block and held constant inside it: the bilinear
+    weights are then constant too, and the inner loop is four loads and four
+    multiply-adds per pixel. Local motion varies over hundreds of pixels, so the error
+    of holding it for one tile is a small fraction of a pixel.
     """
     cdef Py_ssize_t ny = raw.shape[0], nx = raw.shape[1]
-    cdef Py_ssize_t y, x, x0, y0, x1, y1
-    cdef double u, v, sx, sy, fx, fy, v00, v01, v10, v11
-    cdef double inv_nx = 1.0 / nx, inv_ny = 1.0 / ny
+    cdef Py_ssize_t tiles_y = (ny + tile - 1) // tile, tiles_x = (nx + tile - 1) // tile
+    cdef Py_ssize_t t, ty, tx, y0, y1, x0, x1, y, x, ix, iy, xs, ys, xa, xb, ya, yb
+    cdef double u, v, dx, dy
+    cdef float fx, fy, w00, w01, w10, w11, g00, g01, g10, g11
     cdef const double* cx = &coeff_x[0]
     cdef const double* cy = &coeff_y[0]
+    cdef float* o
     with nogil:
-        for y in prange(ny, num_threads=n_threads, schedule="static"):
-            v = y * inv_ny - 0.5
-            for x in range(nx):
-                u = x * inv_nx - 0.5
-                sx = x + _field(cx, u, v)
-                sy = y + _field(cy, u, v)
-                if sx < 0:
-                    sx = 0
-                elif sx > nx - 1:
-                    sx = nx - 1
-                if sy < 0:
-                    sy = 0
-                elif sy > ny - 1:
-                    sy = ny - 1
-                x0 = <Py_ssize_t>floor(sx)
-                y0 = <Py_ssize_t>floor(sy)
-                x1 = x0 + 1 if x0 < nx - 1 else x0
-                y1 = y0 + 1 if y0 < ny - 1 else y0
-                fx = sx - x0
-                fy = sy - y0
-                if use_gain:
-                    v00 = raw[y0, x0] * gain[y0, x0]
-                    v01 = raw[y0, x1] * gain[y0, x1]
-                    v10 = raw[y1, x0] * gain[y1, x0]
-                    v11 = raw[y1, x1] * gain[y1, x1]
-                else:
-                    v00 = raw[y0, x0]
-                    v01 = raw[y0, x1]
-                    v10 = raw[y1, x0]
-                    v11 = raw[y1, x1]
-                out[y, x] += <float>(
-                    (1 - fy) * ((1 - fx) * v00 + fx * v01) + fy * ((1 - fx) * v10 + fx * v11)
-                )
+        for t in prange(tiles_y * tiles_x, num_threads=n_threads, schedule="static"):
+            ty = t // tiles_x
+            tx = t % tiles_x
+            y0 = ty * tile
+            y1 = min(y0 + tile, ny)
+            x0 = tx * tile
+            x1 = min(x0 + tile, nx)
+            u = (x0 + 0.5 * (x1 - x0 - 1)) / nx - 0.5
+            v = (y0 + 0.5 * (y1 - y0 - 1)) / ny - 0.5
+            dx = _field(cx, u, v)
+            dy = _field(cy, u, v)
+            ix = <Py_ssize_t>floor(dx)
+            iy = <Py_ssize_t>floor(dy)
+            fx = <float>(dx - ix)
+            fy = <float>(dy - iy)
+            w00 = (1 - fy) * (1 - fx)
+            w01 = (1 - fy) * fx
+            w10 = fy * (1 - fx)
+            w11 = fy * fx
+            if x0 + ix >= 0 and x1 + ix < nx and y0 + iy >= 0 and y1 + iy < ny:
+                for y in range(y0, y1):
+                    ys = y + iy
+                    o = &out[y, 0]
+                    if use_gain:
+                        for x in range(x0, x1):
+                            xs = x + ix
+                            o[x] += (
+                                w00 * (raw[ys, xs] * gain[ys, xs])
+                                + w01 * (raw[ys, xs + 1] * gain[ys, xs + 1])
+                                + w10 * (raw[ys + 1, xs] * gain[ys + 1, xs])
+                                + w11 * (raw[ys + 1, xs + 1] * gain[ys + 1, xs + 1])
+                            )
+                    else:
+                        for x in range(x0, x1):
+                            xs = x + ix
+                            o[x] += (
+                                w00 * raw[ys, xs] + w01 * raw[ys, xs + 1]
+                                + w10 * raw[ys + 1, xs] + w11 * raw[ys + 1, xs + 1]
+                            )
+            else:
+                # Tiles whose samples leave the frame: clamp each sample to the edge.
+                for y in range(y0, y1):
+                    ya = _clamp(y + iy, ny)
+                    yb = _clamp(y + iy + 1, ny)
+                    o = &out[y, 0]
+                    for x in range(x0, x1):
+                        xa = _clamp(x + ix, nx)
+                        xb = _clamp(x + ix + 1, nx)
+                        g00 = raw[ya, xa]
+                        g01 = raw[ya, xb]
+                        g10 = raw[yb, xa]
+                        g11 = raw[yb, xb]
+                        if use_gain:
+                            g00 = g00 * gain[ya, xa]
+                            g01 = g01 * gain[ya, xb]
+                            g10 = g10 * gain[yb, xa]
+                            g11 = g11 * gain[yb, xb]
+                        o[x] += w00 * g00 + w01 * g01 + w10 * g10 + w11 * g11
 
 
 cdef inline double _critical_exposure(double k, double voltage_scale) noexcept nogil:
@@ -111,37 +157,46 @@ cdef inline double _critical_exposure(double k, double voltage_scale) noexcept n
     return (0.245 * pow(k, -1.665) + 2.81) * voltage_scale
 
 
-def dose_accumulate_kernel(
-    const float complex[:, ::1] group,
-    float complex[:, ::1] acc,
-    float[:, ::1] weight_sq,
-    double dose,
-    int n_frames,
-    double pixel_size,
-    double voltage_scale,
-    int n_threads,
+def half_inverse_critical_exposure_kernel(
+    float[:, ::1] out, double pixel_size, double voltage_scale, int n_threads
 ):
-    """acc += W(k) group, weight_sq += n_frames W(k)² with W = exp(-dose / 2 Ne(k)).
-
-    `group` is the rfft2 (ny, nx//2 + 1) of the sum of `n_frames` aligned frames whose
-    mean accumulated exposure is `dose` (e/Å²); k in 1/Å from `pixel_size` (Å).
-    """
-    cdef Py_ssize_t ny = group.shape[0], nxh = group.shape[1]
+    """out[i, j] = 1 / (2 Ne(k)) on the rfft2 grid (k = 0: 0, never attenuated)."""
+    cdef Py_ssize_t ny = out.shape[0], nxh = out.shape[1]
     cdef Py_ssize_t nx = 2 * (nxh - 1)
     cdef Py_ssize_t i, j
-    cdef double ky, kx, k, w
+    cdef double ky, kx, k
     with nogil:
         for i in prange(ny, num_threads=n_threads, schedule="static"):
             ky = (i if i <= ny // 2 else i - ny) / (ny * pixel_size)
             for j in range(nxh):
                 kx = j / (nx * pixel_size)
                 k = sqrt(kx * kx + ky * ky)
-                if k == 0:
-                    w = 1.0
-                else:
-                    w = exp(-dose / (2.0 * _critical_exposure(k, voltage_scale)))
-                acc[i, j] = acc[i, j] + <float>w * group[i, j]
-                weight_sq[i, j] += <float>(n_frames * w * w)
+                out[i, j] = 0.0 if k == 0 else <float>(0.5 / _critical_exposure(k, voltage_scale))
+
+
+def dose_accumulate_kernel(
+    const float complex[:, ::1] group,
+    float complex[:, ::1] acc,
+    float[:, ::1] weight_sq,
+    const float[:, ::1] half_inverse_ne,
+    double dose,
+    int n_frames,
+    int n_threads,
+):
+    """acc += W(k) group, weight_sq += n_frames W(k)² with W = exp(-dose / 2 Ne(k)).
+
+    `group` is the rfft2 (ny, nx//2 + 1) of the sum of `n_frames` aligned frames whose
+    mean accumulated exposure is `dose` (e/Å²).
+    """
+    cdef Py_ssize_t ny = group.shape[0], nxh = group.shape[1]
+    cdef Py_ssize_t i, j
+    cdef float w, d = <float>dose
+    with nogil:
+        for i in prange(ny, num_threads=n_threads, schedule="static"):
+            for j in range(nxh):
+                w = expf(-d * half_inverse_ne[i, j])
+                acc[i, j] = acc[i, j] + w * group[i, j]
+                weight_sq[i, j] += n_frames * w * w
 
 
 def dose_normalise_kernel(
@@ -154,4 +209,4 @@ def dose_normalise_kernel(
         for i in prange(ny, num_threads=n_threads, schedule="static"):
             for j in range(nxh):
                 if weight_sq[i, j] > 0:
-                    acc[i, j] = acc[i, j] * <float>sqrt(n_frames / weight_sq[i, j])
+                    acc[i, j] = acc[i, j] * sqrtf(n_frames / weight_sq[i, j])

@@ -12,8 +12,11 @@ from prefect_beamline.ext._motioncor import (
     dose_accumulate_kernel,
     dose_normalise_kernel,
     gain_bin_kernel,
+    half_inverse_critical_exposure_kernel,
     shift_accumulate_kernel,
 )
+
+DEFAULT_TILE = 32
 
 SUPPORTED_DTYPES = (np.uint8, np.int8, np.int16, np.uint16, np.float32)
 _NO_GAIN = np.ones((1, 1), dtype=np.float32)
@@ -55,12 +58,16 @@ def shift_accumulate(
     coeff_y: np.ndarray,
     out: np.ndarray,
     n_threads: int = 0,
+    tile: int = DEFAULT_TILE,
 ) -> None:
     """out += the gain-corrected frame sampled at (x + dx, y + dy), bilinear.
 
     dx, dy (pixels) are the quadratic fields with 6 coefficients each (see
-    `prefect_beamline.analysis.motion.field_basis`); `out` is float32 like the frame.
+    `prefect_beamline.analysis.motion.field_basis`), evaluated at the centre of each
+    `tile` x `tile` block; `out` is float32 like the frame.
     """
+    if tile < 1:
+        raise ValueError(f"tile must be at least 1 pixel, got {tile}")
     raw, gain_array = _frame(raw, gain)
     if out.shape != raw.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous float32 of shape {raw.shape}")
@@ -68,7 +75,9 @@ def shift_accumulate(
     cy = np.ascontiguousarray(coeff_y, dtype=np.float64)
     if cx.shape != (6,) or cy.shape != (6,):
         raise ValueError("coeff_x and coeff_y must each hold 6 coefficients")
-    shift_accumulate_kernel(raw, gain_array, gain is not None, cx, cy, out, _threads(n_threads))
+    shift_accumulate_kernel(
+        raw, gain_array, gain is not None, cx, cy, out, tile, _threads(n_threads)
+    )
 
 
 def voltage_scale(voltage_kv: float) -> float:
@@ -80,33 +89,41 @@ def voltage_scale(voltage_kv: float) -> float:
     return 0.8 * voltage_kv / 200
 
 
+def half_inverse_critical_exposure(
+    shape: tuple[int, int], pixel_size: float, voltage_kv: float, n_threads: int = 0
+) -> np.ndarray:
+    """1 / (2 Ne(k)) (Å²/e) on the rfft2 grid of an image of `shape`: computed once per
+    movie, so each dose group costs one exp per frequency."""
+    out = np.empty((shape[0], shape[1] // 2 + 1), dtype=np.float32)
+    half_inverse_critical_exposure_kernel(
+        out, float(pixel_size), voltage_scale(voltage_kv), _threads(n_threads)
+    )
+    return out
+
+
 def dose_accumulate(
     group_spectrum: np.ndarray,
     acc: np.ndarray,
     weight_sq: np.ndarray,
+    half_inverse_ne: np.ndarray,
     *,
     dose: float,
     n_frames: int,
-    pixel_size: float,
-    voltage_kv: float,
     n_threads: int = 0,
 ) -> None:
     """Add a frame group's spectrum, weighted for its mean exposure `dose` (e/Å²)."""
     if group_spectrum.dtype != np.complex64 or acc.dtype != np.complex64:
         raise ValueError("group_spectrum and acc must be complex64 rfft2 arrays")
-    if group_spectrum.shape != acc.shape or weight_sq.shape != acc.shape:
-        raise ValueError(
-            f"shapes differ: group {group_spectrum.shape}, acc {acc.shape}, "
-            f"weight_sq {weight_sq.shape}"
-        )
+    shapes = {group_spectrum.shape, acc.shape, weight_sq.shape, half_inverse_ne.shape}
+    if len(shapes) != 1:
+        raise ValueError(f"group, acc, weight_sq and half_inverse_ne differ in shape: {shapes}")
     dose_accumulate_kernel(
         np.ascontiguousarray(group_spectrum),
         acc,
         weight_sq,
+        half_inverse_ne,
         float(dose),
         int(n_frames),
-        float(pixel_size),
-        voltage_scale(voltage_kv),
         _threads(n_threads),
     )
 

@@ -15,29 +15,43 @@ def gain_bin(raw: np.ndarray, gain: np.ndarray | None, factor: int) -> np.ndarra
     return blocks.mean(axis=(1, 3))
 
 
-def field(coefficients: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def tile_centres(n: int, tile: int) -> np.ndarray:
+    """Per pixel, the centre of its tile (the last tile may be shorter)."""
+    index = np.arange(n)
+    start = (index // tile) * tile
+    stop = np.minimum(start + tile, n)
+    return start + 0.5 * (stop - start - 1)
+
+
+def field(coefficients: np.ndarray, shape: tuple[int, int], tile: int = 1) -> np.ndarray:
+    """The quadratic shift field, held constant over each tile x tile block."""
     ny, nx = shape
-    v, u = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    u = u / nx - 0.5
-    v = v / ny - 0.5
+    u = (tile_centres(nx, tile) / nx - 0.5)[None, :] * np.ones((ny, 1))
+    v = (tile_centres(ny, tile) / ny - 0.5)[:, None] * np.ones((1, nx))
     basis = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v])
     return np.tensordot(coefficients, basis, axes=(0, 0))
 
 
 def shift_sample(
-    raw: np.ndarray, gain: np.ndarray | None, coeff_x: np.ndarray, coeff_y: np.ndarray
+    raw: np.ndarray,
+    gain: np.ndarray | None,
+    coeff_x: np.ndarray,
+    coeff_y: np.ndarray,
+    tile: int = 1,
 ) -> np.ndarray:
-    """The corrected frame sampled at (x + dx, y + dy), bilinear, clamped at the edges."""
+    """The corrected frame sampled at (x + dx, y + dy), bilinear, each sample clamped to
+    the frame (the field is held per tile, as the kernel holds it)."""
     image = raw.astype(np.float64) * (1.0 if gain is None else gain.astype(np.float64))
     ny, nx = raw.shape
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    sx = np.clip(xx + field(coeff_x, raw.shape), 0, nx - 1)
-    sy = np.clip(yy + field(coeff_y, raw.shape), 0, ny - 1)
-    x0 = np.floor(sx).astype(int)
-    y0 = np.floor(sy).astype(int)
-    x1 = np.minimum(x0 + 1, nx - 1)
-    y1 = np.minimum(y0 + 1, ny - 1)
-    fx, fy = sx - x0, sy - y0
+    dx = field(coeff_x, raw.shape, tile)
+    dy = field(coeff_y, raw.shape, tile)
+    ix, iy = np.floor(dx), np.floor(dy)
+    fx, fy = dx - ix, dy - iy
+    x0 = np.clip(xx + ix, 0, nx - 1).astype(int)
+    x1 = np.clip(xx + ix + 1, 0, nx - 1).astype(int)
+    y0 = np.clip(yy + iy, 0, ny - 1).astype(int)
+    y1 = np.clip(yy + iy + 1, 0, ny - 1).astype(int)
     return (1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1]) + fy * (
         (1 - fx) * image[y1, x0] + fx * image[y1, x1]
     )

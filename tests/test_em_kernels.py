@@ -9,6 +9,7 @@ from prefect_beamline.ext.motioncor import (
     dose_accumulate,
     dose_normalise,
     gain_bin,
+    half_inverse_critical_exposure,
     shift_accumulate,
     voltage_scale,
 )
@@ -41,15 +42,16 @@ def test_gain_bin_matches_reference(dtype: type, factor: int) -> None:
         ([40.0, 0, 0, 0, 0, 0], [-45.0, 0, 0, 0, 0, 0]),  # beyond the edge: clamped
     ],
 )
+@pytest.mark.parametrize("tile", [1, 8, 16])
 def test_shift_accumulate_matches_bilinear_reference(
-    coefficients: tuple[list[float], list[float]],
+    coefficients: tuple[list[float], list[float]], tile: int
 ) -> None:
     raw = RNG.integers(0, 1000, (33, 41)).astype(np.uint16)
     gain = RNG.uniform(0.8, 1.2, raw.shape).astype(np.float32)
     cx, cy = (np.array(c, dtype=np.float64) for c in coefficients)
     out = np.full(raw.shape, 5.0, dtype=np.float32)
-    shift_accumulate(raw, gain, cx, cy, out)
-    expected = 5.0 + em_reference.shift_sample(raw, gain, cx, cy)
+    shift_accumulate(raw, gain, cx, cy, out, tile=tile)
+    expected = 5.0 + em_reference.shift_sample(raw, gain, cx, cy, tile)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
 
 
@@ -67,6 +69,7 @@ def test_dose_weighting_matches_reference() -> None:
     pixel, dose_per_frame, kv = 1.1, 2.0, 200.0
     acc = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
     weight_sq = np.zeros(acc.shape, dtype=np.float32)
+    inverse = half_inverse_critical_exposure(shape, pixel, kv)
     sums, doses, counts = [], [], []
     for group in groups:
         total = frames[group.start : group.stop].sum(axis=0)
@@ -75,10 +78,9 @@ def test_dose_weighting_matches_reference() -> None:
             scipy.fft.rfft2(total),
             acc,
             weight_sq,
+            inverse,
             dose=dose,
             n_frames=len(group),
-            pixel_size=pixel,
-            voltage_kv=kv,
         )
         sums.append(total)
         doses.append(dose)
@@ -95,7 +97,8 @@ def test_dose_weighting_damps_high_frequencies_of_late_frames() -> None:
     acc = np.zeros((64, 33), dtype=np.complex64)
     weight_sq = np.zeros(acc.shape, dtype=np.float32)
     spectrum = np.ones(acc.shape, dtype=np.complex64)
-    dose_accumulate(spectrum, acc, weight_sq, dose=40.0, n_frames=1, pixel_size=1.0, voltage_kv=300)
+    inverse = half_inverse_critical_exposure((64, 64), 1.0, 300)
+    dose_accumulate(spectrum, acc, weight_sq, inverse, dose=40.0, n_frames=1)
     assert acc[0, 0].real == pytest.approx(1.0)
     assert abs(acc[0, 32]) < 0.01  # Nyquist after 40 e/Å²: almost nothing left
 

@@ -33,6 +33,7 @@ from prefect_beamline.ext.motioncor import (
     dose_accumulate,
     dose_normalise,
     gain_bin,
+    half_inverse_critical_exposure,
     shift_accumulate,
 )
 from prefect_beamline.formats.errors import DataFileError
@@ -183,6 +184,10 @@ def _weighted_sum(
     acc = np.zeros(spectrum_shape, dtype=np.complex64)
     weight_sq = np.zeros(spectrum_shape, dtype=np.float32)
     group_sum = np.empty(shape, dtype=np.float32)
+    with _timed(timings, "dose_weight"):
+        half_inverse_ne = half_inverse_critical_exposure(
+            shape, pixel_size, settings.microscope.voltage_kv, threads
+        )
     for group in dose_groups(reader.n_frames, settings.dose_groups):
         group_sum.fill(0.0)
         with _timed(timings, "sum"):
@@ -197,10 +202,9 @@ def _weighted_sum(
                 scipy.fft.rfft2(group_sum, workers=-1),
                 acc,
                 weight_sq,
+                half_inverse_ne,
                 dose=mid_exposure,
                 n_frames=len(group),
-                pixel_size=pixel_size,
-                voltage_kv=settings.microscope.voltage_kv,
                 n_threads=threads,
             )
     with _timed(timings, "dose_weight"):
