@@ -17,12 +17,16 @@ from prefect_beamline.runs import parse_assignment
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def test_every_deployment_has_a_trigger_on_finished_collections() -> None:
+def test_every_deployment_has_a_trigger_on_collection_events() -> None:
     specs = read_deployment_specs(REPOSITORY / "prefect.yaml")
     assert {s.name for s in specs} >= {"mx-rotation", "mx-gridscan"}
     for spec in specs:
         assert spec.triggers, spec.name
-        assert spec.triggers[0]["expect"] == ["beamline.collection.finished"]
+        # finished for whole collections; images_ready for per-movie cryo-EM
+        assert spec.triggers[0]["expect"] in (
+            ["beamline.collection.finished"],
+            ["beamline.collection.images_ready"],
+        ), spec.name
 
 
 def test_triggers_match_the_labels_the_gateway_emits() -> None:

@@ -89,10 +89,10 @@ def test_each_movie_is_processed_by_its_own_run(stack: LocalStack, tmp_path: Pat
     assert len(results) == 3
     truth = {m.path.name: m for m in session.movies}
     for result in results:
-        movie = truth[Path(result.movie_path).name]
-        assert np.abs(np.asarray(result.drift) - movie.shifts).max() < 0.5
+        expected = truth[Path(result.movie_path).name]
+        assert np.abs(np.asarray(result.drift) - expected.shifts).max() < 0.5
         assert 0.5 * ((result.defocus_u or 0) + (result.defocus_v or 0)) == pytest.approx(
-            movie.ctf.mean_defocus, rel=0.02
+            expected.ctf.mean_defocus, rel=0.02
         )
         assert Path(result.micrograph_path or "").exists()
 
