@@ -201,7 +201,7 @@ def correct_movie(
         micrograph=str(micrograph),
         power_spectrum=str(spectrum_png),
         drift_plot=str(drift_plot),
-        timings={step: round(seconds, 3) for step, seconds in result.timings.items()},
+        timings={step: round(seconds, 3) for step, seconds in result.wall_seconds.items()},
     )
 
 

@@ -79,6 +79,16 @@ class MovieResult:
     timings: dict[str, float]
 
     @property
+    def wall_seconds(self) -> dict[str, float]:
+        """Wall time per step."""
+        return {k: v for k, v in self.timings.items() if not k.startswith("cpu:")}
+
+    @property
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time per step (all threads of the process)."""
+        return {k[4:]: v for k, v in self.timings.items() if k.startswith("cpu:")}
+
+    @property
     def frame_motion_angstrom(self) -> np.ndarray:
         return accumulated_motion(self.motion.global_shifts) * self.pixel_size_angstrom
 
@@ -95,11 +105,14 @@ class MovieResult:
 
 @contextmanager
 def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
-    start = time.perf_counter()
+    """Add the step's wall time to timings[step], its CPU time to timings["cpu:" + step]."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
+        cpu = f"cpu:{step}"
+        timings[cpu] = timings.get(cpu, 0.0) + time.process_time() - start_cpu
 
 
 def binning_for(shape: tuple[int, int], alignment_size: int) -> int:
