@@ -73,7 +73,12 @@ class EMParameters(BaseModel):
         le=8192,
         description="Frames are binned to at most this size (pixels) for motion estimation",
     )
-    bfactor: float = Field(150.0, ge=0, description="B-factor of the alignment low-pass filter, Å²")
+    bfactor: float = Field(
+        500.0, ge=0, description="B-factor of the global alignment's low-pass filter, Å²"
+    )
+    patch_bfactor: float = Field(
+        150.0, ge=0, description="B-factor of the patch alignment's low-pass filter, Å²"
+    )
     dose_weighting: bool = Field(True, description="Weight frames by exposure (Grant 2015)")
     dose_groups: int = Field(
         5, ge=1, le=100, description="Frame groups dose-weighted together (more: exacter, slower)"
@@ -94,6 +99,7 @@ class EMParameters(BaseModel):
             patches=(self.patches_x, self.patches_y),
             alignment_size=self.alignment_size,
             bfactor_angstrom2=self.bfactor,
+            patch_bfactor_angstrom2=self.patch_bfactor,
             dose_groups=self.dose_groups,
             dose_weighting=self.dose_weighting,
             ctf_tile=self.ctf_tile,

@@ -53,7 +53,8 @@ class MovieSettings:
     microscope: Microscope = field(default_factory=Microscope)
     patches: tuple[int, int] = (5, 5)
     alignment_size: int = 1024
-    bfactor_angstrom2: float = 150.0
+    bfactor_angstrom2: float = 500.0
+    patch_bfactor_angstrom2: float = 150.0
     dose_groups: int = 5
     dose_weighting: bool = True
     ctf_tile: int = 512
@@ -156,6 +157,8 @@ def process_movie(
                 binning,
                 patches=settings.patches,
                 bfactor_pixels=settings.bfactor_angstrom2 / (pixel_size * binning) ** 2,
+                patch_bfactor_pixels=settings.patch_bfactor_angstrom2
+                / (pixel_size * binning) ** 2,
             )
         del binned
         micrograph = _weighted_sum(reader, gain, motion, settings, pixel_size, timings)

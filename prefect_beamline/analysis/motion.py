@@ -53,22 +53,30 @@ def _shift_ramp(kx: np.ndarray, ky: np.ndarray, dx: float, dy: float) -> np.ndar
     return ramp_y * ramp_x
 
 
+def _vertex(minus: float, centre: float, plus: float) -> float:
+    """Sub-sample offset of a peak from three samples: Gaussian (parabola of the logs)
+    when all are positive, as a B-factor-filtered correlation peak is; else a parabola."""
+    if minus > 0 and centre > 0 and plus > 0:
+        minus, centre, plus = np.log(minus), np.log(centre), np.log(plus)
+    denominator = minus - 2.0 * centre + plus
+    if denominator >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (minus - plus) / denominator, -0.5, 0.5))
+
+
 def _peak(cc: np.ndarray, max_shift: float) -> tuple[float, float]:
-    """Sub-pixel (dx, dy) of the highest correlation within ±max_shift (parabolic fit)."""
+    """Sub-pixel (dx, dy) of the highest correlation within ±max_shift."""
     ny, nx = cc.shape
     reach_y = int(min(max_shift, ny // 2 - 2))
     reach_x = int(min(max_shift, nx // 2 - 2))
-    window = np.roll(cc, (reach_y, reach_x), axis=(0, 1))[: 2 * reach_y + 1, : 2 * reach_x + 1]
+    rows = np.arange(-reach_y, reach_y + 1) % ny
+    columns = np.arange(-reach_x, reach_x + 1) % nx
+    window = cc[np.ix_(rows, columns)]
     flat_index = np.unravel_index(int(np.argmax(window)), window.shape)
     iy = int(np.clip(flat_index[0], 1, window.shape[0] - 2))
     ix = int(np.clip(flat_index[1], 1, window.shape[1] - 2))
-
-    def vertex(minus: float, centre: float, plus: float) -> float:
-        denominator = minus - 2.0 * centre + plus
-        return 0.0 if denominator >= 0 else float(0.5 * (minus - plus) / denominator)
-
-    dy = iy - reach_y + vertex(window[iy - 1, ix], window[iy, ix], window[iy + 1, ix])
-    dx = ix - reach_x + vertex(window[iy, ix - 1], window[iy, ix], window[iy, ix + 1])
+    dy = iy - reach_y + _vertex(window[iy - 1, ix], window[iy, ix], window[iy + 1, ix])
+    dx = ix - reach_x + _vertex(window[iy, ix - 1], window[iy, ix], window[iy, ix + 1])
     return dx, dy
 
 
@@ -172,7 +180,8 @@ def estimate_motion(
     binning: int,
     *,
     patches: tuple[int, int] = (5, 5),
-    bfactor_pixels: float = 150.0,
+    bfactor_pixels: float = 500.0,
+    patch_bfactor_pixels: float = 150.0,
     iterations: int = 3,
     patch_iterations: int = 2,
     min_patch_pixels: int = 48,
@@ -208,7 +217,7 @@ def estimate_motion(
             stack = aligned[:, y0 : y0 + patch_h, x0 : x0 + patch_w]
             residual = align_stack(
                 stack,
-                bfactor_pixels=bfactor_pixels,
+                bfactor_pixels=patch_bfactor_pixels,
                 iterations=patch_iterations,
                 max_shift=max(4.0, patch_w / 8),
             )
