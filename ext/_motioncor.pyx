@@ -9,6 +9,7 @@ detector stored them (uint8, int8, int16, uint16, float32): no converted copy is
 
 from cython.parallel cimport prange
 from libc.math cimport expf, floor, pow, sqrt, sqrtf
+from libc.stdlib cimport free, malloc
 
 ctypedef fused raw_t:
     unsigned char
@@ -26,38 +27,61 @@ def gain_bin_kernel(
     float[:, ::1] out,
     int n_threads,
 ):
-    """out[i, j] = mean over the factor x factor block of raw * gain."""
+    """out[i, j] = mean over the factor x factor block of raw * gain.
+
+    Each output row first sums its `factor` input rows into a full-width buffer (a
+    straight, vectorisable loop), then sums groups of `factor` columns of it.
+    """
     cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
+    cdef Py_ssize_t width = nx * factor
     cdef Py_ssize_t i, j, a, b, y, x
     cdef float total
     cdef float scale = 1.0 / (factor * factor)
-    cdef float* row
+    cdef float* columns
     with nogil:
         for i in prange(ny, num_threads=n_threads, schedule="static"):
-            row = &out[i, 0]
-            for j in range(nx):
-                row[j] = 0
+            columns = <float*>malloc(width * sizeof(float))
+            if columns == NULL:
+                with gil:
+                    raise MemoryError()
+            for x in range(width):
+                columns[x] = 0
             for a in range(factor):
                 y = i * factor + a
                 if use_gain:
-                    for j in range(nx):
-                        total = 0
-                        for b in range(factor):
-                            x = j * factor + b
-                            total = total + raw[y, x] * gain[y, x]
-                        row[j] += total
+                    for x in range(width):
+                        columns[x] += raw[y, x] * gain[y, x]
                 else:
-                    for j in range(nx):
-                        total = 0
-                        for b in range(factor):
-                            total = total + raw[y, j * factor + b]
-                        row[j] += total
+                    for x in range(width):
+                        columns[x] += raw[y, x]
             for j in range(nx):
-                row[j] = row[j] * scale
+                total = 0
+                for b in range(factor):
+                    total = total + columns[j * factor + b]
+                out[i, j] = total * scale
+            free(columns)
 
 
 cdef inline double _field(const double* c, double u, double v) noexcept nogil:
     return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
+
+
+cdef inline void _corrected_row(
+    const raw_t[:, ::1] raw,
+    const float[:, ::1] gain,
+    bint use_gain,
+    Py_ssize_t y,
+    Py_ssize_t x0,
+    Py_ssize_t width,
+    float* row,
+) noexcept nogil:
+    cdef Py_ssize_t k
+    if use_gain:
+        for k in range(width):
+            row[k] = raw[y, x0 + k] * gain[y, x0 + k]
+    else:
+        for k in range(width):
+            row[k] = raw[y, x0 + k]
 
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -91,6 +115,10 @@ def shift_accumulate_kernel(
     cdef const double* cx = &coeff_x[0]
     cdef const double* cy = &coeff_y[0]
     cdef float* o
+    cdef float* upper
+    cdef float* lower
+    cdef float* swap
+    cdef Py_ssize_t width
     with nogil:
         for t in prange(tiles_y * tiles_x, num_threads=n_threads, schedule="static"):
             ty = t // tiles_x
@@ -112,25 +140,27 @@ def shift_accumulate_kernel(
             w10 = fy * (1 - fx)
             w11 = fy * fx
             if x0 + ix >= 0 and x1 + ix < nx and y0 + iy >= 0 and y1 + iy < ny:
+                # Gain-correct each input row of the tile once (two row buffers, reused
+                # as the tile moves down), then four multiply-adds per output pixel.
+                width = x1 - x0 + 1
+                upper = <float*>malloc(2 * width * sizeof(float))
+                if upper == NULL:
+                    with gil:
+                        raise MemoryError()
+                lower = upper + width
+                _corrected_row(raw, gain, use_gain, y0 + iy, x0 + ix, width, upper)
                 for y in range(y0, y1):
-                    ys = y + iy
-                    o = &out[y, 0]
-                    if use_gain:
-                        for x in range(x0, x1):
-                            xs = x + ix
-                            o[x] += (
-                                w00 * (raw[ys, xs] * gain[ys, xs])
-                                + w01 * (raw[ys, xs + 1] * gain[ys, xs + 1])
-                                + w10 * (raw[ys + 1, xs] * gain[ys + 1, xs])
-                                + w11 * (raw[ys + 1, xs + 1] * gain[ys + 1, xs + 1])
-                            )
-                    else:
-                        for x in range(x0, x1):
-                            xs = x + ix
-                            o[x] += (
-                                w00 * raw[ys, xs] + w01 * raw[ys, xs + 1]
-                                + w10 * raw[ys + 1, xs] + w11 * raw[ys + 1, xs + 1]
-                            )
+                    _corrected_row(raw, gain, use_gain, y + iy + 1, x0 + ix, width, lower)
+                    o = &out[y, x0]
+                    for x in range(x1 - x0):
+                        o[x] += (
+                            w00 * upper[x] + w01 * upper[x + 1]
+                            + w10 * lower[x] + w11 * lower[x + 1]
+                        )
+                    swap = upper
+                    upper = lower
+                    lower = swap
+                free(upper if upper < lower else lower)
             else:
                 # Tiles whose samples leave the frame: clamp each sample to the edge.
                 for y in range(y0, y1):

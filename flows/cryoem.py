@@ -524,7 +524,10 @@ def process_em_movie(
         f"fit {outcome.fit_resolution:.1f} Å",
         lims_block=lims_block,
     )
-    publish_session_statistics(collection_id, session_folder(movie, collection_id), lims_block)
+    try:
+        publish_session_statistics(collection_id, session_folder(movie, collection_id), lims_block)
+    except Exception as error:  # the movie's results stand; the summary run redoes these
+        get_run_logger().warning("session statistics not updated: %s", error)
     publish_processing_event(description, job, summary)
     return summary
 

@@ -157,8 +157,7 @@ def process_movie(
                 binning,
                 patches=settings.patches,
                 bfactor_pixels=settings.bfactor_angstrom2 / (pixel_size * binning) ** 2,
-                patch_bfactor_pixels=settings.patch_bfactor_angstrom2
-                / (pixel_size * binning) ** 2,
+                patch_bfactor_pixels=settings.patch_bfactor_angstrom2 / (pixel_size * binning) ** 2,
             )
         del binned
         micrograph = _weighted_sum(reader, gain, motion, settings, pixel_size, timings)
