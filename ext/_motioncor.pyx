@@ -240,3 +240,67 @@ def dose_normalise_kernel(
             for j in range(nxh):
                 if weight_sq[i, j] > 0:
                     acc[i, j] = acc[i, j] * sqrtf(n_frames / weight_sq[i, j])
+
+
+def cross_spectra_kernel(
+    const float complex[:, :, ::1] spectra,
+    const float[:, ::1] weight,
+    const float complex[:, ::1] phase_x,
+    const float complex[:, ::1] phase_y,
+    float complex[:, :, ::1] products,
+    int n_threads,
+):
+    """products[i] = weight · S_i · conj(T - A_i), the filtered cross-spectrum of each
+    frame with the sum of all the other aligned frames.
+
+    A_i = S_i · phase_y[i, row] · phase_x[i, column] is frame i moved back by its shift,
+    T = Σ A_i. One pass builds a row of T, a second writes the row of every product.
+    """
+    cdef Py_ssize_t n = spectra.shape[0], ny = spectra.shape[1], nxh = spectra.shape[2]
+    cdef Py_ssize_t r, i, c
+    # Real arithmetic: C's complex multiply checks for infinities (__mulsc3), 5x slower.
+    cdef float pyr, pyi, rr, ri, sr, si, ar, ai, dr, di, w
+    cdef float* total
+    cdef const float* srow
+    cdef const float* prow
+    cdef float* orow
+    with nogil:
+        for r in prange(ny, num_threads=n_threads, schedule="static"):
+            total = <float*>malloc(2 * nxh * sizeof(float))
+            if total == NULL:
+                with gil:
+                    raise MemoryError()
+            for c in range(2 * nxh):
+                total[c] = 0
+            for i in range(n):
+                pyr = phase_y[i, r].real
+                pyi = phase_y[i, r].imag
+                srow = <const float*>&spectra[i, r, 0]
+                prow = <const float*>&phase_x[i, 0]
+                for c in range(nxh):
+                    rr = pyr * prow[2 * c] - pyi * prow[2 * c + 1]
+                    ri = pyr * prow[2 * c + 1] + pyi * prow[2 * c]
+                    sr = srow[2 * c]
+                    si = srow[2 * c + 1]
+                    total[2 * c] += sr * rr - si * ri
+                    total[2 * c + 1] += sr * ri + si * rr
+            for i in range(n):
+                pyr = phase_y[i, r].real
+                pyi = phase_y[i, r].imag
+                srow = <const float*>&spectra[i, r, 0]
+                prow = <const float*>&phase_x[i, 0]
+                orow = <float*>&products[i, r, 0]
+                for c in range(nxh):
+                    rr = pyr * prow[2 * c] - pyi * prow[2 * c + 1]
+                    ri = pyr * prow[2 * c + 1] + pyi * prow[2 * c]
+                    sr = srow[2 * c]
+                    si = srow[2 * c + 1]
+                    ar = sr * rr - si * ri
+                    ai = sr * ri + si * rr
+                    # d = conj(T - A); product = w S d
+                    dr = total[2 * c] - ar
+                    di = ai - total[2 * c + 1]
+                    w = weight[r, c]
+                    orow[2 * c] = w * (sr * dr - si * di)
+                    orow[2 * c + 1] = w * (sr * di + si * dr)
+            free(total)

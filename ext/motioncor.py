@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from prefect_beamline.ext._motioncor import (
+    cross_spectra_kernel,
     dose_accumulate_kernel,
     dose_normalise_kernel,
     gain_bin_kernel,
@@ -133,6 +134,41 @@ def dose_normalise(
 ) -> None:
     """Scale the weighted sum so that k = 0 keeps the plain sum's value, in place."""
     dose_normalise_kernel(acc, weight_sq, int(n_frames), _threads(n_threads))
+
+
+def cross_spectra(
+    spectra: np.ndarray,
+    weight: np.ndarray,
+    phase_x: np.ndarray,
+    phase_y: np.ndarray,
+    out: np.ndarray | None = None,
+    n_threads: int = 0,
+) -> np.ndarray:
+    """weight · S_i · conj(T - A_i) for every frame i: its cross-spectrum with the sum of
+    all the other frames, each moved back by its shift.
+
+    spectra (n, ny, nxh) complex64 rfft2 of the frames; weight (ny, nxh) float32 filter;
+    phase_x (n, nxh) and phase_y (n, ny) complex64: exp(2πi k·s) per axis and frame.
+    """
+    n, ny, nxh = spectra.shape
+    if spectra.dtype != np.complex64 or not spectra.flags.c_contiguous:
+        raise ValueError("spectra must be C-contiguous complex64 (n, ny, nx//2 + 1)")
+    if weight.shape != (ny, nxh) or phase_x.shape != (n, nxh) or phase_y.shape != (n, ny):
+        raise ValueError(
+            f"shapes: spectra {spectra.shape}, weight {weight.shape}, phase_x "
+            f"{phase_x.shape}, phase_y {phase_y.shape} do not agree"
+        )
+    if out is None:
+        out = np.empty_like(spectra)
+    cross_spectra_kernel(
+        spectra,
+        np.ascontiguousarray(weight, dtype=np.float32),
+        np.ascontiguousarray(phase_x, dtype=np.complex64),
+        np.ascontiguousarray(phase_y, dtype=np.complex64),
+        out,
+        _threads(n_threads),
+    )
+    return out
 
 
 def _threads(n_threads: int) -> int:

@@ -115,3 +115,19 @@ def sector_average(
     sums = np.bincount(flat, weights=spectrum[valid], minlength=n_sectors * n_bins)
     counts = np.bincount(flat, minlength=n_sectors * n_bins).astype(float)
     return sums.reshape(n_sectors, n_bins), counts.reshape(n_sectors, n_bins)
+
+
+def cross_spectra(
+    spectra: np.ndarray, weight: np.ndarray, shifts: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """weight · S_i · conj(T - A_i) with A_i = S_i exp(2πi k·s_i), T = Σ A_i."""
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.rfftfreq(shape[1])[None, :]
+    aligned = np.stack(
+        [
+            s * np.exp(2j * np.pi * (kx * dx + ky * dy))
+            for s, (dx, dy) in zip(spectra, shifts, strict=True)
+        ]
+    )
+    total = aligned.sum(axis=0)
+    return weight * spectra * np.conj(total - aligned)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft
 from prefect_beamline.ext.motioncor import (
+    cross_spectra,
     dose_accumulate,
     dose_normalise,
     gain_bin,
@@ -135,3 +136,18 @@ def test_kernels_reject_bad_input() -> None:
         shift_accumulate(
             np.zeros((4, 4), np.uint8), None, np.zeros(6), np.zeros(6), np.zeros((4, 4))
         )
+
+
+def test_cross_spectra_matches_reference() -> None:
+    shape = (24, 30)
+    frames = RNG.normal(0, 1, (5, *shape)).astype(np.float32)
+    spectra = scipy.fft.rfft2(frames).astype(np.complex64)
+    weight = RNG.uniform(0, 1, spectra.shape[1:]).astype(np.float32)
+    shifts = RNG.uniform(-3, 3, (5, 2))
+    ky = np.fft.fftfreq(shape[0])
+    kx = np.fft.rfftfreq(shape[1])
+    phase_x = np.exp(2j * np.pi * shifts[:, :1] * kx[None, :]).astype(np.complex64)
+    phase_y = np.exp(2j * np.pi * shifts[:, 1:] * ky[None, :]).astype(np.complex64)
+    result = cross_spectra(spectra, weight, phase_x, phase_y)
+    expected = em_reference.cross_spectra(spectra, weight, shifts, shape)
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-3)

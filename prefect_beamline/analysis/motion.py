@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from prefect_beamline.ext.motioncor import cross_spectra
+
 N_FIELD_TERMS = 6  # 1, u, v, u², uv, v² with u, v in [-0.5, 0.5]
 
 
@@ -119,19 +121,13 @@ def align_spectra(
     kx, ky = _frequencies(shape)
     weight = np.exp(-bfactor_pixels * (kx * kx + ky * ky) / 4.0).astype(np.float32)
     weight[0, 0] = 0.0
-    weighted = spectra * weight
     shifts = np.zeros((n, 2))
-    aligned = np.empty_like(spectra)
+    spectra = np.ascontiguousarray(spectra, dtype=np.complex64)
+    products = np.empty_like(spectra)
     for _ in range(iterations):
-        for i in range(n):
-            np.multiply(spectra[i], _shift_ramp(kx, ky, shifts[i, 0], shifts[i, 1]), out=aligned[i])
-        conj_total = np.conj(aligned.sum(axis=0))
-        # cross-spectrum of each frame with the sum of all the others, in place
-        products = aligned
-        for i in range(n):
-            np.conjugate(aligned[i], out=products[i])
-            np.subtract(conj_total, products[i], out=products[i])
-            np.multiply(products[i], weighted[i], out=products[i])
+        phase_x = np.exp((2j * np.pi) * shifts[:, :1] * kx[0][None, :]).astype(np.complex64)
+        phase_y = np.exp((2j * np.pi) * shifts[:, 1:] * ky[:, 0][None, :]).astype(np.complex64)
+        cross_spectra(spectra, weight, phase_x, phase_y, out=products)
         maps = scipy.fft.irfft2(products, s=shape, workers=-1)
         new = np.array([_peak(cc, max_shift) for cc in maps])
         new -= new[0]
