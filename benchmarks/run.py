@@ -17,6 +17,7 @@ BENCHMARKS = {
     "latency": "webhook to flow-run RUNNING through the embedded stack",
     "tomo": "Cython filtered back projection vs scikit-image iradon and a memory pass",
     "ptycho": "one ePIE iteration (1000 x 256² patterns): Cython vs numpy vs Pty-Chi",
+    "em": "one cryo-EM movie (40 x 4096²) to micrograph + CTF, by step, vs a memory pass",
 }
 
 

@@ -29,6 +29,9 @@ PROCESS_START_TIMEOUT_S = 90.0
 FAST_POLLING = {
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     "PREFECT_WORKER_QUERY_SECONDS": "1",
+    # A run held by a deployment's concurrency limit (em-movie) retries after this,
+    # not Prefect's default 30 s: a queued movie starts soon after a slot frees.
+    "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
 }
 
 

@@ -56,3 +56,18 @@ def test_ptycho_benchmark_reports_ours_numpy_and_ptychi_or_why_not() -> None:
         assert result["ptychi_note"]  # the reason it was not timed
     else:
         assert result["ptychi_iteration_s"] > 0
+
+
+def test_em_benchmark_reports_steps_and_memory_pass() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "em", "--quick", "--json"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["per_movie_s"] > 0 and result["memory_pass_ms"] > 0
+    assert {"bin", "motion", "sum", "dose_weight", "ctf"} <= set(result["steps"])
+    assert result["max_shift_error_px"] < 0.5

@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 
 # technique -> module of prefect_beamline.demos
-DEMOS = {"mx": "mx", "tomo": "tomo", "ptycho": "ptycho"}
+DEMOS = {"mx": "mx", "tomo": "tomo", "ptycho": "ptycho", "em": "em"}
 
 
 def demo_module(technique: str) -> ModuleType:

@@ -3,18 +3,26 @@
 from prefect_beamline.lims.tomogram import TomogramRecord
 from prefect_beamline.lims.writer import (
     CollectionDescription,
+    CTFResult,
+    EMMovieResult,
     GridResult,
     ImageQuality,
     Lims,
+    MotionResult,
+    MovieRecord,
     ProcessingJobSummary,
     PtychoResult,
 )
 
 __all__ = [
+    "CTFResult",
     "CollectionDescription",
+    "EMMovieResult",
     "GridResult",
     "ImageQuality",
     "Lims",
+    "MotionResult",
+    "MovieRecord",
     "ProcessingJobSummary",
     "PtychoResult",
     "TomogramRecord",

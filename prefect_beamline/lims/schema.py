@@ -381,3 +381,109 @@ class PtychographyResult(Base):
     objectPixelSize: Mapped[float | None] = mapped_column(Double)  # metres
     reconstructionFile: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
     recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# --- em ---
+# ISPyB's cryo-EM tables (Movie, MotionCorrection, MotionCorrectionDrift, CTF), with the
+# columns the per-movie flow writes. Differences, each for idempotent writes:
+# `Movie` is unique on (dataCollectionId, movieFullPath); `MotionCorrection` on
+# (autoProcProgramId, movieId); `MotionCorrectionDrift` on (motionCorrectionId,
+# frameNumber); `CTF` on (autoProcProgramId, motionCorrectionId). CTF.defocusU/defocusV
+# are not in ISPyB (it keeps estimatedDefocus, the mean, and astigmatism); kept here so
+# the fit reads back whole.
+
+
+class Movie(Base):
+    __tablename__ = "Movie"
+    __table_args__ = (
+        UniqueConstraint("dataCollectionId", "movieFullPath", name="Movie_dataCollection_path"),
+    )
+
+    movieId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataCollectionId: Mapped[int | None] = mapped_column(
+        ForeignKey("DataCollection.dataCollectionId"), index=True
+    )
+    movieNumber: Mapped[int | None] = mapped_column(Integer)
+    movieFullPath: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    numberOfFrames: Mapped[int | None] = mapped_column(Integer)
+    fluence: Mapped[float | None] = mapped_column(Float)
+    createdTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class MotionCorrection(Base):
+    __tablename__ = "MotionCorrection"
+    __table_args__ = (
+        UniqueConstraint("autoProcProgramId", "movieId", name="MotionCorrection_program_movie"),
+    )
+
+    motionCorrectionId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataCollectionId: Mapped[int | None] = mapped_column(
+        ForeignKey("DataCollection.dataCollectionId"), index=True
+    )
+    autoProcProgramId: Mapped[int | None] = mapped_column(
+        ForeignKey("AutoProcProgram.autoProcProgramId"), index=True
+    )
+    movieId: Mapped[int | None] = mapped_column(ForeignKey("Movie.movieId"), index=True)
+    imageNumber: Mapped[int | None] = mapped_column(Integer)
+    firstFrame: Mapped[int | None] = mapped_column(Integer)
+    lastFrame: Mapped[int | None] = mapped_column(Integer)
+    dosePerFrame: Mapped[float | None] = mapped_column(Float)
+    doseWeight: Mapped[float | None] = mapped_column(Float)
+    totalMotion: Mapped[float | None] = mapped_column(Float)
+    averageMotionPerFrame: Mapped[float | None] = mapped_column(Float)
+    driftPlotFullPath: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    micrographFullPath: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    fftCorrectedFullPath: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    patchesUsedX: Mapped[int | None] = mapped_column(Integer)
+    patchesUsedY: Mapped[int | None] = mapped_column(Integer)
+    comments: Mapped[str | None] = mapped_column(String(TEXT_LENGTH))
+
+
+class MotionCorrectionDrift(Base):
+    __tablename__ = "MotionCorrectionDrift"
+    __table_args__ = (
+        UniqueConstraint(
+            "motionCorrectionId", "frameNumber", name="MotionCorrectionDrift_mc_frame"
+        ),
+    )
+
+    motionCorrectionDriftId: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=True
+    )
+    motionCorrectionId: Mapped[int] = mapped_column(
+        ForeignKey("MotionCorrection.motionCorrectionId")
+    )
+    frameNumber: Mapped[int] = mapped_column(Integer)
+    deltaX: Mapped[float | None] = mapped_column(Float)
+    deltaY: Mapped[float | None] = mapped_column(Float)
+
+
+class CTF(Base):
+    __tablename__ = "CTF"
+    __table_args__ = (
+        UniqueConstraint("autoProcProgramId", "motionCorrectionId", name="CTF_program_mc"),
+    )
+
+    ctfId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    motionCorrectionId: Mapped[int | None] = mapped_column(
+        ForeignKey("MotionCorrection.motionCorrectionId"), index=True
+    )
+    autoProcProgramId: Mapped[int | None] = mapped_column(
+        ForeignKey("AutoProcProgram.autoProcProgramId"), index=True
+    )
+    boxSizeX: Mapped[float | None] = mapped_column(Float)
+    boxSizeY: Mapped[float | None] = mapped_column(Float)
+    minResolution: Mapped[float | None] = mapped_column(Float)
+    maxResolution: Mapped[float | None] = mapped_column(Float)
+    minDefocus: Mapped[float | None] = mapped_column(Float)
+    maxDefocus: Mapped[float | None] = mapped_column(Float)
+    astigmatism: Mapped[float | None] = mapped_column(Float)
+    astigmatismAngle: Mapped[float | None] = mapped_column(Float)
+    estimatedResolution: Mapped[float | None] = mapped_column(Float)
+    estimatedDefocus: Mapped[float | None] = mapped_column(Float)
+    amplitudeContrast: Mapped[float | None] = mapped_column(Float)
+    ccValue: Mapped[float | None] = mapped_column(Float)
+    fftTheoreticalFullPath: Mapped[str | None] = mapped_column(String(PATH_LENGTH))
+    # Not in ISPyB (see the note above).
+    defocusU: Mapped[float | None] = mapped_column(Float)
+    defocusV: Mapped[float | None] = mapped_column(Float)

@@ -46,6 +46,7 @@ from sqlalchemy.sql.dml import Insert
 from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, Technique
 from prefect_beamline.lims.schema import (
     ATTACHMENT_FILE_TYPES,
+    CTF,
     DISPLAY_NAME_LENGTH,
     PARAMETER_KEY_LENGTH,
     PARAMETER_VALUE_LENGTH,
@@ -61,6 +62,9 @@ from prefect_beamline.lims.schema import (
     DataCollectionGroup,
     GridInfo,
     ImageQualityIndicators,
+    MotionCorrection,
+    MotionCorrectionDrift,
+    Movie,
     ProcessingJob,
     ProcessingJobParameter,
     Proposal,
@@ -76,10 +80,14 @@ from prefect_beamline.lims.tomogram import TomogramRecord
 __all__ = [
     "RUN_KEY_PARAMETER",
     "TRIGGERED_BY_PARAMETER",
+    "CTFResult",
     "CollectionDescription",
+    "EMMovieResult",
     "GridResult",
     "ImageQuality",
     "Lims",
+    "MotionResult",
+    "MovieRecord",
     "ProcessingJobSummary",
     "ispyb_experiment_type",
     "join_visit",
@@ -908,6 +916,180 @@ class Lims:
             ).first()
         return _ptycho_result(found[0], found[1]) if found else None
 
+    # --- em ---
+
+    @_retrying
+    def record_movie(
+        self,
+        data_collection_id: int,
+        movie_path: str,
+        *,
+        n_frames: int | None = None,
+        dose_per_frame: float | None = None,
+    ) -> int:
+        """The Movie row of one movie of a collection (numbered in order of arrival)."""
+        _check_length(movie_path, PATH_LENGTH, "Movie.movieFullPath")
+        with self._transaction(write=True) as session:
+            collection = session.get(
+                DataCollection, data_collection_id, with_for_update={"key_share": True}
+            )
+            if collection is None:
+                raise ValueError(f"DataCollection {data_collection_id} does not exist")
+            movie = session.scalar(
+                select(Movie).filter_by(
+                    dataCollectionId=data_collection_id, movieFullPath=movie_path
+                )
+            )
+            if movie is None:
+                count = session.scalar(
+                    select(func.count())
+                    .select_from(Movie)
+                    .filter_by(dataCollectionId=data_collection_id)
+                )
+                movie = Movie(
+                    dataCollectionId=data_collection_id,
+                    movieFullPath=movie_path,
+                    movieNumber=int(count or 0) + 1,
+                    createdTimeStamp=_now(),
+                )
+                session.add(movie)
+            if n_frames is not None:
+                movie.numberOfFrames = n_frames
+                if dose_per_frame is not None:
+                    movie.fluence = dose_per_frame * n_frames
+            session.flush()
+            return movie.movieId
+
+    @_retrying
+    def movies_for_collection(self, data_collection_id: int) -> list[MovieRecord]:
+        """Every movie recorded for a collection, by movie number."""
+        with self._transaction(write=False) as session:
+            rows = session.execute(
+                select(Movie.movieId, Movie.movieNumber, Movie.movieFullPath)
+                .filter_by(dataCollectionId=data_collection_id)
+                .order_by(Movie.movieNumber, Movie.movieId)
+            ).all()
+        return [MovieRecord(movie_id, number or 0, path or "") for movie_id, number, path in rows]
+
+    @_retrying
+    def record_motion_correction(
+        self, program_id: int, data_collection_id: int, movie_id: int, result: MotionResult
+    ) -> int:
+        """MotionCorrection and its per-frame drift, once per (program, movie)."""
+        for path in (result.micrograph_path, result.drift_plot_path, result.power_spectrum_path):
+            _check_length(path, PATH_LENGTH, "MotionCorrection file path")
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id, data_collection_id)
+            row = session.scalar(
+                select(MotionCorrection).filter_by(autoProcProgramId=program_id, movieId=movie_id)
+            )
+            if row is None:
+                row = MotionCorrection(autoProcProgramId=program_id, movieId=movie_id)
+                session.add(row)
+            row.dataCollectionId = data_collection_id
+            row.imageNumber = result.movie_number
+            row.firstFrame, row.lastFrame = 1, len(result.drift)
+            row.dosePerFrame = result.dose_per_frame
+            row.doseWeight = 1.0 if result.dose_weighted else 0.0
+            row.totalMotion = result.total_motion
+            row.averageMotionPerFrame = result.average_motion_per_frame
+            row.micrographFullPath = result.micrograph_path
+            row.driftPlotFullPath = result.drift_plot_path
+            row.fftCorrectedFullPath = result.power_spectrum_path
+            row.patchesUsedX, row.patchesUsedY = result.patches
+            session.flush()
+            mc_id = row.motionCorrectionId
+            existing = {
+                drift.frameNumber: drift
+                for drift in session.scalars(
+                    select(MotionCorrectionDrift).filter_by(motionCorrectionId=mc_id)
+                )
+            }
+            for number, (dx, dy) in enumerate(result.drift, start=1):
+                drift = existing.get(number)
+                if drift is None:
+                    drift = MotionCorrectionDrift(motionCorrectionId=mc_id, frameNumber=number)
+                    session.add(drift)
+                drift.deltaX, drift.deltaY = float(dx), float(dy)
+            return mc_id
+
+    @_retrying
+    def record_ctf(self, program_id: int, motion_correction_id: int, result: CTFResult) -> int:
+        """The CTF fit of one motion-corrected micrograph, once per program."""
+        with self._transaction(write=True) as session:
+            _lock_program(session, program_id)
+            row = session.scalar(
+                select(CTF).filter_by(
+                    autoProcProgramId=program_id, motionCorrectionId=motion_correction_id
+                )
+            )
+            if row is None:
+                row = CTF(autoProcProgramId=program_id, motionCorrectionId=motion_correction_id)
+                session.add(row)
+            row.boxSizeX = row.boxSizeY = float(result.box_size)
+            row.minResolution, row.maxResolution = result.min_resolution, result.max_resolution
+            row.minDefocus, row.maxDefocus = result.min_defocus, result.max_defocus
+            row.defocusU, row.defocusV = result.defocus_u, result.defocus_v
+            row.estimatedDefocus = 0.5 * (result.defocus_u + result.defocus_v)
+            row.astigmatism = abs(result.defocus_u - result.defocus_v)
+            row.astigmatismAngle = result.angle_deg
+            row.estimatedResolution = result.fit_resolution
+            row.amplitudeContrast = result.amplitude_contrast
+            row.ccValue = result.cc
+            row.fftTheoreticalFullPath = result.power_spectrum_path
+            session.flush()
+            return row.ctfId
+
+    @_retrying
+    def em_results(self, data_collection_id: int) -> list[EMMovieResult]:
+        """Every (program, movie) result of a collection, oldest program first."""
+        with self._transaction(write=False) as session:
+            rows = session.execute(
+                select(MotionCorrection, Movie, CTF, AutoProcProgram.processingStatus)
+                .join(Movie, Movie.movieId == MotionCorrection.movieId)
+                .join(
+                    AutoProcProgram,
+                    AutoProcProgram.autoProcProgramId == MotionCorrection.autoProcProgramId,
+                )
+                .outerjoin(CTF, CTF.motionCorrectionId == MotionCorrection.motionCorrectionId)
+                .where(MotionCorrection.dataCollectionId == data_collection_id)
+                .order_by(MotionCorrection.autoProcProgramId, Movie.movieNumber)
+            ).all()
+            drifts: dict[int, list[tuple[float, float]]] = defaultdict(list)
+            ids = [mc.motionCorrectionId for mc, *_ in rows]
+            if ids:
+                for mc_id, dx, dy in session.execute(
+                    select(
+                        MotionCorrectionDrift.motionCorrectionId,
+                        MotionCorrectionDrift.deltaX,
+                        MotionCorrectionDrift.deltaY,
+                    )
+                    .where(MotionCorrectionDrift.motionCorrectionId.in_(ids))
+                    .order_by(
+                        MotionCorrectionDrift.motionCorrectionId, MotionCorrectionDrift.frameNumber
+                    )
+                ):
+                    drifts[mc_id].append((dx or 0.0, dy or 0.0))
+        return [
+            EMMovieResult(
+                program_id=mc.autoProcProgramId or 0,
+                program_status=None if status is None else bool(status),
+                movie_id=movie.movieId,
+                movie_number=movie.movieNumber or 0,
+                movie_path=movie.movieFullPath or "",
+                motion_correction_id=mc.motionCorrectionId,
+                micrograph_path=mc.micrographFullPath,
+                total_motion=mc.totalMotion,
+                drift=drifts.get(mc.motionCorrectionId, []),
+                defocus_u=ctf.defocusU if ctf else None,
+                defocus_v=ctf.defocusV if ctf else None,
+                astigmatism_angle=ctf.astigmatismAngle if ctf else None,
+                fit_resolution=ctf.estimatedResolution if ctf else None,
+                cc=ctf.ccValue if ctf else None,
+            )
+            for mc, movie, ctf, status in rows
+        ]
+
 
 # -- helpers of the writes -------------------------------------------------------------
 
@@ -1239,3 +1421,70 @@ def _ptycho_result(row: PtychographyResult, processing_job_id: int | None) -> Pt
         reconstruction_file=row.reconstructionFile or "",
         processing_job_id=processing_job_id,
     )
+
+
+# --- em ---
+
+
+@dataclass(frozen=True)
+class MovieRecord:
+    """A movie of a collection as the LIMS holds it."""
+
+    movie_id: int
+    movie_number: int
+    path: str
+
+
+@dataclass(frozen=True)
+class MotionResult:
+    """Motion correction of one movie: drift (dx, dy) per frame in pixels from frame 1,
+    motion in Å, file paths of the micrograph, drift plot and power spectrum."""
+
+    movie_number: int
+    drift: list[tuple[float, float]]
+    dose_per_frame: float
+    dose_weighted: bool
+    total_motion: float
+    average_motion_per_frame: float
+    micrograph_path: str
+    drift_plot_path: str
+    power_spectrum_path: str
+    patches: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class CTFResult:
+    """A CTF fit: defocus U/V (Å), angle (degrees), fit resolution (Å), search ranges."""
+
+    defocus_u: float
+    defocus_v: float
+    angle_deg: float
+    fit_resolution: float
+    cc: float
+    amplitude_contrast: float
+    box_size: int
+    min_resolution: float
+    max_resolution: float
+    min_defocus: float
+    max_defocus: float
+    power_spectrum_path: str
+
+
+@dataclass(frozen=True)
+class EMMovieResult:
+    """One movie's results from one program, as the session summary reads them."""
+
+    program_id: int
+    program_status: bool | None
+    movie_id: int
+    movie_number: int
+    movie_path: str
+    motion_correction_id: int
+    micrograph_path: str | None
+    total_motion: float | None
+    drift: list[tuple[float, float]]
+    defocus_u: float | None
+    defocus_v: float | None
+    astigmatism_angle: float | None
+    fit_resolution: float | None
+    cc: float | None

@@ -1,0 +1,69 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3
+"""Averages of a power spectrum (rfft2 half-plane layout) for CTF fitting.
+
+- along ellipses r² = a kx² + 2 b kx ky + c ky² (a = c = 1, b = 0: the radial average;
+  otherwise the equi-phase average of an astigmatic spectrum);
+- in angular sectors x radius bins: the rotationally resolved spectrum.
+
+kx (columns) runs 0..n/2, ky (rows) wraps at n/2, both in spectrum pixels. The half
+plane covers angles -90°..90°, enough since a power spectrum is centro-symmetric.
+Spectra are small (one tile), so the loops run serially with the GIL released.
+"""
+
+from libc.math cimport atan2, sqrt, M_PI
+
+
+def elliptical_average_kernel(
+    const float[:, ::1] spectrum,
+    double a,
+    double b,
+    double c,
+    double[::1] sums,
+    double[::1] counts,
+):
+    cdef Py_ssize_t ny = spectrum.shape[0], nxh = spectrum.shape[1]
+    cdef Py_ssize_t n_bins = sums.shape[0]
+    cdef Py_ssize_t i, j, index
+    cdef double kx, ky, r2
+    with nogil:
+        for i in range(ny):
+            ky = i if i <= ny // 2 else i - ny
+            for j in range(nxh):
+                kx = j
+                r2 = a * kx * kx + 2.0 * b * kx * ky + c * ky * ky
+                if r2 < 0:
+                    continue
+                index = <Py_ssize_t>(sqrt(r2) + 0.5)
+                if index < n_bins:
+                    sums[index] += spectrum[i, j]
+                    counts[index] += 1.0
+
+
+def sector_average_kernel(
+    const float[:, ::1] spectrum,
+    double[:, ::1] sums,
+    double[:, ::1] counts,
+):
+    cdef Py_ssize_t ny = spectrum.shape[0], nxh = spectrum.shape[1]
+    cdef Py_ssize_t n_sectors = sums.shape[0], n_bins = sums.shape[1]
+    cdef Py_ssize_t i, j, index, sector
+    cdef double kx, ky, theta
+    with nogil:
+        for i in range(ny):
+            ky = i if i <= ny // 2 else i - ny
+            for j in range(nxh):
+                kx = j
+                if kx == 0 and ky == 0:
+                    continue
+                index = <Py_ssize_t>(sqrt(kx * kx + ky * ky) + 0.5)
+                if index >= n_bins:
+                    continue
+                theta = atan2(ky, kx)
+                sector = <Py_ssize_t>((theta + 0.5 * M_PI) / M_PI * n_sectors)
+                if sector >= n_sectors:
+                    sector = n_sectors - 1
+                elif sector < 0:
+                    sector = 0
+                sums[sector, index] += spectrum[i, j]
+                counts[sector, index] += 1.0

@@ -1,0 +1,181 @@
+"""Cryo-EM movies (MRC stacks, TIFF), gain references and micrographs (MRC).
+
+Movies are read one frame at a time (MRC memory-mapped, TIFF page by page), so a
+40-frame 4k movie never has to sit in memory whole. A movie that is half-written or
+corrupt raises `DataFileError` naming the file and what is wrong with it, before any
+frame is processed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import mrcfile
+import numpy as np
+import tifffile
+
+from prefect_beamline.formats.errors import DataFileError
+
+MRC_SUFFIXES = (".mrc", ".mrcs")
+TIFF_SUFFIXES = (".tif", ".tiff")
+MOVIE_SUFFIXES = MRC_SUFFIXES + TIFF_SUFFIXES
+
+
+class MovieReader:
+    """A movie opened for reading frames; use as a context manager.
+
+    Attributes:
+        path: the movie file.
+        n_frames, shape (ny, nx), dtype: as stored.
+        pixel_size_angstrom: from the MRC header (None when the header says 0 or TIFF).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataFileError(f"{self.path}: movie file does not exist")
+        suffix = self.path.suffix.lower()
+        self._mrc: Any = None
+        self._tiff: tifffile.TiffFile | None = None
+        if suffix in MRC_SUFFIXES:
+            self._open_mrc()
+        elif suffix in TIFF_SUFFIXES:
+            self._open_tiff()
+        else:
+            raise DataFileError(
+                f"{self.path}: unknown movie format {suffix!r} (expected one of "
+                f"{', '.join(MOVIE_SUFFIXES)})"
+            )
+
+    def _open_mrc(self) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                self._mrc = mrcfile.mmap(self.path, mode="r", permissive=False)
+        except (ValueError, RuntimeWarning, OSError) as error:
+            raise DataFileError(
+                f"{self.path}: not a complete MRC movie (header or data block): {error}"
+            ) from error
+        data = self._mrc.data
+        if data is None or data.ndim not in (2, 3):
+            raise DataFileError(f"{self.path}: MRC data block holds no 2-D frames")
+        self._frames = data if data.ndim == 3 else data[np.newaxis]
+        self.n_frames = int(self._frames.shape[0])
+        self.shape: tuple[int, int] = (int(self._frames.shape[1]), int(self._frames.shape[2]))
+        self.dtype = self._frames.dtype
+        size = float(self._mrc.voxel_size.x)
+        self.pixel_size_angstrom: float | None = size if size > 0 else None
+
+    def _open_tiff(self) -> None:
+        try:
+            self._tiff = tifffile.TiffFile(self.path)
+            pages = self._tiff.pages
+            self.n_frames = len(pages)
+            first = pages.first
+            self.shape = (int(first.shape[0]), int(first.shape[1]))
+            self.dtype = np.dtype(first.dtype)
+        except Exception as error:
+            raise DataFileError(f"{self.path}: not a readable TIFF movie: {error}") from error
+        if self.n_frames == 0:
+            raise DataFileError(f"{self.path}: TIFF movie has no frames")
+        self.pixel_size_angstrom = None
+
+    def frame(self, index: int) -> np.ndarray:
+        """Frame `index` (0-based) as stored, shape (ny, nx)."""
+        if not 0 <= index < self.n_frames:
+            raise IndexError(f"{self.path}: frame {index} outside 0..{self.n_frames - 1}")
+        if self._mrc is not None:
+            return np.asarray(self._frames[index])
+        assert self._tiff is not None
+        try:
+            page = self._tiff.pages[index]
+            image = page.asarray()
+        except Exception as error:
+            raise DataFileError(
+                f"{self.path}: TIFF frame {index} is unreadable (truncated or corrupt): {error}"
+            ) from error
+        if image.shape != self.shape:
+            raise DataFileError(
+                f"{self.path}: TIFF frame {index} has shape {image.shape}, frame 0 {self.shape}"
+            )
+        return np.asarray(image)
+
+    def iter_frames(self) -> Iterator[np.ndarray]:
+        for index in range(self.n_frames):
+            yield self.frame(index)
+
+    def check_complete(self) -> None:
+        """Touch the end of the movie: a TIFF truncated after its page index fails here."""
+        if self._tiff is not None:
+            self.frame(self.n_frames - 1)
+
+    def close(self) -> None:
+        if self._mrc is not None:
+            self._mrc.close()
+            self._mrc = None
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
+
+    def __enter__(self) -> MovieReader:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def read_gain_reference(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """The gain reference (multiply raw counts by it), float32, checked against the movie."""
+    path = Path(path)
+    try:
+        with mrcfile.open(path, mode="r", permissive=False) as mrc:
+            gain = np.asarray(mrc.data, dtype=np.float32)
+    except (ValueError, OSError) as error:
+        raise DataFileError(f"{path}: not a readable MRC gain reference: {error}") from error
+    if gain.ndim == 3 and gain.shape[0] == 1:
+        gain = gain[0]
+    if gain.shape != shape:
+        raise DataFileError(
+            f"{path}: gain reference shape {gain.shape} differs from the movie frames {shape}"
+        )
+    if not np.all(np.isfinite(gain)):
+        raise DataFileError(f"{path}: gain reference holds NaN or infinite values")
+    return np.ascontiguousarray(gain)
+
+
+def write_mrc(path: str | Path, data: np.ndarray, pixel_size_angstrom: float) -> Path:
+    """An MRC file (2-D micrograph or 3-D stack) with the pixel size in its header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with mrcfile.new(partial, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = pixel_size_angstrom
+        if data.ndim == 3:
+            mrc.header.ispg = 0  # an image stack, not a volume
+        mrc.update_header_stats()
+    partial.replace(path)
+    return path
+
+
+def write_tiff_movie(path: str | Path, frames: np.ndarray) -> Path:
+    """A multi-page TIFF movie (one page per frame), as EER/K3 pipelines export them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, frames, photometric="minisblack", compression="zlib")
+    return path
+
+
+def read_micrograph(path: str | Path) -> tuple[np.ndarray, float]:
+    """(image, pixel size Å) of a micrograph MRC."""
+    with mrcfile.open(path, mode="r") as mrc:
+        return np.array(mrc.data), float(mrc.voxel_size.x)

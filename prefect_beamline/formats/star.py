@@ -1,0 +1,129 @@
+"""RELION STAR tables of motion-corrected micrographs and their CTF (starfile).
+
+The same columns RELION 4/5's MotionCorr and CtfFind jobs write
+(`corrected_micrographs.star`, `micrographs_ctf.star`): an optics table and a
+micrographs table. Per-movie flow runs of one session add their row to the session's
+table concurrently, so `upsert_rows` holds an exclusive file lock while it reads,
+replaces the movie's row and atomically rewrites the file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import starfile
+
+MICROGRAPH_KEY = "rlnMicrographName"
+
+
+@dataclass(frozen=True)
+class Optics:
+    """The optics group every micrograph of a session shares (RELION `data_optics`)."""
+
+    pixel_size_angstrom: float
+    voltage_kv: float
+    cs_mm: float
+    amplitude_contrast: float
+    group_name: str = "opticsGroup1"
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {
+                    "rlnOpticsGroupName": self.group_name,
+                    "rlnOpticsGroup": 1,
+                    "rlnMicrographOriginalPixelSize": self.pixel_size_angstrom,
+                    "rlnVoltage": self.voltage_kv,
+                    "rlnSphericalAberration": self.cs_mm,
+                    "rlnAmplitudeContrast": self.amplitude_contrast,
+                    "rlnMicrographPixelSize": self.pixel_size_angstrom,
+                }
+            ]
+        )
+
+
+def motion_row(
+    micrograph: str, total_motion: float, early_motion: float, late_motion: float
+) -> dict[str, Any]:
+    """A `corrected_micrographs.star` row (motion in Å, as RELION accumulates it)."""
+    return {
+        "rlnMicrographName": micrograph,
+        "rlnOpticsGroup": 1,
+        "rlnAccumMotionTotal": total_motion,
+        "rlnAccumMotionEarly": early_motion,
+        "rlnAccumMotionLate": late_motion,
+    }
+
+
+def ctf_row(
+    micrograph: str,
+    power_spectrum: str,
+    defocus_u: float,
+    defocus_v: float,
+    angle_deg: float,
+    figure_of_merit: float,
+    max_resolution: float,
+) -> dict[str, Any]:
+    """A `micrographs_ctf.star` row (defocus in Å, angle in degrees, resolution in Å)."""
+    return {
+        "rlnMicrographName": micrograph,
+        "rlnOpticsGroup": 1,
+        "rlnCtfImage": power_spectrum,
+        "rlnDefocusU": defocus_u,
+        "rlnDefocusV": defocus_v,
+        "rlnCtfAstigmatism": abs(defocus_u - defocus_v),
+        "rlnDefocusAngle": angle_deg,
+        "rlnCtfFigureOfMerit": figure_of_merit,
+        "rlnCtfMaxResolution": max_resolution,
+    }
+
+
+def write_table(path: Path, optics: Optics, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write an optics + micrographs STAR file (replacing it atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    starfile.write(
+        {"optics": optics.table(), "micrographs": pd.DataFrame(list(rows))},
+        partial,
+        overwrite=True,
+    )
+    partial.replace(path)
+    return path
+
+
+def read_micrographs(path: Path) -> pd.DataFrame:
+    """The micrographs table of a STAR file (empty when the file does not exist)."""
+    if not path.exists():
+        return pd.DataFrame()
+    tables = starfile.read(path, always_dict=True)
+    return tables.get("micrographs", pd.DataFrame())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def upsert_rows(path: Path, optics: Optics, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Add or replace rows (by micrograph name) of a shared STAR file; return its row count."""
+    with _locked(path):
+        table = read_micrographs(path)
+        existing = table.to_dict("records") if len(table) else []
+        by_name: dict[str, dict[str, Any]] = {str(r[MICROGRAPH_KEY]): dict(r) for r in existing}
+        for row in rows:
+            by_name[str(row[MICROGRAPH_KEY])] = dict(row)
+        ordered = [by_name[name] for name in sorted(by_name)]
+        write_table(path, optics, ordered)
+        return len(ordered)
