@@ -27,5 +27,4 @@ test: lint
 	$(BIN)/python -m pytest -ra
 
 bench: install
-	$(BIN)/python benchmarks/run.py spotfind
-	$(BIN)/python benchmarks/run.py latency
+	for name in spotfind latency tomo em ptycho; do $(BIN)/python benchmarks/run.py $$name || exit 1; done
