@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from prefect_beamline.events import (
     COMPLETED_EVENT,
@@ -250,3 +251,35 @@ def publish_processing_event(
 
 
 CHUNK_CACHE_EXPIRATION = timedelta(days=14)
+
+
+ParametersT = TypeVar("ParametersT", bound=BaseModel)
+
+
+def merge_parameters(
+    model: type[ParametersT], announced: CollectionEvent | None, chosen: ParametersT | None
+) -> ParametersT:
+    """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top.
+
+    Only fields set explicitly for this run win, so a rerun that changes one parameter
+    keeps the DAQ's others.
+    """
+    merged: dict[str, Any] = dict(announced.processing_parameters) if announced else {}
+    if chosen is not None:
+        merged.update(chosen.model_dump(exclude_unset=True))
+    return model.model_validate(merged)
+
+
+@contextmanager
+def failure_recorded(
+    collection: CollectionDescription, job: JobRecord, lims_block: str | None, what: str = ""
+) -> Iterator[None]:
+    """On any error inside: mark the job failed in the LIMS with the message (prefixed
+    with `what`, e.g. the movie), emit `beamline.processing.failed`, and re-raise."""
+    try:
+        yield
+    except Exception as error:
+        message = f"{what}: {error}" if what else str(error)
+        finish_processing_job(job, success=False, message=message, lims_block=lims_block)
+        publish_processing_event(collection, job, {"error": message}, success=False)
+        raise

@@ -28,9 +28,11 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect_beamline.flows.common import (
     JobRecord,
     attach_result_files,
+    failure_recorded,
     finish_processing_job,
     infrastructure_retries,
     load_collection,
+    merge_parameters,
     open_lims,
     publish_processing_event,
     record_processing_job,
@@ -115,10 +117,7 @@ def effective_parameters(
     announced: CollectionEvent | None, chosen: EMParameters | None
 ) -> EMParameters:
     """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top."""
-    merged: dict[str, Any] = dict(announced.processing_parameters) if announced else {}
-    if chosen is not None:
-        merged.update(chosen.model_dump(exclude_unset=True))
-    return EMParameters.model_validate(merged)
+    return merge_parameters(EMParameters, announced, chosen)
 
 
 @dataclass(frozen=True)
@@ -493,18 +492,13 @@ def process_em_movie(
         lims_block=lims_block,
         program="motion correction + CTF",
     )
-    try:
+    with failure_recorded(description, job, lims_block, Path(movie).name):
         movie_id = record_movie(collection_id, movie, lims_block)
         outcome = correct_movie(movie, Path(movie).stem, chosen, job.results_dir)
         files = write_star_rows(job, outcome, chosen)
         record_em_results(job, movie_id, outcome, chosen, lims_block)
         attach_result_files(job, files, lims_block)
         publish_movie_artifacts(description, outcome)
-    except Exception as error:
-        message = f"{Path(movie).name}: {error}"
-        finish_processing_job(job, success=False, message=message, lims_block=lims_block)
-        publish_processing_event(description, job, {"error": message}, success=False)
-        raise
     summary = {
         "movie": movie,
         "n_frames": outcome.n_frames,
@@ -574,7 +568,7 @@ def em_session_summary(
         lims_block=lims_block,
         program="session statistics",
     )
-    try:
+    with failure_recorded(description, job, lims_block):
         still_running = wait_for_movie_runs(collection_id, wait_timeout_s)
         folder = session_folder(description.data_files[0], collection_id)
         statistics = publish_session_statistics(collection_id, folder, lims_block)
@@ -589,10 +583,6 @@ def em_session_summary(
             else [(folder / "session_statistics.json", "Result")],
             lims_block,
         )
-    except Exception as error:
-        finish_processing_job(job, success=False, message=str(error), lims_block=lims_block)
-        publish_processing_event(description, job, {"error": str(error)}, success=False)
-        raise
     summary = {
         "n_movies": statistics["n_movies"],
         "movies_still_running": still_running,

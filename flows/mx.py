@@ -30,9 +30,11 @@ from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     JobRecord,
     attach_result_files,
+    failure_recorded,
     finish_processing_job,
     infrastructure_retries,
     load_collection,
+    merge_parameters,
     publish_processing_event,
     record_processing_job,
 )
@@ -100,10 +102,7 @@ def effective_parameters(
     announced: CollectionEvent | None, chosen: MXParameters | None
 ) -> MXParameters:
     """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top."""
-    merged: dict[str, Any] = dict(announced.processing_parameters) if announced else {}
-    if chosen is not None:
-        merged.update(chosen.model_dump(exclude_unset=True))
-    return MXParameters.model_validate(merged)
+    return merge_parameters(MXParameters, announced, chosen)
 
 
 def data_signature(master_file: str) -> str:
@@ -366,7 +365,7 @@ def process_mx(
         lims_block=lims_block,
         program="spot finding (dispersion)",
     )
-    try:
+    with failure_recorded(description, job, lims_block):
         first, last = count_images(description)
         runner = task_runner_for(
             chosen.dask_scheduler, chosen.compute_block, chosen.parallel_chunks
@@ -380,10 +379,6 @@ def process_mx(
         record_mx_results(job, results, grid_centre, lims_block)
         attach_result_files(job, files, lims_block)
         publish_mx_artifacts(description, results, summary, files[-1][0])
-    except Exception as error:
-        finish_processing_job(job, success=False, message=str(error), lims_block=lims_block)
-        publish_processing_event(description, job, {"error": str(error)}, success=False)
-        raise
     finish_processing_job(
         job, success=True, message=f"{summary['n_images']} images analysed", lims_block=lims_block
     )

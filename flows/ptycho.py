@@ -28,9 +28,11 @@ from prefect.artifacts import (
 from prefect_beamline.flows.common import (
     JobRecord,
     attach_result_files,
+    failure_recorded,
     finish_processing_job,
     infrastructure_retries,
     load_collection,
+    merge_parameters,
     open_lims,
     publish_processing_event,
     record_processing_job,
@@ -102,10 +104,7 @@ def effective_parameters(
     announced: CollectionEvent | None, chosen: PtychoParameters | None
 ) -> PtychoParameters:
     """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top."""
-    merged: dict[str, Any] = dict(announced.processing_parameters) if announced else {}
-    if chosen is not None:
-        merged.update(chosen.model_dump(exclude_unset=True))
-    return PtychoParameters.model_validate(merged)
+    return merge_parameters(PtychoParameters, announced, chosen)
 
 
 @dataclass(frozen=True)
@@ -434,7 +433,7 @@ def process_ptycho(
         lims_block=lims_block,
         program=chosen.algorithm,
     )
-    try:
+    with failure_recorded(description, job, lims_block):
         probe_file = resolve_probe_file(chosen.probe_from, lims_block)
         summary = reconstruct(
             job, scan_file_of(description), chosen, probe_file, description.collection_id
@@ -443,10 +442,6 @@ def process_ptycho(
         record_ptycho_result(job, summary, lims_block)
         attach_result_files(job, files, lims_block)
         publish_ptycho_artifacts(description, summary, [path for path, _ in files[1:3]])
-    except Exception as error:
-        finish_processing_job(job, success=False, message=str(error), lims_block=lims_block)
-        publish_processing_event(description, job, {"error": str(error)}, success=False)
-        raise
     message = (
         f"{summary.algorithm} {summary.iterations} iterations on {summary.n_positions} "
         f"positions, error {summary.final_error:.3g}"

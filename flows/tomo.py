@@ -29,9 +29,11 @@ from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     JobRecord,
     attach_result_files,
+    failure_recorded,
     finish_processing_job,
     infrastructure_retries,
     load_collection,
+    merge_parameters,
     open_lims,
     publish_processing_event,
     record_processing_job,
@@ -116,10 +118,7 @@ def effective_parameters(
     announced: CollectionEvent | None, chosen: TomoParameters | None
 ) -> TomoParameters:
     """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top."""
-    merged: dict[str, Any] = dict(announced.processing_parameters) if announced else {}
-    if chosen is not None:
-        merged.update(chosen.model_dump(exclude_unset=True))
-    return TomoParameters.model_validate(merged)
+    return merge_parameters(TomoParameters, announced, chosen)
 
 
 @dataclass(frozen=True)
@@ -427,7 +426,7 @@ def process_tomo(
         lims_block=lims_block,
         program="filtered back projection",
     )
-    try:
+    with failure_recorded(description, job, lims_block):
         scan = inspect_scan(description.data_files[0])
         rows = slice_range(scan, chosen)
         centre = find_centre(scan, rows, chosen)
@@ -443,10 +442,6 @@ def process_tomo(
         record_tomogram(job, summary, previews, lims_block)
         attach_result_files(job, files, lims_block)
         publish_tomo_artifacts(description, summary, previews)
-    except Exception as error:
-        finish_processing_job(job, success=False, message=str(error), lims_block=lims_block)
-        publish_processing_event(description, job, {"error": str(error)}, success=False)
-        raise
     finish_processing_job(
         job,
         success=True,
