@@ -58,6 +58,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "latencies_s": [round(x, 3) for x in latencies],
         # Of which: webhook -> gateway -> event -> automation -> flow run created.
         "to_flow_run_created_median_s": round(statistics.median(to_created), 3),
+        "to_flow_run_created_s": [round(x, 3) for x in to_created],
         "serve_poll_seconds": DEFAULT_POLL_SECONDS,
         "warm_start": warm_start_enabled(),
         "target_median_s": 2.0,
