@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.tomo import reconstruct
+from prefect_beamline.ext.backproject import reconstruct
 
 from prefect_beamline.analysis.tomo import circle_mask
 from prefect_beamline.synth import phantom_sinogram

@@ -24,7 +24,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import INPUTS, NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
-from prefect_beamline.ext.tomo import FilterName, normalise, reconstruct, ring_filter
+from prefect_beamline.ext.backproject import FilterName, reconstruct
+from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     JobRecord,

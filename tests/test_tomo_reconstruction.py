@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect_beamline.ext.tomo import normalise, reconstruct, ring_filter
+from prefect_beamline.ext.backproject import reconstruct
+from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
 
 from prefect_beamline.analysis.tomo import (
     centre_by_sinogram_metric,

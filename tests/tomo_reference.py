@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from prefect_beamline.ext.tomo import fourier_filter, padded_size
+from prefect_beamline.ext.backproject import fourier_filter, padded_size
 from scipy import ndimage
 
 

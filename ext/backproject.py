@@ -1,8 +1,8 @@
-"""Tomography kernels: normalisation, ring filter, filtered back projection (FBP).
+"""Filtered back projection (FBP): Fourier filters and the back projector.
 
-The public face of the `_tomo_preprocess` and `_backproject` Cython kernels: checks
-shapes and dtypes, allocates outputs and documents units. Every kernel releases the GIL
-and runs over sinograms (detector rows) in parallel on `n_threads` threads.
+The public face of the `_backproject` Cython kernel: checks shapes and dtypes, allocates
+outputs and documents units. The kernel releases the GIL and runs over slices in
+parallel on `n_threads` threads.
 
 Conventions, as scikit-image's `radon`/`iradon`: a sinogram is (angle, detector column);
 angles in radians; slice pixel (i, j) of an N x N slice is at x = j - N//2,
@@ -17,90 +17,17 @@ from typing import Literal, get_args
 
 import numpy as np
 from prefect_beamline.ext._backproject import HAS_AVX2, backproject_kernel
-from prefect_beamline.ext._tomo_preprocess import normalise_kernel, ring_filter_kernel
 from scipy import fft
 
 FilterName = Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]
 FILTER_NAMES: tuple[str, ...] = get_args(FilterName)
-RAW_DTYPES = (np.uint16, np.uint32, np.float32)
-MIN_TRANSMISSION = 1e-6
 ROWS_PER_BLOCK = 16
 SIMD_AVAILABLE: bool = HAS_AVX2  # the back projector uses AVX2 gathers
-
-
-def _float32_2d(array: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
-    if array.shape != shape:
-        raise ValueError(f"{name} shape {array.shape} differs from the projections' {shape}")
-    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _check_threads(n_threads: int) -> None:
     if n_threads < 1:
         raise ValueError(f"n_threads must be at least 1, got {n_threads}")
-
-
-def normalise(
-    projections: np.ndarray,
-    flat: np.ndarray,
-    dark: np.ndarray,
-    *,
-    out: np.ndarray | None = None,
-    min_transmission: float = MIN_TRANSMISSION,
-    n_threads: int = 1,
-) -> np.ndarray:
-    """Sinograms (row, angle, column) of -log((projection - dark) / (flat - dark)).
-
-    `projections` is (angle, row, column) as a detector writes them (uint16, uint32 or
-    float32); `flat` and `dark` are the (row, column) means of the flat and dark frames.
-    Transmissions at or below `min_transmission` (zero or negative counts) are clamped to
-    it; pixels whose flat does not exceed their dark get 0.
-    """
-    if projections.ndim != 3:
-        raise ValueError(f"projections must be 3-D (angle, row, column), got {projections.shape}")
-    if projections.dtype.type not in RAW_DTYPES:
-        names = ", ".join(np.dtype(t).name for t in RAW_DTYPES)
-        raise ValueError(f"projections dtype must be one of {names}, got {projections.dtype}")
-    if not 0.0 < min_transmission < 1.0:
-        raise ValueError(f"min_transmission must be in (0, 1), got {min_transmission}")
-    _check_threads(n_threads)
-    n_angles, n_rows, n_columns = projections.shape
-    flat32 = _float32_2d(flat, (n_rows, n_columns), "flat")
-    dark32 = _float32_2d(dark, (n_rows, n_columns), "dark")
-    shape = (n_rows, n_angles, n_columns)
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
-    normalise_kernel(
-        np.ascontiguousarray(projections),
-        flat32,
-        dark32,
-        out,
-        float(min_transmission),
-        int(n_threads),
-    )
-    return out
-
-
-def ring_filter(sinograms: np.ndarray, *, width: int = 9, n_threads: int = 1) -> np.ndarray:
-    """Remove ring artefacts from sinograms (row, angle, column), in place; returns them.
-
-    Each detector column's mean over angles minus the median of the means of the
-    `width` columns around it (odd, edges repeated) is subtracted from that column: a
-    column whose response differs from the flat field (a stripe in the sinogram, a ring
-    in the slice) loses its offset, while features of the sample, which move across
-    columns as the sample turns, are left alone.
-    """
-    if sinograms.ndim != 3 or sinograms.dtype != np.float32 or not sinograms.flags.c_contiguous:
-        raise ValueError(
-            "sinograms must be a C-contiguous float32 array (row, angle, column), got "
-            f"{sinograms.dtype} {sinograms.shape}"
-        )
-    if width < 3 or width % 2 == 0:
-        raise ValueError(f"ring filter width must be an odd number >= 3, got {width}")
-    _check_threads(n_threads)
-    ring_filter_kernel(sinograms, int(width // 2), int(n_threads))
-    return sinograms
 
 
 def padded_size(n_detector: int) -> int:
