@@ -27,4 +27,4 @@ test: lint
 	$(BIN)/python -m pytest -ra
 
 bench: install
-	for name in spotfind latency tomo em ptycho; do $(BIN)/python benchmarks/run.py $$name || exit 1; done
+	for name in spotfind latency tomo tomo_preprocess backproject em motioncor powerspec ptycho; do $(BIN)/python benchmarks/run.py $$name || exit 1; done

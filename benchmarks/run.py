@@ -16,6 +16,10 @@ BENCHMARKS = {
     "spotfind": "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
     "latency": "webhook to flow-run RUNNING through the embedded stack",
     "tomo": "Cython filtered back projection vs scikit-image iradon and a memory pass",
+    "tomo_preprocess": "flat/dark minus-log and ring filter vs numpy references, memory pass",
+    "backproject": "the back projector alone vs the numpy (np.interp) reference, memory pass",
+    "motioncor": "gain + sub-pixel shifted frame sum vs scipy.ndimage.shift, memory pass",
+    "powerspec": "radial/elliptical power-spectrum average vs numpy bincount, memory pass",
     "ptycho": "one ePIE iteration (1000 x 256² patterns): Cython vs numpy vs Pty-Chi",
     "em": "one cryo-EM movie (40 x 4096²) to micrograph + CTF, by step, vs a memory pass",
 }

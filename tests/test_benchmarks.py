@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
@@ -71,3 +73,31 @@ def test_em_benchmark_reports_steps_and_memory_pass() -> None:
     assert result["per_movie_s"] > 0 and result["memory_pass_ms"] > 0
     assert {"bin", "motion", "sum", "dose_weight", "ctf"} <= set(result["steps"])
     assert result["max_shift_error_px"] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "agreement"),
+    [
+        ("tomo_preprocess", ("normalise_max_abs_difference", 1e-5)),
+        ("backproject", ("relative_difference_vs_reference", 1e-5)),
+        ("motioncor", ("max_abs_difference_vs_reference", 1e-4)),
+        ("powerspec", ("max_relative_difference_of_sums", 1e-6)),
+    ],
+)
+def test_kernel_benchmark_times_kernel_reference_and_memory_pass(
+    name: str, agreement: tuple[str, float]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py", name, "--quick", "--json"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    timings = {key: value for key, value in result.items() if key.endswith("_ms")}
+    assert "memory_pass_ms" in timings and any("reference" in key for key in timings)
+    assert all(value > 0 for value in timings.values()), timings
+    key, tolerance = agreement
+    assert result[key] < tolerance

@@ -35,7 +35,7 @@ def reference_fbp(
     for any centre; no circle mask."""
     n_detector = sinogram.shape[1]
     padded = padded_size(n_detector)
-    response = fourier_filter(padded, filter_name)  # type: ignore[arg-type]
+    response = fourier_filter(padded, filter_name)
     filtered = np.real(
         np.fft.ifft(np.fft.fft(sinogram.astype(np.float64), n=padded, axis=1) * response, axis=1)
     )[:, :n_detector]

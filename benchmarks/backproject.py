@@ -1,0 +1,60 @@
+"""The back projector alone (`ext/_backproject.pyx`), on already filtered sinograms.
+
+`benchmarks/tomo.py` times the whole FBP against scikit-image's `iradon`; this one
+isolates the kernel: a 512-wide slice from 900 angles on 1 thread and on all cores,
+against the plain numpy reference of the tests (filter, then np.interp angle by angle, as
+`iradon` does), and one memory pass over the sinogram. Back projection does N² work per
+angle on data that fits in cache, so it is compute-bound: the memory pass is a floor,
+not a target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect_beamline.ext.backproject import backproject, filter_sinograms
+
+from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
+from prefect_beamline.analysis.tomo import circle_mask
+from prefect_beamline.synth.tomo import phantom_sinogram
+from tests.tomo_reference import reference_fbp
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    width, n_angles = (64, 90) if quick else (512, 900)
+    repeats = 2 if quick else 3
+    angles = np.linspace(0.0, np.pi, n_angles, endpoint=False)
+    sinogram = phantom_sinogram(width, np.degrees(angles))
+    centre = width / 2.0
+    filtered = filter_sinograms(sinogram[None])
+    slices = backproject(filtered, angles, centre, output_size=width, circle=False)
+    expected = reference_fbp(sinogram, angles, centre, "ramp", width)
+    inside = circle_mask(width, margin=1)
+    return {
+        "benchmark": "backproject",
+        "width": width,
+        "n_angles": n_angles,
+        "kernel_ms_1t": best_ms(
+            lambda: backproject(filtered, angles, centre, output_size=width), repeats
+        ),
+        "kernel_ms_all": best_ms(
+            lambda: backproject(filtered, angles, centre, output_size=width, n_threads=ALL_THREADS),
+            repeats,
+        ),
+        "reference_ms": best_ms(lambda: reference_fbp(sinogram, angles, centre, "ramp", width), 1),
+        "memory_pass_ms": memory_pass_ms(filtered, repeats),
+        "relative_difference_vs_reference": float(
+            np.abs(slices[0] - expected)[inside].max() / np.abs(expected).max()
+        ),
+        "cores": ALL_THREADS,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    return (
+        f"back projection {result['width']}² from {result['n_angles']} angles: "
+        f"{result['kernel_ms_1t']:.0f} ms (1 thread), {result['kernel_ms_all']:.0f} ms (all); "
+        f"numpy reference {result['reference_ms']:.0f} ms; memory pass "
+        f"{result['memory_pass_ms']:.2f} ms"
+    )

@@ -1,0 +1,69 @@
+"""Flat/dark normalisation with minus-log, and the ring filter (`ext/_tomo_preprocess.pyx`).
+
+One chunk of a 2048-wide scan (900 projections x 16 detector rows, uint16): the kernels
+on 1 thread and on all cores, their plain numpy/scipy references (`tests/tomo_reference`,
+what a facility script would write), and one memory pass over the float32 sinograms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect_beamline.ext.tomo_preprocess import MIN_TRANSMISSION, normalise, ring_filter
+
+from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
+from tests.tomo_reference import reference_normalise, reference_ring_filter
+
+RING_WIDTH = 9
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n_angles, n_rows, n_columns = (90, 4, 256) if quick else (900, 16, 2048)
+    repeats = 2 if quick else 5
+    rng = np.random.default_rng(0)
+    flat = rng.uniform(3000, 4000, (n_rows, n_columns)).astype(np.float32)
+    dark = rng.uniform(90, 110, (n_rows, n_columns)).astype(np.float32)
+    projections = rng.integers(200, 3000, (n_angles, n_rows, n_columns)).astype(np.uint16)
+
+    sinograms = normalise(projections, flat, dark)
+    reference = reference_normalise(projections, flat, dark, MIN_TRANSMISSION)
+    filtered = ring_filter(sinograms.copy(), width=RING_WIDTH)
+    return {
+        "benchmark": "tomo_preprocess",
+        "shape": [n_angles, n_rows, n_columns],
+        "normalise_ms_1t": best_ms(lambda: normalise(projections, flat, dark), repeats),
+        "normalise_ms_all": best_ms(
+            lambda: normalise(projections, flat, dark, n_threads=ALL_THREADS), repeats
+        ),
+        "normalise_reference_ms": best_ms(
+            lambda: reference_normalise(projections, flat, dark, MIN_TRANSMISSION), 1
+        ),
+        "ring_filter_ms_1t": best_ms(
+            lambda: ring_filter(sinograms.copy(), width=RING_WIDTH), repeats
+        ),
+        "ring_filter_ms_all": best_ms(
+            lambda: ring_filter(sinograms.copy(), width=RING_WIDTH, n_threads=ALL_THREADS),
+            repeats,
+        ),
+        "ring_filter_reference_ms": best_ms(
+            lambda: reference_ring_filter(sinograms, RING_WIDTH), 1
+        ),
+        "memory_pass_ms": memory_pass_ms(sinograms, repeats),
+        "normalise_max_abs_difference": float(np.abs(sinograms - reference).max()),
+        "ring_filter_max_abs_difference": float(
+            np.abs(filtered - reference_ring_filter(sinograms, RING_WIDTH)).max()
+        ),
+        "cores": ALL_THREADS,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    return (
+        f"normalise {result['normalise_ms_1t']:.1f} ms (1 thread), "
+        f"{result['normalise_ms_all']:.1f} ms (all), reference "
+        f"{result['normalise_reference_ms']:.1f} ms; ring filter "
+        f"{result['ring_filter_ms_1t']:.1f} / {result['ring_filter_ms_all']:.1f} ms, reference "
+        f"{result['ring_filter_reference_ms']:.1f} ms; memory pass "
+        f"{result['memory_pass_ms']:.1f} ms"
+    )
