@@ -136,8 +136,8 @@ def full_plane(half: np.ndarray) -> np.ndarray:
     full = np.empty((n, n), dtype=np.float64)
     full[:, : half.shape[1]] = half
     rows = (-np.arange(n)) % n
-    for column in range(half.shape[1], n):
-        full[:, column] = half[rows, n - column]
+    mirrored = n - np.arange(half.shape[1], n)  # column c holds half[-row, n - c]
+    full[:, half.shape[1] :] = half[rows[:, None], mirrored[None, :]]
     return full
 
 
