@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/include/*.h)
 
 $(BIN)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
@@ -27,4 +27,4 @@ test: lint
 	$(BIN)/python -m pytest -ra
 
 bench: install
-	for name in spotfind latency tomo tomo_preprocess backproject em motioncor powerspec ptycho; do $(BIN)/python benchmarks/run.py $$name || exit 1; done
+	$(BIN)/python benchmarks/run.py all

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.backproject import backproject, filter_sinograms
 
 from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
-from prefect_beamline.analysis.tomo import circle_mask
-from prefect_beamline.synth.tomo import phantom_sinogram
-from tests.tomo_reference import reference_fbp
+from prefect_beamline.ext.backproject import backproject, filter_sinograms
+from prefect_beamline.techniques.tomo.synth import phantom_sinogram
+from tests.kernels.backproject_reference import reference_fbp
+from tests.techniques.tomo.metrics import circle_mask
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from prefect_beamline.analysis.ctf import CTFParameters, Microscope
-from prefect_beamline.analysis.em import MovieSettings, process_movie
 from prefect_beamline.formats.mrc import MovieReader, write_mrc
-from prefect_beamline.synth.em import imaged
+from prefect_beamline.techniques.em.ctf import CTFParameters, Microscope
+from prefect_beamline.techniques.em.movie import MovieSettings, process_movie
+from prefect_beamline.techniques.em.synth import imaged
 
 FULL = (40, 4096)
 QUICK = (8, 512)

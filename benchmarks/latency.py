@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect_beamline.demos.common import post_event
-from prefect_beamline.demos.mx import demo_event
+from prefect_beamline.demo import post_event
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
 from prefect_beamline.serving import DEFAULT_POLL_SECONDS, warm_start_enabled
 from prefect_beamline.stack import embedded_stack
-from prefect_beamline.synth import write_mx_collection
+from prefect_beamline.techniques.mx.demo import demo_event
+from prefect_beamline.techniques.mx.synth import write_mx_collection
 
 DEPLOYMENT = "mx-processing/mx-rotation"
 

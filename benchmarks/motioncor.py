@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.motioncor import DEFAULT_TILE, shift_accumulate
 from scipy import ndimage
 
 from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
-from tests.em_reference import shift_sample
+from prefect_beamline.ext.motioncor import DEFAULT_TILE, shift_accumulate
+from tests.kernels.motioncor_reference import shift_sample
 
 SHIFT_X = [2.37, 0.4, -0.2, 0.1, 0.05, -0.08]  # quadratic field coefficients (pixels)
 SHIFT_Y = [-1.61, 0.1, 0.3, -0.05, 0.02, 0.04]

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.powerspec import elliptical_average, sector_average
 
 from benchmarks.timing import best_ms, memory_pass_ms
-from tests import em_reference
+from prefect_beamline.ext.powerspec import elliptical_average, sector_average
+from tests.kernels import powerspec_reference as em_reference
 
 QUADRATIC = (1.04, 0.03, 0.97)  # an astigmatic ellipse: r² = a kx² + 2 b kx ky + c ky²
 N_SECTORS = 18

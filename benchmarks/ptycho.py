@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from prefect_beamline.analysis.ptycho import (
+from prefect_beamline.techniques.ptycho.analysis import (
     Reconstruction,
     epie_iteration,
     initial_probe,
     position_order,
     total_measured_power,
 )
-from prefect_beamline.synth.ptycho import make_probe, resolution_pattern, scan_positions
-from tests.ptycho_reference import reference_iteration
+from prefect_beamline.techniques.ptycho.synth import make_probe, resolution_pattern, scan_positions
+from tests.kernels.epie_reference import reference_iteration
 
 FULL = {"n_positions": 1000, "pattern_size": 256, "probe_sigma_px": 28.0, "step_px": 24.0}
 # Pty-Chi's default mini-batch: positions updated together (not sequential ePIE).

@@ -12,29 +12,36 @@ import json
 import sys
 from pathlib import Path
 
-BENCHMARKS = {
-    "spotfind": "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
-    "latency": "webhook to flow-run RUNNING through the embedded stack",
-    "tomo": "Cython filtered back projection vs scikit-image iradon and a memory pass",
-    "tomo_preprocess": "flat/dark minus-log and ring filter vs numpy references, memory pass",
-    "backproject": "the back projector alone vs the numpy (np.interp) reference, memory pass",
-    "motioncor": "gain + sub-pixel shifted frame sum vs scipy.ndimage.shift, memory pass",
-    "powerspec": "radial/elliptical power-spectrum average vs numpy bincount, memory pass",
-    "ptycho": "one ePIE iteration (1000 x 256² patterns): Cython vs numpy vs Pty-Chi",
-    "em": "one cryo-EM movie (40 x 4096²) to micrograph + CTF, by step, vs a memory pass",
+from prefect_beamline.techniques import Benchmark, registry
+
+# Benchmarks of the shared spine; each technique's spec lists its own.
+SPINE = {
+    "latency": Benchmark(
+        "benchmarks.latency", "webhook to flow-run RUNNING through the embedded stack"
+    ),
 }
+
+
+def benchmarks() -> dict[str, Benchmark]:
+    """Every benchmark by name: the spine's and every registered technique's."""
+    found = dict(SPINE)
+    for spec in registry().values():
+        found.update(spec.benchmarks)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", choices=sorted(BENCHMARKS), help="benchmark to run")
+    known = benchmarks()
+    parser.add_argument("name", choices=[*sorted(known), "all"], help="benchmark to run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="small size, for smoke tests")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    module = importlib.import_module(f"benchmarks.{args.name}")
-    result = module.run(quick=args.quick)
-    print(json.dumps(result) if args.json else module.report(result))
+    for name in sorted(known) if args.name == "all" else [args.name]:
+        module = importlib.import_module(known[name].module)
+        result = module.run(quick=args.quick)
+        print(json.dumps(result) if args.json else module.report(result))
     return 0
 
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.spotfind import dispersion_threshold, find_spots
 
-from prefect_beamline.synth.mx import eiger_gap_mask
-from tests.spotfind_reference import reference_threshold
+from prefect_beamline.ext.spotfind import dispersion_threshold, find_spots
+from prefect_beamline.techniques.mx.synth import eiger_gap_mask
+from tests.kernels.spotfind_reference import reference_threshold
 
 FULL_SHAPE = (4148, 4362)
 QUICK_SHAPE = (1024, 1024)

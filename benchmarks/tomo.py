@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.backproject import reconstruct
 
-from prefect_beamline.analysis.tomo import circle_mask
-from prefect_beamline.synth import phantom_sinogram
+from prefect_beamline.ext.backproject import reconstruct
+from prefect_beamline.techniques.tomo.synth import phantom_sinogram
+from tests.techniques.tomo.metrics import circle_mask
 
 FULL = (2048, 1800)  # detector columns, angles
 QUICK = (256, 180)

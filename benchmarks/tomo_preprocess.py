@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect_beamline.ext.tomo_preprocess import MIN_TRANSMISSION, normalise, ring_filter
 
 from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
-from tests.tomo_reference import reference_normalise, reference_ring_filter
+from prefect_beamline.ext.tomo_preprocess import MIN_TRANSMISSION, normalise, ring_filter
+from tests.kernels.tomo_preprocess_reference import reference_normalise, reference_ring_filter
 
 RING_WIDTH = 9
 

@@ -17,6 +17,8 @@ CPU has them, else fixed-point arithmetic) has no bounds tests.
 from cython.parallel cimport prange
 from libc.math cimport ceil, floor, sqrt
 
+from _shared cimport clamp_to_range
+
 cdef extern from *:
     """
     /* One row of one angle: row[j] += linear interpolation of the projection at
@@ -96,14 +98,6 @@ cdef bint USE_AVX2 = bp_cpu_has_avx2()
 HAS_AVX2 = bool(USE_AVX2)
 
 
-cdef inline Py_ssize_t _clamp(double value, Py_ssize_t low, Py_ssize_t high) noexcept nogil:
-    if value < low:
-        return low
-    if value > high:
-        return high
-    return <Py_ssize_t>value
-
-
 cdef void _backproject_block(
     const float[:, ::1] filtered,
     const double[::1] cos_angles,
@@ -152,11 +146,11 @@ cdef void _backproject_block(
                 j_low = half - reach if half - reach > 0 else 0
                 j_high = half + reach if half + reach < size - 1 else size - 1
             if c > 1e-12:
-                j_low = max(j_low, _clamp(ceil(-t0 / c), 0, size))
-                j_high = min(j_high, _clamp(floor((last - t0) / c), -1, size - 1))
+                j_low = max(j_low, clamp_to_range(ceil(-t0 / c), 0, size))
+                j_high = min(j_high, clamp_to_range(floor((last - t0) / c), -1, size - 1))
             elif c < -1e-12:
-                j_low = max(j_low, _clamp(ceil((last - t0) / c), 0, size))
-                j_high = min(j_high, _clamp(floor(-t0 / c), -1, size - 1))
+                j_low = max(j_low, clamp_to_range(ceil((last - t0) / c), 0, size))
+                j_high = min(j_high, clamp_to_range(floor(-t0 / c), -1, size - 1))
             elif t0 < 0 or t0 > last:
                 continue
             if j_low > j_high:

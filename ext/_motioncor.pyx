@@ -11,16 +11,11 @@ from cython.parallel cimport prange
 from libc.math cimport expf, floor, pow, sqrt, sqrtf
 from libc.stdlib cimport free, malloc
 
-ctypedef fused raw_t:
-    unsigned char
-    signed char
-    short
-    unsigned short
-    float
+from _shared cimport clamp_index, em_count_t, signed_frequency
 
 
 def gain_bin_kernel(
-    const raw_t[:, ::1] raw,
+    const em_count_t[:, ::1] raw,
     const float[:, ::1] gain,
     bint use_gain,
     int factor,
@@ -67,7 +62,7 @@ cdef inline double _field(const double* c, double u, double v) noexcept nogil:
 
 
 cdef inline void _corrected_row(
-    const raw_t[:, ::1] raw,
+    const em_count_t[:, ::1] raw,
     const float[:, ::1] gain,
     bint use_gain,
     Py_ssize_t y,
@@ -84,12 +79,8 @@ cdef inline void _corrected_row(
             row[k] = raw[y, x0 + k]
 
 
-cdef inline Py_ssize_t _clamp(Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    return 0 if i < 0 else (n - 1 if i > n - 1 else i)
-
-
 def shift_accumulate_kernel(
-    const raw_t[:, ::1] raw,
+    const em_count_t[:, ::1] raw,
     const float[:, ::1] gain,
     bint use_gain,
     const double[::1] coeff_x,
@@ -164,12 +155,12 @@ def shift_accumulate_kernel(
             else:
                 # Tiles whose samples leave the frame: clamp each sample to the edge.
                 for y in range(y0, y1):
-                    ya = _clamp(y + iy, ny)
-                    yb = _clamp(y + iy + 1, ny)
+                    ya = clamp_index(y + iy, ny)
+                    yb = clamp_index(y + iy + 1, ny)
                     o = &out[y, 0]
                     for x in range(x0, x1):
-                        xa = _clamp(x + ix, nx)
-                        xb = _clamp(x + ix + 1, nx)
+                        xa = clamp_index(x + ix, nx)
+                        xb = clamp_index(x + ix + 1, nx)
                         g00 = raw[ya, xa]
                         g01 = raw[ya, xb]
                         g10 = raw[yb, xa]
@@ -188,16 +179,16 @@ cdef inline double _critical_exposure(double k, double voltage_scale) noexcept n
 
 
 def half_inverse_critical_exposure_kernel(
-    float[:, ::1] out, double pixel_size, double voltage_scale, int n_threads
+    float[:, ::1] out, Py_ssize_t nx, double pixel_size, double voltage_scale, int n_threads
 ):
-    """out[i, j] = 1 / (2 Ne(k)) on the rfft2 grid (k = 0: 0, never attenuated)."""
+    """out[i, j] = 1 / (2 Ne(k)) on the rfft2 grid of an image nx wide (k = 0: 0, never
+    attenuated). The width is passed: nx // 2 + 1 columns come from an odd and an even nx."""
     cdef Py_ssize_t ny = out.shape[0], nxh = out.shape[1]
-    cdef Py_ssize_t nx = 2 * (nxh - 1)
     cdef Py_ssize_t i, j
     cdef double ky, kx, k
     with nogil:
         for i in prange(ny, num_threads=n_threads, schedule="static"):
-            ky = (i if i <= ny // 2 else i - ny) / (ny * pixel_size)
+            ky = signed_frequency(i, ny) / (ny * pixel_size)
             for j in range(nxh):
                 kx = j / (nx * pixel_size)
                 k = sqrt(kx * kx + ky * ky)

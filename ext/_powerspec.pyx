@@ -13,6 +13,8 @@ Spectra are small (one tile), so the loops run serially with the GIL released.
 
 from libc.math cimport atan2, sqrt, M_PI
 
+from _shared cimport clamp_index, signed_frequency
+
 
 def elliptical_average_kernel(
     const float[:, ::1] spectrum,
@@ -28,7 +30,7 @@ def elliptical_average_kernel(
     cdef double kx, ky, r2
     with nogil:
         for i in range(ny):
-            ky = i if i <= ny // 2 else i - ny
+            ky = signed_frequency(i, ny)
             for j in range(nxh):
                 kx = j
                 r2 = a * kx * kx + 2.0 * b * kx * ky + c * ky * ky
@@ -51,7 +53,7 @@ def sector_average_kernel(
     cdef double kx, ky, theta
     with nogil:
         for i in range(ny):
-            ky = i if i <= ny // 2 else i - ny
+            ky = signed_frequency(i, ny)
             for j in range(nxh):
                 kx = j
                 if kx == 0 and ky == 0:
@@ -60,10 +62,8 @@ def sector_average_kernel(
                 if index >= n_bins:
                     continue
                 theta = atan2(ky, kx)
-                sector = <Py_ssize_t>((theta + 0.5 * M_PI) / M_PI * n_sectors)
-                if sector >= n_sectors:
-                    sector = n_sectors - 1
-                elif sector < 0:
-                    sector = 0
+                sector = clamp_index(
+                    <Py_ssize_t>((theta + 0.5 * M_PI) / M_PI * n_sectors), n_sectors
+                )
                 sums[sector, index] += spectrum[i, j]
                 counts[sector, index] += 1.0

@@ -5,9 +5,9 @@
 The threshold streams: each band of rows keeps per-column running sums (count, sum) of
 the (2k+1) rows around the current row, and sums those along the row over (2k+1)
 columns, so every pixel is touched O(1) times and no full-frame summed-area table is
-built. Integer frames take the vectorised 32-bit rows of `_spotfind_rows.h` (rows whose
-window holds a value too large for them take the 64-bit rows here); float32 frames take
-the double rows here. Bands run in parallel with the GIL released.
+built. Integer frames take the vectorised 32-bit rows of `include/_spotfind_rows.h`
+(rows whose window holds a value too large for them take the 64-bit rows here); float32
+frames take the double rows here. Bands run in parallel with the GIL released.
 """
 
 from cython.parallel cimport prange
@@ -18,11 +18,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-ctypedef fused pixel_t:
-    uint16_t
-    uint32_t
-    int32_t
-    float
+from _shared cimport mx_pixel_t
 
 
 # The packed 32-bit rows for integer frames, in C so gcc vectorises them (see the header).
@@ -50,8 +46,8 @@ ctypedef fused acc_t:
 
 
 cdef inline void _update_columns(
-    const pixel_t* add_row, const unsigned char* add_valid,
-    const pixel_t* remove_row, const unsigned char* remove_valid,
+    const mx_pixel_t* add_row, const unsigned char* add_valid,
+    const mx_pixel_t* remove_row, const unsigned char* remove_valid,
     acc_t* count, acc_t* total, Py_ssize_t nx,
 ) noexcept nogil:
     """Move the column sums down one row: add one image row, remove another (or NULL)."""
@@ -73,7 +69,7 @@ cdef inline void _update_columns(
 
 
 cdef bint _is_strong(
-    const pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, Py_ssize_t r,
+    const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, Py_ssize_t r,
     Py_ssize_t c, int k, double gain, double sigma_background, double sigma_strong,
     double global_threshold,
 ) noexcept nogil:
@@ -104,7 +100,7 @@ cdef bint _is_strong(
 
 
 cdef void _threshold_band(
-    const pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
+    const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
     Py_ssize_t row_start, Py_ssize_t row_stop, int k, double gain, double sigma_background,
     double sigma_strong, long long min_local, double global_threshold,
     acc_t* count, acc_t* total,
@@ -119,13 +115,13 @@ cdef void _threshold_band(
     cdef Py_ssize_t r, c, lo, hi, width = 2 * k
     cdef acc_t m, x, b
     cdef double bd, screen = sigma_strong * sigma_strong * gain * (1.0 - 1e-9)
-    cdef const pixel_t* row
+    cdef const mx_pixel_t* row
     cdef const unsigned char* row_valid
     cdef unsigned char* row_out
     lo = row_start - k if row_start - k > 0 else 0
     hi = row_start + k + 1 if row_start + k + 1 < ny else ny
     for r in range(lo, hi):
-        _update_columns(&image[r, 0], &valid[r, 0], <const pixel_t*>NULL,
+        _update_columns(&image[r, 0], &valid[r, 0], <const mx_pixel_t*>NULL,
                         <const unsigned char*>NULL, count + k, total + k, nx)
     for r in range(row_start, row_stop):
         row = &image[r, 0]
@@ -155,16 +151,16 @@ cdef void _threshold_band(
                 )
         if r + 1 < row_stop:
             _update_columns(
-                &image[r + k + 1, 0] if r + k + 1 < ny else <const pixel_t*>NULL,
+                &image[r + k + 1, 0] if r + k + 1 < ny else <const mx_pixel_t*>NULL,
                 &valid[r + k + 1, 0] if r + k + 1 < ny else <const unsigned char*>NULL,
-                &image[r - k, 0] if r - k >= 0 else <const pixel_t*>NULL,
+                &image[r - k, 0] if r - k >= 0 else <const mx_pixel_t*>NULL,
                 &valid[r - k, 0] if r - k >= 0 else <const unsigned char*>NULL,
                 count + k, total + k, nx,
             )
 
 
 cdef void _integer_band(
-    const pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
+    const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
     Py_ssize_t row_start, Py_ssize_t row_stop, const spot_params* params,
     uint32_t* work, long long* sums, Py_ssize_t columns,
 ) noexcept nogil:
@@ -173,11 +169,11 @@ cdef void _integer_band(
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], r = row_start, slow_stop
     cdef Py_ssize_t bright_row = 0
     cdef int k = params.kernel_size
-    if pixel_t is float:
+    if mx_pixel_t is float:
         return  # float32 frames take _threshold_band directly
     else:
         while r < row_stop:
-            if pixel_t is uint16_t:
+            if mx_pixel_t is uint16_t:
                 r = spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, r,
                                   row_stop, params, work, &bright_row)
             else:
@@ -203,7 +199,7 @@ cdef void _integer_band(
 
 
 def dispersion_threshold_kernel(
-    const pixel_t[:, ::1] image,
+    const mx_pixel_t[:, ::1] image,
     const unsigned char[:, ::1] valid,
     unsigned char[:, ::1] out,
     double gain,
@@ -237,7 +233,7 @@ def dispersion_threshold_kernel(
     params.min_local = min_local
     if ny == 0 or nx == 0:
         return
-    if pixel_t is float:
+    if mx_pixel_t is float:
         float_sums = np.zeros((n_bands, 2 * columns), dtype=np.float64)
     else:
         int_sums = np.zeros((n_bands, 2 * columns), dtype=np.int64)
@@ -250,7 +246,7 @@ def dispersion_threshold_kernel(
                 stop = ny
             if start >= stop:
                 continue
-            if pixel_t is float:
+            if mx_pixel_t is float:
                 _threshold_band(
                     image, valid, out, start, stop, kernel_size, gain, sigma_background,
                     sigma_strong, min_local, global_threshold,
@@ -276,7 +272,7 @@ cdef inline Py_ssize_t _find(Py_ssize_t* parent, Py_ssize_t i) noexcept nogil:
     return i
 
 
-def label_spots_kernel(const pixel_t[:, ::1] image, const unsigned char[:, ::1] strong):
+def label_spots_kernel(const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] strong):
     """8-connected components of the strong mask, by runs along rows.
 
     Returns (n_pixels, sum, sum_x, sum_y, peak) per component, weighted by counts, with
@@ -382,7 +378,7 @@ def label_spots_kernel(const pixel_t[:, ::1] image, const unsigned char[:, ::1] 
 
 
 cdef void _accumulate(
-    const pixel_t[:, ::1] image, Run* runs, Py_ssize_t* label_of, Py_ssize_t n_runs,
+    const mx_pixel_t[:, ::1] image, Run* runs, Py_ssize_t* label_of, Py_ssize_t n_runs,
     int[::1] n_pixels, double[::1] sums, double[::1] sum_x, double[::1] sum_y,
     double[::1] peak,
 ) noexcept nogil:

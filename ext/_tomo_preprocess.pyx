@@ -12,14 +12,11 @@ from cython.parallel cimport prange
 from libc.math cimport logf
 from libc.stdlib cimport free, malloc
 
-ctypedef fused raw_t:
-    unsigned short
-    unsigned int
-    float
+from _shared cimport clamp_index, projection_count_t
 
 
 def normalise_kernel(
-    const raw_t[:, :, ::1] projections,
+    const projection_count_t[:, :, ::1] projections,
     const float[:, ::1] flat,
     const float[:, ::1] dark,
     float[:, :, ::1] sinograms,
@@ -76,7 +73,7 @@ cdef int _remove_stripes(float[:, ::1] sinogram, int half_width) noexcept nogil:
     cdef Py_ssize_t n_angles = sinogram.shape[0]
     cdef Py_ssize_t n_columns = sinogram.shape[1]
     cdef Py_ssize_t width = 2 * half_width + 1
-    cdef Py_ssize_t a, c, k, source
+    cdef Py_ssize_t a, c, k
     cdef double* means = <double*>malloc(n_columns * sizeof(double))
     cdef double* stripe = <double*>malloc(n_columns * sizeof(double))
     cdef double* window = <double*>malloc(width * sizeof(double))
@@ -94,12 +91,7 @@ cdef int _remove_stripes(float[:, ::1] sinogram, int half_width) noexcept nogil:
         means[c] /= n_angles
     for c in range(n_columns):
         for k in range(width):
-            source = c - half_width + k
-            if source < 0:
-                source = 0
-            elif source >= n_columns:
-                source = n_columns - 1
-            window[k] = means[source]
+            window[k] = means[clamp_index(c - half_width + k, n_columns)]
         stripe[c] = means[c] - _median(window, width)
     for a in range(n_angles):
         for c in range(n_columns):

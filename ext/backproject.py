@@ -1,8 +1,9 @@
 """Filtered back projection (FBP): Fourier filters and the back projector.
 
-The public face of the `_backproject` Cython kernel: checks shapes and dtypes, allocates
-outputs and documents units. The kernel releases the GIL and runs over slices in
-parallel on `n_threads` threads.
+The public face of the `_backproject` Cython kernel: checks shapes and dtypes (with
+`prefect_beamline.ext.arguments`), allocates outputs and documents units. The kernel
+releases the GIL and runs over slices in parallel on `n_threads` threads (None or 0:
+every core).
 
 Conventions, as scikit-image's `radon`/`iradon`: a sinogram is (angle, detector column);
 angles in radians; slice pixel (i, j) of an N x N slice is at x = j - N//2,
@@ -16,8 +17,16 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import numpy as np
-from prefect_beamline.ext._backproject import HAS_AVX2, backproject_kernel
 from scipy import fft
+
+from prefect_beamline.ext._backproject import HAS_AVX2, backproject_kernel
+from prefect_beamline.ext.arguments import (
+    REAL_KINDS,
+    kernel_threads,
+    require_array,
+    require_integer,
+    require_number,
+)
 
 FilterName = Literal["ramp", "shepp-logan", "cosine", "hamming", "hann"]
 FILTER_NAMES: tuple[str, ...] = get_args(FilterName)
@@ -25,16 +34,12 @@ ROWS_PER_BLOCK = 16
 SIMD_AVAILABLE: bool = HAS_AVX2  # the back projector uses AVX2 gathers
 
 
-def _check_threads(n_threads: int) -> None:
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
-
-
 def padded_size(n_detector: int) -> int:
     """FFT length of the filter: the power of two >= 2 n_detector (at least 64).
 
     Zero padding to twice the width stops the circular convolution wrapping around.
     """
+    n_detector = require_integer("n_detector", n_detector, minimum=1)
     return max(64, int(2 ** np.ceil(np.log2(2 * n_detector))))
 
 
@@ -47,6 +52,7 @@ def fourier_filter(size: int, name: FilterName = "ramp") -> np.ndarray:
     """
     if name not in FILTER_NAMES:
         raise ValueError(f"filter must be one of {', '.join(FILTER_NAMES)}, got {name!r}")
+    size = require_integer("size", size, minimum=1)
     odd = np.concatenate(
         (np.arange(1, size // 2 + 1, 2, dtype=np.float64), np.arange(size // 2 - 1, 0, -2))
     )
@@ -67,18 +73,22 @@ def fourier_filter(size: int, name: FilterName = "ramp") -> np.ndarray:
 
 
 def filter_sinograms(
-    sinograms: np.ndarray, name: FilterName = "ramp", *, n_threads: int = 1
+    sinograms: np.ndarray, name: FilterName = "ramp", *, n_threads: int | None = 1
 ) -> np.ndarray:
     """Filtered sinograms (slice, angle, detector + 1) as float32, the last column zero.
 
+    `sinograms` is (slice, angle, detector) or one (angle, detector), of any real dtype.
     Filtering is by FFT along the detector (scipy.fft, GIL released, `n_threads`
     workers). The zero column is what `backproject` needs to interpolate at the edge.
     """
+    require_array(
+        "sinograms", sinograms, ndim=(2, 3), axes="((slice,) angle, detector)", kinds=REAL_KINDS
+    )
     if sinograms.ndim == 2:
         sinograms = sinograms[np.newaxis]
-    if sinograms.ndim != 3:
-        raise ValueError(f"sinograms must be (slice, angle, detector), got {sinograms.shape}")
-    _check_threads(n_threads)
+    if sinograms.shape[2] < 1:
+        raise ValueError(f"sinograms must hold at least 1 detector column, got {sinograms.shape}")
+    n_threads = kernel_threads(n_threads)
     n_detector = sinograms.shape[2]
     size = padded_size(n_detector)
     response = fourier_filter(size, name)
@@ -102,7 +112,7 @@ def backproject(
     *,
     output_size: int | None = None,
     circle: bool = True,
-    n_threads: int = 1,
+    n_threads: int | None = 1,
     simd: bool = True,
 ) -> np.ndarray:
     """Slices (slice, N, N) float32 from filtered sinograms (slice, angle, detector + 1).
@@ -114,32 +124,45 @@ def backproject(
     per pixel. `simd=False` uses the portable inner loop even where AVX2 is available
     (tests compare the two).
     """
-    if filtered.ndim != 3 or filtered.dtype != np.float32 or not filtered.flags.c_contiguous:
+    require_array(
+        "filtered",
+        filtered,
+        ndim=3,
+        axes="(slice, angle, detector + 1) from filter_sinograms",
+        dtypes=(np.float32,),
+        contiguous=True,
+    )
+    if filtered.shape[1] < 1 or filtered.shape[2] < 2:
         raise ValueError(
-            "filtered must be a C-contiguous float32 array (slice, angle, detector + 1) "
-            f"from filter_sinograms, got {filtered.dtype} {filtered.shape}"
+            "filtered must hold at least 1 angle and 1 detector column (+ 1 zero column "
+            f"from filter_sinograms), got shape {filtered.shape}"
         )
     angles = np.asarray(angles_rad, dtype=np.float64)
     if angles.shape != (filtered.shape[1],):
         raise ValueError(
             f"{angles.shape[0] if angles.ndim == 1 else angles.shape} angles for "
-            f"{filtered.shape[1]} sinogram rows"
+            f"{filtered.shape[1]} sinogram rows: angles_rad shape {angles.shape} differs "
+            f"from filtered's (angle,) shape {(filtered.shape[1],)}"
         )
-    if not np.isfinite(centre):
-        raise ValueError(f"centre of rotation must be finite, got {centre}")
-    _check_threads(n_threads)
+    if not np.all(np.isfinite(angles)):
+        raise ValueError("angles_rad must be finite (radians)")
+    centre = require_number("centre", centre)
+    n_threads = kernel_threads(n_threads)
     n_detector = filtered.shape[2] - 1
-    size = output_size or n_detector
+    if output_size is None:
+        size = n_detector
+    else:
+        size = require_integer("output_size", output_size, minimum=1)
     out = np.empty((filtered.shape[0], size, size), dtype=np.float32)
     backproject_kernel(
         filtered,
         np.ascontiguousarray(np.cos(angles)),
         np.ascontiguousarray(np.sin(angles)),
-        float(centre),
+        centre,
         out,
         bool(circle),
         ROWS_PER_BLOCK,
-        int(n_threads),
+        n_threads,
         bool(simd),
     )
     out *= np.float32(np.pi / (2 * len(angles)))
@@ -154,7 +177,7 @@ def reconstruct(
     filter_name: FilterName = "ramp",
     output_size: int | None = None,
     circle: bool = True,
-    n_threads: int = 1,
+    n_threads: int | None = 1,
 ) -> np.ndarray:
     """Filtered back projection of sinograms (slice, angle, detector): (slice, N, N)."""
     filtered = filter_sinograms(sinograms, filter_name, n_threads=n_threads)

@@ -1,13 +1,16 @@
 """Gain correction, shifted frame summation and dose weighting of cryo-EM movies.
 
-The typed face of the `_motioncor` Cython kernel. Frames are passed as stored (uint8,
+The typed face of the `_motioncor` Cython kernel: checks shapes and dtypes (with
+`prefect_beamline.ext.arguments`) before each call. Frames are passed as stored (uint8,
 int8, int16, uint16 or float32) with an optional float32 gain reference (multiplied
-in); the kernels release the GIL and split rows over `n_threads`.
+in); the kernels release the GIL and split rows over `n_threads` (None or 0: every
+core).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
 from prefect_beamline.ext._motioncor import (
     cross_spectra_kernel,
     dose_accumulate_kernel,
@@ -15,6 +18,15 @@ from prefect_beamline.ext._motioncor import (
     gain_bin_kernel,
     half_inverse_critical_exposure_kernel,
     shift_accumulate_kernel,
+)
+from prefect_beamline.ext.arguments import (
+    REAL_KINDS,
+    kernel_threads,
+    require_array,
+    require_integer,
+    require_number,
+    require_same_shape,
+    require_shape,
 )
 
 DEFAULT_TILE = 32
@@ -24,31 +36,34 @@ _NO_GAIN = np.ones((1, 1), dtype=np.float32)
 
 
 def _frame(raw: np.ndarray, gain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if raw.ndim != 2:
-        raise ValueError(f"frame must be 2-D (ny, nx), got shape {raw.shape}")
-    if raw.dtype.type not in SUPPORTED_DTYPES:
-        names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
-        raise ValueError(f"frame dtype must be one of {names}, got {raw.dtype}")
+    require_array("raw", raw, ndim=2, axes="(ny, nx)", dtypes=SUPPORTED_DTYPES)
     raw = np.ascontiguousarray(raw)
     if gain is None:
         return raw, _NO_GAIN
-    if gain.shape != raw.shape:
-        raise ValueError(f"gain shape {gain.shape} differs from frame shape {raw.shape}")
+    require_array("gain", gain, kinds=REAL_KINDS)
+    require_same_shape(raw=raw, gain=gain)
     return raw, np.ascontiguousarray(gain, dtype=np.float32)
 
 
+def _spectrum_buffer(name: str, array: np.ndarray, dtype: type) -> np.ndarray:
+    """A 2-D array on the rfft2 grid, passed to the kernel as is: exact dtype, C order."""
+    return require_array(
+        name, array, ndim=2, axes="(ny, nx//2 + 1)", dtypes=(dtype,), contiguous=True
+    )
+
+
 def gain_bin(
-    raw: np.ndarray, gain: np.ndarray | None, factor: int, n_threads: int = 0
+    raw: np.ndarray, gain: np.ndarray | None, factor: int, n_threads: int | None = 0
 ) -> np.ndarray:
     """Gain-corrected frame binned by `factor` (block mean), float32.
 
     Edge rows/columns that do not fill a block are dropped.
     """
-    if factor < 1:
-        raise ValueError(f"binning factor must be at least 1, got {factor}")
+    factor = require_integer("factor", factor, minimum=1)
     raw, gain_array = _frame(raw, gain)
+    threads = kernel_threads(n_threads)
     out = np.empty((raw.shape[0] // factor, raw.shape[1] // factor), dtype=np.float32)
-    gain_bin_kernel(raw, gain_array, gain is not None, factor, out, _threads(n_threads))
+    gain_bin_kernel(raw, gain_array, gain is not None, factor, out, threads)
     return out
 
 
@@ -58,31 +73,36 @@ def shift_accumulate(
     coeff_x: np.ndarray,
     coeff_y: np.ndarray,
     out: np.ndarray,
-    n_threads: int = 0,
+    n_threads: int | None = 0,
     tile: int = DEFAULT_TILE,
 ) -> None:
     """out += the gain-corrected frame sampled at (x + dx, y + dy), bilinear.
 
     dx, dy (pixels) are the quadratic fields with 6 coefficients each (see
-    `prefect_beamline.analysis.motion.field_basis`), evaluated at the centre of each
+    `prefect_beamline.techniques.em.motion.field_basis`), evaluated at the centre of each
     `tile` x `tile` block; `out` is float32 like the frame.
     """
-    if tile < 1:
-        raise ValueError(f"tile must be at least 1 pixel, got {tile}")
+    tile = require_integer("tile", tile, minimum=1)
     raw, gain_array = _frame(raw, gain)
-    if out.shape != raw.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous float32 of shape {raw.shape}")
+    require_array("out", out, dtypes=(np.float32,), contiguous=True)
+    require_same_shape(raw=raw, out=out)
     cx = np.ascontiguousarray(coeff_x, dtype=np.float64)
     cy = np.ascontiguousarray(coeff_y, dtype=np.float64)
     if cx.shape != (6,) or cy.shape != (6,):
-        raise ValueError("coeff_x and coeff_y must each hold 6 coefficients")
+        raise ValueError(
+            f"coeff_x and coeff_y must each hold 6 coefficients, got shapes {cx.shape} and "
+            f"{cy.shape}"
+        )
+    if not (np.all(np.isfinite(cx)) and np.all(np.isfinite(cy))):
+        raise ValueError(f"coeff_x and coeff_y must be finite, got {cx} and {cy}")
     shift_accumulate_kernel(
-        raw, gain_array, gain is not None, cx, cy, out, tile, _threads(n_threads)
+        raw, gain_array, gain is not None, cx, cy, out, tile, kernel_threads(n_threads)
     )
 
 
 def voltage_scale(voltage_kv: float) -> float:
     """Critical-exposure scale of Grant & Grigorieff: 1 at 300 kV, 0.8 at 200 kV."""
+    voltage_kv = require_number("voltage_kv", voltage_kv, above=0.0)
     if voltage_kv >= 300:
         return 1.0
     if voltage_kv >= 200:
@@ -91,14 +111,19 @@ def voltage_scale(voltage_kv: float) -> float:
 
 
 def half_inverse_critical_exposure(
-    shape: tuple[int, int], pixel_size: float, voltage_kv: float, n_threads: int = 0
+    shape: tuple[int, int], pixel_size: float, voltage_kv: float, n_threads: int | None = 0
 ) -> np.ndarray:
-    """1 / (2 Ne(k)) (Å²/e) on the rfft2 grid of an image of `shape`: computed once per
-    movie, so each dose group costs one exp per frequency."""
-    out = np.empty((shape[0], shape[1] // 2 + 1), dtype=np.float32)
-    half_inverse_critical_exposure_kernel(
-        out, float(pixel_size), voltage_scale(voltage_kv), _threads(n_threads)
-    )
+    """1 / (2 Ne(k)) (Å²/e) on the rfft2 grid of an image of `shape` (ny, nx) with pixels of
+    `pixel_size` Å: computed once per movie, so each dose group costs one exp per
+    frequency."""
+    if len(shape) != 2:
+        raise ValueError(f"shape must be an image's (ny, nx), got {shape}")
+    ny = require_integer("shape[0] (ny)", shape[0], minimum=1)
+    nx = require_integer("shape[1] (nx)", shape[1], minimum=2)
+    pixel_size = require_number("pixel_size", pixel_size, above=0.0)
+    scale = voltage_scale(voltage_kv)
+    out = np.empty((ny, nx // 2 + 1), dtype=np.float32)
+    half_inverse_critical_exposure_kernel(out, nx, pixel_size, scale, kernel_threads(n_threads))
     return out
 
 
@@ -110,30 +135,52 @@ def dose_accumulate(
     *,
     dose: float,
     n_frames: int,
-    n_threads: int = 0,
+    n_threads: int | None = 0,
 ) -> None:
-    """Add a frame group's spectrum, weighted for its mean exposure `dose` (e/Å²)."""
-    if group_spectrum.dtype != np.complex64 or acc.dtype != np.complex64:
-        raise ValueError("group_spectrum and acc must be complex64 rfft2 arrays")
-    shapes = {group_spectrum.shape, acc.shape, weight_sq.shape, half_inverse_ne.shape}
-    if len(shapes) != 1:
-        raise ValueError(f"group, acc, weight_sq and half_inverse_ne differ in shape: {shapes}")
+    """Add a frame group's spectrum, weighted for its mean exposure `dose` (e/Å²).
+
+    `group_spectrum` and `acc` are complex64 rfft2 arrays (ny, nx//2 + 1), `weight_sq`
+    and `half_inverse_ne` (from `half_inverse_critical_exposure`) float32 of that shape;
+    `acc` and `weight_sq` are updated in place.
+    """
+    require_array(
+        "group_spectrum", group_spectrum, ndim=2, axes="(ny, nx//2 + 1)", dtypes=(np.complex64,)
+    )
+    _spectrum_buffer("acc", acc, np.complex64)
+    _spectrum_buffer("weight_sq", weight_sq, np.float32)
+    _spectrum_buffer("half_inverse_ne", half_inverse_ne, np.float32)
+    require_same_shape(
+        group_spectrum=group_spectrum,
+        acc=acc,
+        weight_sq=weight_sq,
+        half_inverse_ne=half_inverse_ne,
+    )
+    dose = require_number("dose", dose, at_least=0.0)
+    n_frames = require_integer("n_frames", n_frames, minimum=1)
     dose_accumulate_kernel(
         np.ascontiguousarray(group_spectrum),
         acc,
         weight_sq,
         half_inverse_ne,
-        float(dose),
-        int(n_frames),
-        _threads(n_threads),
+        dose,
+        n_frames,
+        kernel_threads(n_threads),
     )
 
 
 def dose_normalise(
-    acc: np.ndarray, weight_sq: np.ndarray, n_frames: int, n_threads: int = 0
+    acc: np.ndarray, weight_sq: np.ndarray, n_frames: int, n_threads: int | None = 0
 ) -> None:
-    """Scale the weighted sum so that k = 0 keeps the plain sum's value, in place."""
-    dose_normalise_kernel(acc, weight_sq, int(n_frames), _threads(n_threads))
+    """Scale the weighted sum so that k = 0 keeps the plain sum's value, in place.
+
+    `acc` (complex64) and `weight_sq` (float32) are what `dose_accumulate` filled;
+    `n_frames` is the number of frames summed over all groups.
+    """
+    _spectrum_buffer("acc", acc, np.complex64)
+    _spectrum_buffer("weight_sq", weight_sq, np.float32)
+    require_same_shape(acc=acc, weight_sq=weight_sq)
+    n_frames = require_integer("n_frames", n_frames, minimum=1)
+    dose_normalise_kernel(acc, weight_sq, n_frames, kernel_threads(n_threads))
 
 
 def cross_spectra(
@@ -142,36 +189,41 @@ def cross_spectra(
     phase_x: np.ndarray,
     phase_y: np.ndarray,
     out: np.ndarray | None = None,
-    n_threads: int = 0,
+    n_threads: int | None = 0,
 ) -> np.ndarray:
     """weight · S_i · conj(T - A_i) for every frame i: its cross-spectrum with the sum of
     all the other frames, each moved back by its shift.
 
     spectra (n, ny, nxh) complex64 rfft2 of the frames; weight (ny, nxh) float32 filter;
-    phase_x (n, nxh) and phase_y (n, ny) complex64: exp(2πi k·s) per axis and frame.
+    phase_x (n, nxh) and phase_y (n, ny) complex64: exp(2πi k·s) per axis and frame;
+    `out`, if given, a C-contiguous complex64 buffer of the spectra's shape.
     """
+    require_array(
+        "spectra",
+        spectra,
+        ndim=3,
+        axes="(n, ny, nx//2 + 1)",
+        dtypes=(np.complex64,),
+        contiguous=True,
+    )
     n, ny, nxh = spectra.shape
-    if spectra.dtype != np.complex64 or not spectra.flags.c_contiguous:
-        raise ValueError("spectra must be C-contiguous complex64 (n, ny, nx//2 + 1)")
-    if weight.shape != (ny, nxh) or phase_x.shape != (n, nxh) or phase_y.shape != (n, ny):
-        raise ValueError(
-            f"shapes: spectra {spectra.shape}, weight {weight.shape}, phase_x "
-            f"{phase_x.shape}, phase_y {phase_y.shape} do not agree"
-        )
+    require_array("weight", weight, kinds=REAL_KINDS)
+    require_array("phase_x", phase_x, kinds=REAL_KINDS + "c")
+    require_array("phase_y", phase_y, kinds=REAL_KINDS + "c")
+    require_shape("weight", weight, (ny, nxh), source="the spectra's (ny, nxh)")
+    require_shape("phase_x", phase_x, (n, nxh), source="the spectra's (n, nxh)")
+    require_shape("phase_y", phase_y, (n, ny), source="the spectra's (n, ny)")
     if out is None:
         out = np.empty_like(spectra)
+    else:
+        require_array("out", out, dtypes=(np.complex64,), contiguous=True)
+        require_same_shape(spectra=spectra, out=out)
     cross_spectra_kernel(
         spectra,
         np.ascontiguousarray(weight, dtype=np.float32),
         np.ascontiguousarray(phase_x, dtype=np.complex64),
         np.ascontiguousarray(phase_y, dtype=np.complex64),
         out,
-        _threads(n_threads),
+        kernel_threads(n_threads),
     )
     return out
-
-
-def _threads(n_threads: int) -> int:
-    import os
-
-    return n_threads if n_threads > 0 else (os.cpu_count() or 1)

@@ -1,8 +1,8 @@
 """Spot finding on one detector frame: DIALS's dispersion threshold and spot centroids.
 
-The public face of the `_spotfind` Cython kernel: checks shapes and dtypes, allocates
-outputs and documents units. Kernels release the GIL, so frames can be processed on
-several threads at once.
+The public face of the `_spotfind` Cython kernel: checks shapes and dtypes (with
+`prefect_beamline.ext.arguments`), allocates outputs and documents units. Kernels
+release the GIL, so frames can be processed on several threads at once.
 """
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from prefect_beamline.ext._spotfind import dispersion_threshold_kernel, label_spots_kernel
+from prefect_beamline.ext.arguments import (
+    kernel_threads,
+    require_array,
+    require_integer,
+    require_number,
+    require_same_shape,
+)
 
 SUPPORTED_DTYPES = (np.uint16, np.uint32, np.int32, np.float32)
 
@@ -27,12 +35,11 @@ class DispersionParameters:
     global_threshold: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.gain <= 0:
-            raise ValueError(f"gain must be positive, got {self.gain}")
-        if self.kernel_size < 1:
-            raise ValueError(f"kernel_size must be at least 1, got {self.kernel_size}")
-        if self.min_local < 2:
-            raise ValueError(f"min_local must be at least 2, got {self.min_local}")
+        require_number("gain", self.gain, above=0.0)
+        require_integer("kernel_size", self.kernel_size, minimum=1)
+        require_integer("min_local", self.min_local, minimum=2)
+        for name in ("sigma_background", "sigma_strong", "global_threshold"):
+            require_number(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -50,16 +57,17 @@ class Spots:
 
 
 def _checked(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D (ny, nx), got shape {image.shape}")
-    if image.dtype.type not in SUPPORTED_DTYPES:
-        names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
-        raise ValueError(f"image dtype must be one of {names}, got {image.dtype}")
-    if mask.shape != image.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
-    if mask.dtype != np.bool_:
-        raise ValueError(f"mask must be bool (True = valid pixel), got {mask.dtype}")
+    """The frame and its mask (True = valid pixel) as the kernels take them."""
+    require_array("image", image, ndim=2, axes="(ny, nx)", dtypes=SUPPORTED_DTYPES)
+    require_array("mask", mask, ndim=2, axes="(ny, nx)", dtypes=(np.bool_,))
+    require_same_shape(image=image, mask=mask)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask).view(np.uint8)
+
+
+def _checked_params(params: DispersionParameters) -> DispersionParameters:
+    if not isinstance(params, DispersionParameters):
+        raise TypeError(f"params must be DispersionParameters, got {type(params).__name__}")
+    return params
 
 
 def dispersion_threshold(
@@ -68,22 +76,26 @@ def dispersion_threshold(
     params: DispersionParameters = DispersionParameters(),
     *,
     out: np.ndarray | None = None,
-    n_threads: int = 1,
+    n_threads: int | None = 1,
 ) -> np.ndarray:
     """Strong pixels of one frame (bool, same shape) by DIALS's dispersion threshold.
 
     A valid pixel is strong when the (2k+1)² window of valid pixels around it holds at
     least `min_local` pixels, its index of dispersion exceeds
     gain·(1 + sigma_background·√(2/(n−1))), and the pixel exceeds
-    mean + sigma_strong·√(gain·mean) and `global_threshold`.
+    mean + sigma_strong·√(gain·mean) and `global_threshold`. `image` is (ny, nx)
+    uint16, uint32, int32 or float32 counts; `mask` bool, True = valid pixel; `out` an
+    optional C-contiguous bool buffer of the image's shape; `n_threads` None or 0 for
+    every core.
     """
     image, valid = _checked(image, mask)
+    params = _checked_params(params)
     if out is None:
         out = np.empty(image.shape, dtype=np.bool_)
-    elif out.shape != image.shape or out.dtype != np.bool_ or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous bool array of shape {image.shape}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    else:
+        require_array("out", out, dtypes=(np.bool_,), contiguous=True)
+        require_same_shape(image=image, out=out)
+    threads = kernel_threads(n_threads)
     dispersion_threshold_kernel(
         image,
         valid,
@@ -94,7 +106,7 @@ def dispersion_threshold(
         int(params.kernel_size),
         int(params.min_local),
         float(params.global_threshold),
-        int(n_threads),
+        threads,
     )
     return out
 
@@ -106,7 +118,7 @@ def find_spots(
     *,
     min_spot_size: int = 2,
     max_spot_size: int = 1000,
-    n_threads: int = 1,
+    n_threads: int | None = 1,
 ) -> Spots:
     """Spots of one frame: 8-connected strong pixels, with count-weighted centroids.
 
@@ -115,6 +127,8 @@ def find_spots(
     rejects hot pixels (single strong pixels) with the default minimum of 2.
     """
     image, _ = _checked(image, mask)
+    min_spot_size = require_integer("min_spot_size", min_spot_size, minimum=1)
+    max_spot_size = require_integer("max_spot_size", max_spot_size, minimum=min_spot_size)
     strong = dispersion_threshold(image, mask, params, n_threads=n_threads)
     n_pixels, sums, sum_x, sum_y, peak = label_spots_kernel(image, strong.view(np.uint8))
     keep = (n_pixels >= min_spot_size) & (n_pixels <= max_spot_size) & (sums > 0)

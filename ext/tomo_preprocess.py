@@ -1,29 +1,34 @@
 """Tomography preprocessing: flat/dark normalisation with minus-log, and the ring filter.
 
-The public face of the `_tomo_preprocess` Cython kernels: checks shapes and dtypes,
-allocates outputs. Both release the GIL and run over detector rows (sinograms) in
-parallel on `n_threads` threads. Sinograms are (row, angle, column) float32 line
-integrals, as `prefect_beamline.ext.backproject` takes them.
+The public face of the `_tomo_preprocess` Cython kernels: checks shapes and dtypes
+(with `prefect_beamline.ext.arguments`), allocates outputs. Both release the GIL and run
+over detector rows (sinograms) in parallel on `n_threads` threads (None or 0: every
+core). Sinograms are (row, angle, column) float32 line integrals, as
+`prefect_beamline.ext.backproject` takes them.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
 from prefect_beamline.ext._tomo_preprocess import normalise_kernel, ring_filter_kernel
+from prefect_beamline.ext.arguments import (
+    REAL_KINDS,
+    kernel_threads,
+    require_array,
+    require_integer,
+    require_number,
+    require_shape,
+)
 
 RAW_DTYPES = (np.uint16, np.uint32, np.float32)
 MIN_TRANSMISSION = 1e-6
 
 
 def _float32_2d(array: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
-    if array.shape != shape:
-        raise ValueError(f"{name} shape {array.shape} differs from the projections' {shape}")
+    require_array(name, array, kinds=REAL_KINDS)
+    require_shape(name, array, shape, source="the projections' (row, column)")
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _check_threads(n_threads: int) -> None:
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
 
 
 def normalise(
@@ -33,7 +38,7 @@ def normalise(
     *,
     out: np.ndarray | None = None,
     min_transmission: float = MIN_TRANSMISSION,
-    n_threads: int = 1,
+    n_threads: int | None = 1,
 ) -> np.ndarray:
     """Sinograms (row, angle, column) of -log((projection - dark) / (flat - dark)).
 
@@ -42,34 +47,34 @@ def normalise(
     Transmissions at or below `min_transmission` (zero or negative counts) are clamped to
     it; pixels whose flat does not exceed their dark get 0.
     """
-    if projections.ndim != 3:
-        raise ValueError(f"projections must be 3-D (angle, row, column), got {projections.shape}")
-    if projections.dtype.type not in RAW_DTYPES:
-        names = ", ".join(np.dtype(t).name for t in RAW_DTYPES)
-        raise ValueError(f"projections dtype must be one of {names}, got {projections.dtype}")
+    require_array(
+        "projections", projections, ndim=3, axes="(angle, row, column)", dtypes=RAW_DTYPES
+    )
+    min_transmission = require_number("min_transmission", min_transmission)
     if not 0.0 < min_transmission < 1.0:
         raise ValueError(f"min_transmission must be in (0, 1), got {min_transmission}")
-    _check_threads(n_threads)
+    threads = kernel_threads(n_threads)
     n_angles, n_rows, n_columns = projections.shape
     flat32 = _float32_2d(flat, (n_rows, n_columns), "flat")
     dark32 = _float32_2d(dark, (n_rows, n_columns), "dark")
     shape = (n_rows, n_angles, n_columns)
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    else:
+        require_array("out", out, dtypes=(np.float32,), contiguous=True)
+        require_shape("out", out, shape, source="the sinograms' (row, angle, column)")
     normalise_kernel(
         np.ascontiguousarray(projections),
         flat32,
         dark32,
         out,
-        float(min_transmission),
-        int(n_threads),
+        min_transmission,
+        threads,
     )
     return out
 
 
-def ring_filter(sinograms: np.ndarray, *, width: int = 9, n_threads: int = 1) -> np.ndarray:
+def ring_filter(sinograms: np.ndarray, *, width: int = 9, n_threads: int | None = 1) -> np.ndarray:
     """Remove ring artefacts from sinograms (row, angle, column), in place; returns them.
 
     Each detector column's mean over angles minus the median of the means of the
@@ -78,13 +83,16 @@ def ring_filter(sinograms: np.ndarray, *, width: int = 9, n_threads: int = 1) ->
     in the slice) loses its offset, while features of the sample, which move across
     columns as the sample turns, are left alone.
     """
-    if sinograms.ndim != 3 or sinograms.dtype != np.float32 or not sinograms.flags.c_contiguous:
-        raise ValueError(
-            "sinograms must be a C-contiguous float32 array (row, angle, column), got "
-            f"{sinograms.dtype} {sinograms.shape}"
-        )
+    require_array(
+        "sinograms",
+        sinograms,
+        ndim=3,
+        axes="(row, angle, column)",
+        dtypes=(np.float32,),
+        contiguous=True,
+    )
+    width = require_integer("width", width)
     if width < 3 or width % 2 == 0:
         raise ValueError(f"ring filter width must be an odd number >= 3, got {width}")
-    _check_threads(n_threads)
-    ring_filter_kernel(sinograms, int(width // 2), int(n_threads))
+    ring_filter_kernel(sinograms, width // 2, kernel_threads(n_threads))
     return sinograms

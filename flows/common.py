@@ -10,7 +10,7 @@ import getpass
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,13 +88,23 @@ def describe_trigger(triggered_by: str) -> tuple[bool, str]:
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    """Identifiers of one processing job, handed from task to task."""
+class Job:
+    """One processing job: its collection, LIMS ids, recipe and results folder.
 
-    data_collection_id: int
+    Handed from task to task; `recipe` is the deployment that runs it, so the saved
+    rerun command (`command.txt`) names a real deployment.
+    """
+
+    collection: CollectionDescription
     processing_job_id: int
     program_id: int
+    recipe: str
     results_dir: Path
+    lims_block: str | None = None
+
+    @property
+    def data_collection_id(self) -> int:
+        return self.collection.collection_id
 
 
 @task(**infrastructure_retries())
@@ -132,7 +142,7 @@ def record_processing_job(
     triggered_by: str,
     lims_block: str | None,
     program: str,
-) -> JobRecord:
+) -> Job:
     """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run)."""
     automatic, who = describe_trigger(triggered_by)
     lims = open_lims(lims_block)
@@ -146,7 +156,7 @@ def record_processing_job(
         parameters=parameters,
         run_key=run_id,
     )
-    command = f"prefect-beamline rerun {collection.collection_id} --deployment {recipe}"
+    command = rerun_command(collection.collection_id, recipe)
     program_id = lims.start_program(
         processing_job_id=job_id,
         programs=f"prefect-beamline {recipe}",
@@ -155,7 +165,12 @@ def record_processing_job(
     )
     results_dir = results_directory(collection, recipe, job_id)
     write_job_folder(results_dir, parameters, command, triggered_by=who, flow_run_id=run_id)
-    return JobRecord(collection.collection_id, job_id, program_id, results_dir)
+    return Job(collection, job_id, program_id, recipe, results_dir, lims_block)
+
+
+def rerun_command(collection_id: int, recipe: str) -> str:
+    """The CLI command that reruns this job's deployment on its collection."""
+    return f"prefect-beamline rerun {collection_id} --deployment {recipe}"
 
 
 def results_directory(collection: CollectionDescription, recipe: str, job_id: int) -> Path:
@@ -185,7 +200,7 @@ def write_job_folder(
 
 @task(**infrastructure_retries())
 def attach_result_files(
-    job: JobRecord, files: Sequence[tuple[Path, str]], lims_block: str | None
+    job: Job, files: Sequence[tuple[Path, str]], lims_block: str | None
 ) -> None:
     """Register result files (path, ISPyB fileType) as AutoProcProgramAttachments.
 
@@ -197,9 +212,7 @@ def attach_result_files(
 
 
 @task(**infrastructure_retries())
-def finish_processing_job(
-    job: JobRecord, *, success: bool, message: str, lims_block: str | None
-) -> None:
+def finish_processing_job(job: Job, *, success: bool, message: str, lims_block: str | None) -> None:
     """Mark the job's AutoProcProgram successful or failed, with a message for people."""
     open_lims(lims_block).finish_program(job.program_id, success=success, message=message)
 
@@ -208,7 +221,7 @@ def collection_resource(collection: CollectionDescription) -> dict[str, str]:
     """The Prefect resource of a collection, labelled like the gateway's events."""
     return {
         "prefect.resource.id": f"beamline.collection.{collection.collection_id}",
-        LABEL_TECHNIQUE: collection.technique.value,
+        LABEL_TECHNIQUE: collection.technique,
         LABEL_EXPERIMENT_TYPE: collection.experiment_type,
         LABEL_BEAMLINE: collection.beamline,
         LABEL_VISIT: collection.visit,
@@ -218,7 +231,7 @@ def collection_resource(collection: CollectionDescription) -> dict[str, str]:
 @task(**infrastructure_retries())
 def publish_processing_event(
     collection: CollectionDescription,
-    job: JobRecord,
+    job: Job,
     summary: Mapping[str, Any],
     *,
     success: bool = True,
@@ -270,16 +283,78 @@ def merge_parameters(
     return model.model_validate(merged)
 
 
+def current_recipe(collection: CollectionDescription) -> str:
+    """The deployment this flow run belongs to: the recipe of its job.
+
+    Runs started by a deployment (automation, UI, CLI) name it; a flow called directly
+    (tests, scripts) takes the deployment of `prefect.yaml` that serves this flow for
+    the collection's technique and experiment type, so `command.txt` always names one
+    that exists.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.runtime import deployment
+
+    if deployment.name:
+        return str(deployment.name)
+    from prefect_beamline.deployments import deployment_for_flow
+
+    context = FlowRunContext.get()
+    if context is None or context.flow is None:
+        raise RuntimeError("open_job must be called inside a flow run")
+    function = context.flow.fn
+    entrypoint = f"{function.__module__}:{function.__name__}"
+    return deployment_for_flow(entrypoint, collection.technique, collection.experiment_type)
+
+
+def open_job(
+    collection_id: int,
+    announced: CollectionEvent | None,
+    parameters: BaseModel | Mapping[str, Any],
+    *,
+    triggered_by: str,
+    lims_block: str | None,
+    program: str,
+    data_file: str | None = None,
+) -> Job:
+    """Record the collection and this run's ProcessingJob with a running program.
+
+    Every flow opens its job here, whatever started it, so automatic and manual runs
+    leave the same rows. `data_file` narrows the collection to one file (a movie).
+    """
+    collection = load_collection(collection_id, announced, lims_block)
+    if data_file is not None:
+        collection = replace(collection, data_files=[data_file])
+    values = parameters.model_dump() if isinstance(parameters, BaseModel) else dict(parameters)
+    return record_processing_job(
+        collection,
+        recipe=current_recipe(collection),
+        parameters=values,
+        triggered_by=triggered_by,
+        lims_block=lims_block,
+        program=program,
+    )
+
+
 @contextmanager
-def failure_recorded(
-    collection: CollectionDescription, job: JobRecord, lims_block: str | None, what: str = ""
-) -> Iterator[None]:
+def failure_recorded(job: Job, what: str = "") -> Iterator[None]:
     """On any error inside: mark the job failed in the LIMS with the message (prefixed
     with `what`, e.g. the movie), emit `beamline.processing.failed`, and re-raise."""
     try:
         yield
     except Exception as error:
         message = f"{what}: {error}" if what else str(error)
-        finish_processing_job(job, success=False, message=message, lims_block=lims_block)
-        publish_processing_event(collection, job, {"error": message}, success=False)
+        finish_processing_job(job, success=False, message=message, lims_block=job.lims_block)
+        publish_processing_event(job.collection, job, {"error": message}, success=False)
         raise
+
+
+def finish_job(job: Job, summary: Mapping[str, Any], message: str) -> dict[str, Any]:
+    """Mark the job successful, publish the completion event, return the run's result."""
+    finish_processing_job(job, success=True, message=message, lims_block=job.lims_block)
+    result = {
+        **summary,
+        "results_dir": str(job.results_dir),
+        "processing_job_id": job.processing_job_id,
+    }
+    publish_processing_event(job.collection, job, result)
+    return result

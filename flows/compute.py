@@ -1,22 +1,21 @@
-"""Where chunks run: local threads by default, a Dask cluster when one is named."""
+"""Where chunks run: the Compute block the server names, else local threads."""
 
 from __future__ import annotations
 
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_beamline.blocks.compute import Compute
 
 
-def task_runner_for(
-    dask_scheduler: str | None, compute_block: str | None, parallel_chunks: int
-) -> TaskRunner:
-    """A DaskTaskRunner for a named scheduler or Dask Compute block, else threads."""
-    if compute_block:
-        from prefect_beamline.blocks.compute import DaskCompute
+def configured_compute() -> Compute:
+    """The block named by PREFECT_BEAMLINE_COMPUTE_BLOCK, else two chunks on threads.
 
-        block = DaskCompute.load(compute_block)
-        assert isinstance(block, DaskCompute)
-        return block.task_runner()
-    if dask_scheduler:
-        from prefect_dask import DaskTaskRunner
+    A named block that cannot be loaded fails the run: computing somewhere else than the
+    operator configured would hide the mistake.
+    """
+    from prefect_beamline.settings import get_settings
 
-        return DaskTaskRunner(address=dask_scheduler)
-    return ThreadPoolTaskRunner(max_workers=parallel_chunks)
+    name = get_settings().compute_block
+    if not name:
+        return Compute()
+    block = Compute.load(name)
+    assert isinstance(block, Compute)
+    return block

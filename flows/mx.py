@@ -6,56 +6,50 @@ The flow a DAQ's `finished` event starts for a rotation or grid-scan collection 
 
 from __future__ import annotations
 
-import base64
-import csv
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_beamline.events import CollectionEvent, GridScan
 from prefect_beamline.ext.spotfind import DispersionParameters, find_spots
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
-    JobRecord,
+    Job,
     attach_result_files,
     failure_recorded,
-    finish_processing_job,
+    finish_job,
     infrastructure_retries,
-    load_collection,
     merge_parameters,
-    publish_processing_event,
-    record_processing_job,
+    open_job,
+    open_lims,
 )
-from prefect_beamline.flows.compute import task_runner_for
-from pydantic import BaseModel, ConfigDict, Field
-
-from prefect_beamline.analysis.mx import (
-    GridCentre,
-    ImageResult,
+from prefect_beamline.flows.compute import configured_compute
+from prefect_beamline.formats.nxmx import NXmxCollection
+from prefect_beamline.lims import CollectionDescription
+from prefect_beamline.techniques.mx import records, report
+from prefect_beamline.techniques.mx.analysis import (
+    GridResult,
+    ImageQuality,
     estimate_d_min,
     find_grid_centre,
+    n_spots_per_image,
+    summarise,
 )
-from prefect_beamline.events import CollectionEvent, GridScan
-from prefect_beamline.formats.nxmx import NXmxCollection
-from prefect_beamline.lims import CollectionDescription, GridResult, ImageQuality
-
-RECIPE_PREFIX = "mx"
 
 
 class MXParameters(BaseModel):
-    """Spot-finding and compute settings; the Prefect UI shows these as a form."""
+    """Spot-finding settings; the Prefect UI shows these as a form.
+
+    Science only: where the chunks run is the Compute block's business, so a DAQ that
+    sends `dask_scheduler` or the like is refused (extra="forbid").
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,16 +70,6 @@ class MXParameters(BaseModel):
     images_per_chunk: int = Field(
         10, ge=1, le=1000, description="Images per task: the unit of retry, cache and fan-out"
     )
-    parallel_chunks: int = Field(
-        2, ge=1, le=256, description="Chunks analysed at once on the thread runner"
-    )
-    threads_per_chunk: int = Field(1, ge=1, le=256, description="Kernel threads per chunk")
-    dask_scheduler: str | None = Field(
-        None, description="Dask scheduler address (tcp://host:8786); empty: local threads"
-    )
-    compute_block: str | None = Field(
-        None, description="Name of a Dask Compute block to run chunks on (wins over threads)"
-    )
 
     def dispersion(self) -> DispersionParameters:
         return DispersionParameters(
@@ -96,13 +80,6 @@ class MXParameters(BaseModel):
             min_local=self.min_local,
             global_threshold=self.global_threshold,
         )
-
-
-def effective_parameters(
-    announced: CollectionEvent | None, chosen: MXParameters | None
-) -> MXParameters:
-    """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top."""
-    return merge_parameters(MXParameters, announced, chosen)
 
 
 def data_signature(master_file: str) -> str:
@@ -122,9 +99,19 @@ def image_chunks(first: int, last: int, images_per_chunk: int) -> Iterator[tuple
         yield start, min(start + images_per_chunk - 1, last)
 
 
+@task
+def count_images(collection: CollectionDescription) -> tuple[int, int]:
+    """The image range to analyse: the announced one, else all images in the file."""
+    if collection.image_range is not None:
+        return collection.image_range
+    with NXmxCollection(collection.data_files[0]) as data:
+        return 1, data.n_images
+
+
 @task(
     task_run_name="find-spots-{first}-{last}",
-    cache_policy=INPUTS,
+    # Kernel threads do not change the result: a rerun on other compute reuses the chunk.
+    cache_policy=INPUTS - "n_threads",
     cache_expiration=CHUNK_CACHE_EXPIRATION,
     persist_result=True,
     **infrastructure_retries(),
@@ -135,60 +122,51 @@ def find_spots_in_images(
     first: int,
     last: int,
     parameters: MXParameters,
-) -> list[ImageResult]:
+    n_threads: int = 1,
+) -> list[ImageQuality]:
     """Spot count, integrated spot intensity and resolution for images first..last.
 
     Streams one frame at a time, so memory stays at one frame whatever the chunk size.
     """
     dispersion = parameters.dispersion()
-    results: list[ImageResult] = []
+    results: list[ImageQuality] = []
     with NXmxCollection(master_file) as collection:
         valid = collection.valid_pixels
         geometry = collection.geometry
-        for chunk_start, frames in collection.iter_chunks(first, last, chunk_size=1):
+        for image_number, frames in collection.iter_chunks(first, last, chunk_size=1):
             spots = find_spots(
                 frames[0],
                 valid,
                 dispersion,
                 min_spot_size=parameters.min_spot_size,
                 max_spot_size=parameters.max_spot_size,
-                n_threads=parameters.threads_per_chunk,
+                n_threads=n_threads,
             )
-            d_spacings = geometry.resolution_angstrom(spots.x, spots.y)
             results.append(
-                ImageResult(
-                    image_number=chunk_start,
+                ImageQuality(
+                    image_number=image_number,
                     n_spots=len(spots),
                     total_intensity=float(spots.intensity.sum()),
-                    d_min_angstrom=estimate_d_min(d_spacings),
+                    d_min_angstrom=estimate_d_min(geometry.resolution_angstrom(spots.x, spots.y)),
                 )
             )
     return results
 
 
-@task
-def count_images(collection: CollectionDescription) -> tuple[int, int]:
-    """The image range to analyse: the announced one, else all images in the file."""
-    if collection.image_range is not None:
-        return collection.image_range
-    with NXmxCollection(collection.data_files[0]) as data:
-        return 1, data.n_images
-
-
 @flow(name="mx-spot-finding", log_prints=True)
 def analyse_images(
-    master_file: str, first: int, last: int, parameters: MXParameters
-) -> list[ImageResult]:
+    master_file: str, first: int, last: int, parameters: MXParameters, n_threads: int = 1
+) -> list[ImageQuality]:
     """Fan chunks of images out over the task runner, reporting progress as they finish."""
     signature = data_signature(master_file)
     chunks = list(image_chunks(first, last, parameters.images_per_chunk))
     progress = create_progress_artifact(0.0, description="Images analysed (%)")
     assert isinstance(progress, UUID)
     futures = [
-        find_spots_in_images.submit(master_file, signature, start, end, parameters)
+        find_spots_in_images.submit(master_file, signature, start, end, parameters, n_threads)
         for start, end in chunks
     ]
-    results: list[ImageResult] = []
+    results: list[ImageQuality] = []
     for done, future in enumerate(as_completed(futures), start=1):
         results.extend(future.result())
         update_progress_artifact(progress, 100.0 * done / len(futures))
@@ -196,144 +174,54 @@ def analyse_images(
     return sorted(results, key=lambda result: result.image_number)
 
 
-def summarise(results: Sequence[ImageResult], grid_centre: GridCentre | None) -> dict[str, Any]:
-    """The collection-level numbers published in the completion event and summary.json."""
-    n_spots = np.array([r.n_spots for r in results])
-    resolutions = [r.d_min_angstrom for r in results if r.d_min_angstrom is not None]
-    return {
-        "n_images": len(results),
-        "n_spots_total": int(n_spots.sum()),
-        "n_spots_median": float(np.median(n_spots)) if len(results) else 0.0,
-        "images_with_spots": int(np.count_nonzero(n_spots)),
-        "best_d_min_angstrom": min(resolutions) if resolutions else None,
-        "grid_centre": asdict(grid_centre) if grid_centre else None,
-    }
+def find_spots_on_every_image(
+    collection: CollectionDescription, first: int, last: int, parameters: MXParameters
+) -> list[ImageQuality]:
+    """`analyse_images` where the Compute block says: its runner, its kernel threads."""
+    compute = configured_compute()
+    on_compute = analyse_images.with_options(task_runner=compute.task_runner())
+    return on_compute(collection.data_files[0], first, last, parameters, compute.threads_per_chunk)
 
 
 @task
 def locate_crystal(
-    results: Sequence[ImageResult], grid: GridScan | None, first_image: int
-) -> GridCentre | None:
+    images: Sequence[ImageQuality], grid: GridScan | None, first_image: int
+) -> GridResult | None:
     """For a grid scan, where the crystal diffracts best; None for other collections."""
     if grid is None:
         return None
-    counts = np.array([r.n_spots for r in results])
-    return find_grid_centre(grid, counts, first_image_number=first_image)
+    return find_grid_centre(grid, n_spots_per_image(images), first_image_number=first_image)
 
 
 @task(**infrastructure_retries())
 def write_mx_results(
-    job: JobRecord,
-    results: Sequence[ImageResult],
-    summary: dict[str, Any],
-    grid: GridScan | None,
+    job: Job, images: Sequence[ImageQuality], summary: dict[str, Any]
 ) -> list[tuple[Path, str]]:
     """per_image.csv, summary.json and the plot, in the job's results folder."""
-    folder = job.results_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    table = folder / "per_image.csv"
-    with table.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(ImageResult.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in results)
-    summary_file = folder / "summary.json"
-    summary_file.write_text(json.dumps(summary, indent=2))
-    plot = folder / ("grid_heatmap.png" if grid else "spots_per_image.png")
-    centre = summary.get("grid_centre")
-    plot.write_bytes(plot_png(results, grid, (centre["x"], centre["y"]) if centre else None))
-    return [(table, "Result"), (summary_file, "Result"), (plot, "Graph")]
-
-
-def plot_png(
-    results: Sequence[ImageResult],
-    grid: GridScan | None,
-    centre_xy: tuple[float, float] | None = None,
-) -> bytes:
-    # matplotlib is imported here, not at module import: flow runs start ~0.4 s sooner.
-    from prefect_beamline.plots import grid_heatmap_png, spots_per_image_png
-
-    counts = np.array([r.n_spots for r in results])
-    if grid is not None and counts.size == grid.steps_x * grid.steps_y:
-        return grid_heatmap_png(grid, counts, centre_xy)
-    return spots_per_image_png([r.image_number for r in results], counts)
+    return report.write_result_files(job.results_dir, images, summary, job.collection.grid)
 
 
 @task(**infrastructure_retries())
 def record_mx_results(
-    job: JobRecord,
-    results: Sequence[ImageResult],
-    grid_centre: GridCentre | None,
-    lims_block: str | None,
+    job: Job, images: Sequence[ImageQuality], grid_result: GridResult | None
 ) -> None:
     """ImageQualityIndicators rows (one per image) and the grid result, idempotently."""
-    from prefect_beamline.flows.common import open_lims
-
-    lims = open_lims(lims_block)
-    lims.record_image_quality(
-        job.program_id,
-        job.data_collection_id,
-        [
-            ImageQuality(
-                image_number=r.image_number,
-                n_spots=r.n_spots,
-                total_intensity=r.total_intensity,
-                d_min_angstrom=r.d_min_angstrom,
-            )
-            for r in results
-        ],
-    )
-    if grid_centre is not None:
-        lims.record_grid_result(
-            job.program_id,
-            job.data_collection_id,
-            GridResult(
-                x=grid_centre.x,
-                y=grid_centre.y,
-                box_min_x=grid_centre.box_min_x,
-                box_min_y=grid_centre.box_min_y,
-                box_max_x=grid_centre.box_max_x,
-                box_max_y=grid_centre.box_max_y,
-                max_count=grid_centre.max_count,
-                status="success",
-            ),
-        )
+    lims = open_lims(job.lims_block)
+    records.record_image_quality(lims, job.program_id, job.data_collection_id, images)
+    if grid_result is not None:
+        records.record_grid_result(lims, job.program_id, job.data_collection_id, grid_result)
 
 
 @task
-def publish_mx_artifacts(
-    collection: CollectionDescription,
-    results: Sequence[ImageResult],
+def publish_mx_report(
+    job: Job,
+    images: Sequence[ImageQuality],
     summary: dict[str, Any],
-    plot_file: Path,
+    files: list[tuple[Path, str]],
 ) -> None:
     """A per-image table and a markdown report with the plot, for the Prefect UI."""
-    key = f"mx-dc{collection.collection_id}"
-    create_table_artifact(
-        key=f"{key}-per-image",
-        table=[asdict(r) for r in results],
-        description=f"Per-image spot finding, data collection {collection.collection_id}",
-    )
-    image = base64.b64encode(plot_file.read_bytes()).decode()
-    centre = summary["grid_centre"]
-    lines = [
-        f"# MX spot finding: dc{collection.collection_id} ({collection.beamline}, "
-        f"{collection.visit})",
-        "",
-        "| images | spots | images with spots | best d_min (Å) |",
-        "|---|---|---|---|",
-        f"| {summary['n_images']} | {summary['n_spots_total']} | "
-        f"{summary['images_with_spots']} | {summary['best_d_min_angstrom'] or '–'} |",
-        "",
-    ]
-    if centre:
-        lines += [
-            f"**X-ray centre** (grid steps): x = {centre['x']:.2f}, y = {centre['y']:.2f}; "
-            f"box x {centre['box_min_x']}–{centre['box_max_x']}, "
-            f"y {centre['box_min_y']}–{centre['box_max_y']}",
-            "",
-        ]
-    lines.append(f"![{plot_file.name}](data:image/png;base64,{image})")
-    create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines))
+    plot_file = next(path for path, file_type in files if file_type == "Graph")
+    report.publish_artifacts(job.collection, images, summary, plot_file)
 
 
 @flow(name="mx-processing", log_prints=True)
@@ -354,38 +242,22 @@ def process_mx(
         triggered_by: "automation:<event id>" from a trigger, else who ran it.
         lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
     """
-    chosen = effective_parameters(collection, parameters)
-    description = load_collection(collection_id, collection, lims_block)
-    recipe = f"{RECIPE_PREFIX}-{description.experiment_type}"
-    job = record_processing_job(
-        description,
-        recipe=recipe,
-        parameters=chosen.model_dump(),
+    chosen = merge_parameters(MXParameters, collection, parameters)
+    job = open_job(
+        collection_id,
+        collection,
+        chosen,
         triggered_by=triggered_by,
         lims_block=lims_block,
         program="spot finding (dispersion)",
     )
-    with failure_recorded(description, job, lims_block):
-        first, last = count_images(description)
-        runner = task_runner_for(
-            chosen.dask_scheduler, chosen.compute_block, chosen.parallel_chunks
-        )
-        results = analyse_images.with_options(task_runner=runner)(
-            description.data_files[0], first, last, chosen
-        )
-        grid_centre = locate_crystal(results, description.grid, first)
-        summary = summarise(results, grid_centre)
-        files = write_mx_results(job, results, summary, description.grid)
-        record_mx_results(job, results, grid_centre, lims_block)
+    with failure_recorded(job):
+        first, last = count_images(job.collection)
+        images = find_spots_on_every_image(job.collection, first, last, chosen)
+        grid_result = locate_crystal(images, job.collection.grid, first)
+        summary = summarise(images, grid_result)
+        files = write_mx_results(job, images, summary)
+        record_mx_results(job, images, grid_result)
         attach_result_files(job, files, lims_block)
-        publish_mx_artifacts(description, results, summary, files[-1][0])
-    finish_processing_job(
-        job, success=True, message=f"{summary['n_images']} images analysed", lims_block=lims_block
-    )
-    summary = {
-        **summary,
-        "results_dir": str(job.results_dir),
-        "processing_job_id": job.processing_job_id,
-    }
-    publish_processing_event(description, job, summary)
-    return summary
+        publish_mx_report(job, images, summary, files)
+    return finish_job(job, summary, message=f"{summary['n_images']} images analysed")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
+from prefect_beamline.techniques import registry
+
 
 def _demo(args: argparse.Namespace) -> int:
-    from prefect_beamline.demos import demo_module
+    from prefect_beamline.techniques import technique
 
     try:
-        module = demo_module(args.technique)
-    except KeyError as error:
+        module = technique(args.technique).module("demo")
+    except LookupError as error:
         print(error.args[0], file=sys.stderr)
         return 2
     options: dict[str, object] = {}
@@ -71,9 +74,7 @@ def _rerun(args: argparse.Namespace) -> int:
             print(f"data collection {args.collection_id} is not in the LIMS", file=sys.stderr)
             return 2
         try:
-            deployment = deployment_for_collection(
-                collection.technique.value, collection.experiment_type
-            )
+            deployment = deployment_for_collection(collection.technique, collection.experiment_type)
         except LookupError as error:
             print(error, file=sys.stderr)
             return 2
@@ -89,33 +90,6 @@ def _rerun(args: argparse.Namespace) -> int:
         final = wait_for_state(api_url, run.id, TERMINAL_STATES, args.timeout)
         print(f"{final.name}: {final.state}")
         return 0 if final.state == "COMPLETED" else 1
-    return 0
-
-
-def _watch(args: argparse.Namespace) -> int:
-    from prefect_beamline.runs import parse_assignment
-    from prefect_beamline.settings import get_settings
-    from prefect_beamline.watch import FolderWatcher, WatchConfig
-
-    settings = get_settings()
-    token = args.token or (
-        settings.gateway_token.get_secret_value() if settings.gateway_token else None
-    )
-    parameters = dict(parse_assignment(text) for text in args.set or [])
-    config = WatchConfig(
-        directory=args.directory.resolve(),
-        collection_id=args.collection_id,
-        beamline=args.beamline,
-        visit=args.visit,
-        gateway_url=args.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}",
-        token=token,
-        settle_s=args.settle,
-        poll_s=args.poll,
-        recursive=args.recursive,
-        processing_parameters=parameters,
-    )
-    count = FolderWatcher(config).run(args.duration)
-    print(f"announced {count} movie(s)")
     return 0
 
 
@@ -136,6 +110,12 @@ def _outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _techniques(args: argparse.Namespace) -> int:
+    for spec in registry().values():
+        print(f"{spec.name:8} {spec.title}  (deployments: {', '.join(spec.deployments)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefect-beamline",
@@ -145,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run one synthetic collection through the whole path")
     demo.add_argument(
-        "technique", nargs="?", default="mx", help="technique to demonstrate (mx, ...)"
+        "technique",
+        nargs="?",
+        default="mx",
+        help=f"technique to demonstrate ({', '.join(registry())})",
     )
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--grid", action="store_true", help="a grid scan instead of a rotation")
@@ -181,27 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     rerun.set_defaults(handler=_rerun)
 
-    watch = commands.add_parser(
-        "watch", help="announce each new movie of a folder (microscopes that only write files)"
-    )
-    watch.add_argument("directory", type=Path, help="folder the microscope writes movies to")
-    watch.add_argument("--collection-id", type=int, required=True, help="LIMS dataCollectionId")
-    watch.add_argument("--beamline", required=True, help="microscope / beamline name, e.g. m02")
-    watch.add_argument("--visit", required=True, help="visit, e.g. bi23047-1")
-    watch.add_argument("--set", action="append", metavar="KEY=VALUE", help="processing parameter")
-    watch.add_argument("--gateway-url", default=None, help="gateway (default: from settings)")
-    watch.add_argument("--token", default=None, help="gateway token (default: from settings)")
-    watch.add_argument("--settle", type=float, default=5.0, help="seconds a size must hold")
-    watch.add_argument("--poll", type=float, default=2.0, help="seconds between polls")
-    watch.add_argument("--recursive", action="store_true", help="watch sub-folders too")
-    watch.add_argument("--duration", type=float, default=None, help="stop after seconds")
-    watch.set_defaults(handler=_watch)
-
     outbox = commands.add_parser("outbox", help="inspect or re-inject the gateway's outbox")
     outbox.add_argument("action", choices=["list", "requeue"])
     outbox.add_argument("--status", default=None, help="pending, emitted or failed")
     outbox.add_argument("--event-id", action="append", help="event to requeue (default: failed)")
     outbox.set_defaults(handler=_outbox)
+
+    techniques = commands.add_parser("techniques", help="list the installed techniques")
+    techniques.set_defaults(handler=_techniques)
+    for spec in registry().values():
+        if spec.cli:
+            module, _, function = spec.cli.partition(":")
+            getattr(importlib.import_module(module), function)(commands)
     return parser
 
 

@@ -132,3 +132,28 @@ def deployment_for_collection(
         f"no deployment in prefect.yaml is triggered by technique {technique!r} with "
         f"experiment_type {experiment_type!r}; pass --deployment"
     )
+
+
+def deployment_for_flow(
+    entrypoint: str, technique: str, experiment_type: str, path: Path | None = None
+) -> str:
+    """The deployment of `prefect.yaml` that runs flow `entrypoint` ("module:function")
+    for a collection of this technique and experiment type."""
+    from prefect_beamline.events import LABEL_EXPERIMENT_TYPE, LABEL_TECHNIQUE
+
+    specs = [
+        s for s in read_deployment_specs(find_prefect_yaml(path)) if s.entrypoint == entrypoint
+    ]
+    for spec in specs:
+        for trigger in spec.triggers:
+            match = trigger.get("match") or {}
+            if match.get(LABEL_TECHNIQUE, technique) != technique:
+                continue
+            if match.get(LABEL_EXPERIMENT_TYPE, experiment_type) in (experiment_type, "*"):
+                return spec.name
+    if len(specs) == 1:
+        return specs[0].name
+    raise LookupError(
+        f"no deployment in prefect.yaml runs {entrypoint} for technique {technique!r} with "
+        f"experiment_type {experiment_type!r}"
+    )

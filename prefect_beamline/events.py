@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 EVENT_PREFIX = "beamline.collection"
 COMPLETED_EVENT = "beamline.processing.completed"
@@ -35,14 +35,18 @@ class CollectionEventKind(StrEnum):
     finished = "finished"
 
 
-class Technique(StrEnum):
-    """Which family of flows processes a collection."""
+def registered_technique(name: str) -> str:
+    """`name` when a technique of that name is installed (see `prefect_beamline.techniques`)."""
+    from prefect_beamline.techniques import technique_names
 
-    mx = "mx"
-    ssx = "ssx"
-    tomo = "tomo"
-    ptycho = "ptycho"
-    em = "em"
+    names = technique_names()
+    if name not in names:
+        raise ValueError(f"unknown technique {name!r}; available: {', '.join(names)}")
+    return name
+
+
+# Which family of flows processes a collection: a registered technique's name.
+TechniqueName = Annotated[str, AfterValidator(registered_technique)]
 
 
 class GridScan(BaseModel):
@@ -69,7 +73,9 @@ class CollectionEvent(BaseModel):
         "accepted once",
     )
     kind: CollectionEventKind = Field(description="started, images_ready or finished")
-    technique: Technique = Field(description="Processing family: mx, ssx, tomo, ptycho, em")
+    technique: TechniqueName = Field(
+        description="Processing family: a registered technique (mx, tomo, em, ptycho, ...)"
+    )
     experiment_type: str = Field(
         "default",
         min_length=1,
@@ -124,7 +130,7 @@ class CollectionEvent(BaseModel):
         return {
             "prefect.resource.id": self.resource_id,
             "prefect.resource.name": f"{self.beamline} {self.visit} dc{self.collection_id}",
-            LABEL_TECHNIQUE: self.technique.value,
+            LABEL_TECHNIQUE: self.technique,
             LABEL_EXPERIMENT_TYPE: self.experiment_type,
             LABEL_BEAMLINE: self.beamline,
             LABEL_VISIT: self.visit,

@@ -182,10 +182,14 @@ def embedded_stack(
     serve: bool = True,
     gateway: bool = True,
     api_url: str | None = None,
+    compute_block: str | None = None,
 ) -> Iterator[LocalStack]:
     """Start what is missing of server, gateway and runner; stop all of it on exit.
 
-    An existing server is used when `api_url` (or PREFECT_API_URL) names one.
+    An existing server is used when `api_url` (or PREFECT_API_URL) names one. With
+    `compute_block`, the runner's flows compute where that Beamline Compute block says
+    (saved as local threads when it does not exist yet), so an operator, or a test, can
+    move them to a Dask cluster by editing the block.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     api_url = api_url or os.environ.get("PREFECT_API_URL")
@@ -195,6 +199,8 @@ def embedded_stack(
     own_server = api_url is None
     api_url = api_url or f"http://127.0.0.1:{server_port}/api"
     env = stack_environment(workdir, api_url, token, gateway_port)
+    if compute_block:
+        env["PREFECT_BEAMLINE_COMPUTE_BLOCK"] = compute_block
     Path(env["PREFECT_BEAMLINE_HOME"]).mkdir(parents=True, exist_ok=True)
     stack = LocalStack(workdir, api_url, f"http://127.0.0.1:{gateway_port}", token, env)
     try:
@@ -202,6 +208,8 @@ def embedded_stack(
             stack.processes.append(start_prefect_server(workdir, env, server_port))
         else:
             wait_for_http(f"{api_url}/health", SERVER_START_TIMEOUT_S, None)
+        if compute_block:
+            ensure_compute_block(api_url, compute_block)
         if serve:
             runner = start_process("serve", cli("serve"), env, workdir / "logs")
             stack.processes.append(runner)
@@ -218,6 +226,19 @@ def embedded_stack(
     finally:
         for process in reversed(stack.processes):
             process.stop()
+
+
+def ensure_compute_block(api_url: str, name: str) -> None:
+    """Save a local-threads Compute block called `name` unless the server has one."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_beamline.blocks.compute import Compute
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        try:
+            Compute.load(name)
+        except ValueError:
+            Compute().save(name)
 
 
 def served_deployment_names() -> list[str]:

@@ -25,6 +25,9 @@ from prefect_beamline.lims import Lims
 from prefect_beamline.stack import LocalStack, embedded_stack
 
 LIMS_DATABASES = ("sqlite", "postgresql", "mariadb")
+# The Beamline Compute block the session stack's flows compute on: local threads unless
+# a test points it at a Dask cluster (and back).
+E2E_COMPUTE_BLOCK = "e2e-compute"
 SERVER_URL_VARIABLES = {
     "postgresql": "PREFECT_BEAMLINE_TEST_POSTGRES_URL",
     "mariadb": "PREFECT_BEAMLINE_TEST_MARIADB_URL",
@@ -86,6 +89,9 @@ def lims(lims_url: str) -> Iterator[Lims]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One embedded stack (own Prefect server on SQLite, `serve` of every deployment in
-    prefect.yaml, gateway) shared by the end-to-end tests of every technique."""
-    with embedded_stack(tmp_path_factory.mktemp("stack"), api_url=None) as running:
+    prefect.yaml, gateway) shared by the end-to-end tests of every technique; its flows
+    compute where the block E2E_COMPUTE_BLOCK says."""
+    with embedded_stack(
+        tmp_path_factory.mktemp("stack"), api_url=None, compute_block=E2E_COMPUTE_BLOCK
+    ) as running:
         yield running

@@ -6,52 +6,43 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def test_spotfind_benchmark_reports_every_number_and_agrees_with_reference() -> None:
+def run_quick(name: str) -> dict[str, Any]:
+    """`benchmarks/run.py NAME --quick --json`, as a user runs it; its JSON result."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "spotfind", "--quick", "--json"],
+        [sys.executable, "benchmarks/run.py", name, "--quick", "--json"],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_spotfind_benchmark_reports_every_number_and_agrees_with_reference() -> None:
+    result = run_quick("spotfind")
     for key in ("kernel_ms_1t", "kernel_ms_all", "reference_ms", "memory_pass_ms"):
         assert result[key] > 0
     assert result["kernel_equals_reference"] is True
 
 
 def test_tomo_benchmark_reports_every_number_and_agrees_with_iradon() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "tomo", "--quick", "--json"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = run_quick("tomo")
     for key in ("kernel_ms_1t", "kernel_ms_all", "iradon_ms", "memory_pass_ms"):
         assert result[key] > 0
     assert result["relative_difference_vs_iradon"] < 1e-5
 
 
 def test_ptycho_benchmark_reports_ours_numpy_and_ptychi_or_why_not() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "ptycho", "--quick", "--json"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = run_quick("ptycho")
     assert result["iteration_s"] > 0 and result["numpy_iteration_s"] > 0
     assert result["iteration_s_all_threads"] > 0
     if result["ptychi_iteration_s"] is None:
@@ -61,15 +52,7 @@ def test_ptycho_benchmark_reports_ours_numpy_and_ptychi_or_why_not() -> None:
 
 
 def test_em_benchmark_reports_steps_and_memory_pass() -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "em", "--quick", "--json"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = run_quick("em")
     assert result["per_movie_s"] > 0 and result["memory_pass_ms"] > 0
     assert {"bin", "motion", "sum", "dose_weight", "ctf"} <= set(result["steps"])
     assert result["max_shift_error_px"] < 0.5
@@ -87,15 +70,7 @@ def test_em_benchmark_reports_steps_and_memory_pass() -> None:
 def test_kernel_benchmark_times_kernel_reference_and_memory_pass(
     name: str, agreement: tuple[str, float]
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "benchmarks/run.py", name, "--quick", "--json"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = run_quick(name)
     timings = {key: value for key, value in result.items() if key.endswith("_ms")}
     assert "memory_pass_ms" in timings and any("reference" in key for key in timings)
     assert all(value > 0 for value in timings.values()), timings

@@ -11,7 +11,7 @@ from prefect_beamline.deployments import (
     load_runner_deployments,
     read_deployment_specs,
 )
-from prefect_beamline.events import CollectionEvent, CollectionEventKind, Technique
+from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.runs import parse_assignment
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def test_triggers_match_the_labels_the_gateway_emits() -> None:
     event = CollectionEvent(
         event_id="e1",
         kind=CollectionEventKind.finished,
-        technique=Technique.mx,
+        technique="mx",
         experiment_type="gridscan",
         beamline="i03",
         visit="mx1-1",

@@ -10,8 +10,8 @@ import typing
 from pathlib import Path
 
 import cloudpickle
-from prefect_beamline.flows.mx import MXParameters, process_mx
 
+from prefect_beamline.flows.mx import MXParameters, process_mx
 from prefect_beamline.serving import pickle_by_entrypoint
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import mrcfile
@@ -19,13 +18,14 @@ import numpy as np
 import tifffile
 
 from prefect_beamline.formats.errors import DataFileError
+from prefect_beamline.formats.reader import FileReader
 
 MRC_SUFFIXES = (".mrc", ".mrcs")
 TIFF_SUFFIXES = (".tif", ".tiff")
 MOVIE_SUFFIXES = MRC_SUFFIXES + TIFF_SUFFIXES
 
 
-class MovieReader:
+class MovieReader(FileReader):
     """A movie opened for reading frames; use as a context manager.
 
     Attributes:
@@ -120,17 +120,6 @@ class MovieReader:
         if self._tiff is not None:
             self._tiff.close()
             self._tiff = None
-
-    def __enter__(self) -> MovieReader:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def read_gain_reference(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

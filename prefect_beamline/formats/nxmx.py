@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import h5py
@@ -20,6 +19,7 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle-LZ4 filter the data f
 import numpy as np
 
 from prefect_beamline.formats.errors import DataFileError
+from prefect_beamline.formats.reader import FileReader
 
 ENTRY = "/entry"
 DATA_GROUP = "/entry/data"
@@ -106,7 +106,7 @@ class _DataBlock:
     dataset: h5py.Dataset
 
 
-class NXmxCollection:
+class NXmxCollection(FileReader):
     """An open NXmx collection; use as a context manager. Never loads all frames.
 
     Opening checks the master's geometry fields and opens every data file (metadata
@@ -134,17 +134,6 @@ class NXmxCollection:
         except BaseException:
             self.close()
             raise
-
-    def __enter__(self) -> NXmxCollection:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the master and every data file (safe to call twice)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import h5py
@@ -23,6 +22,7 @@ import hdf5plugin  # noqa: F401  (registers compression filters facility files m
 import numpy as np
 
 from prefect_beamline.formats.errors import DataFileError
+from prefect_beamline.formats.reader import FileReader
 
 NXTOMO_DATA = "/entry/instrument/detector/data"
 NXTOMO_IMAGE_KEY = "/entry/instrument/detector/image_key"
@@ -50,7 +50,7 @@ def _angles_in_degrees(dataset: h5py.Dataset) -> np.ndarray:
     return values
 
 
-class TomoScan:
+class TomoScan(FileReader):
     """An open scan file; use as a context manager.
 
     Opening reads the metadata (layout, shapes, image keys, angles) and checks them, so
@@ -78,17 +78,6 @@ class TomoScan:
         except BaseException:
             self._file.close()
             raise
-
-    def __enter__(self) -> TomoScan:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._file.close()

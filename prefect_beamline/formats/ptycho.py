@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the compression filters detector files use)
 import numpy as np
 
 from prefect_beamline.formats.errors import DataFileError
+from prefect_beamline.formats.reader import FileReader
 
 FRAMES = "/entry/data/data"
 POSITION_GROUPS = ("/entry/data", "/entry/sample/transformations")
@@ -73,7 +73,7 @@ class PtychoGeometry:
         return scale / (ny * py), scale / (nx * px)
 
 
-class PtychoScan:
+class PtychoScan(FileReader):
     """An open scan file; use as a context manager."""
 
     def __init__(self, path: str | Path) -> None:
@@ -106,17 +106,6 @@ class PtychoScan:
         except BaseException:
             self._file.close()
             raise
-
-    def __enter__(self) -> PtychoScan:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._file.close()

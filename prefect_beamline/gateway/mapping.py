@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, Technique
+from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, TechniqueName
 from prefect_beamline.lims import CollectionDescription
 
 CollectionLookup = Callable[[int], CollectionDescription | None]
@@ -188,7 +188,9 @@ class BlueskyStart(BaseModel):
 
     uid: str = Field(min_length=1, max_length=200, description="Run uid; the event id")
     time: float | None = Field(None, description="Start time, seconds since the epoch")
-    technique: Technique = Field(description="mx, ssx, tomo, ptycho or em")
+    technique: TechniqueName = Field(
+        description="a registered technique: mx, tomo, em, ptycho, ..."
+    )
     experiment_type: str = Field("default", description="e.g. rotation, gridscan")
     beamline: str = Field(description="Beamline name, e.g. i03")
     visit: str = Field(description="Visit, e.g. mx12345-1")

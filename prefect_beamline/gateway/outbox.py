@@ -15,7 +15,8 @@ busy timeout serializes concurrent writers instead of failing them.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -29,19 +30,18 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    create_engine,
-    event,
     func,
     insert,
     select,
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from prefect_beamline.events import CollectionEvent
+from prefect_beamline.lims.engine import WRITE_OPTION, display_url, engine_for, forget_engine
 
 OutboxStatus = Literal["pending", "emitted", "failed", "skipped"]
 PENDING, EMITTED, FAILED, SKIPPED = "pending", "emitted", "failed", "skipped"
@@ -141,14 +141,22 @@ class Outbox:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = _engine_for(url)
+        self.engine: Engine = engine_for(url)
         _Base.metadata.create_all(self.engine)
 
     def __repr__(self) -> str:
-        return f"Outbox({make_url(self.url).render_as_string(hide_password=True)!r})"
+        return f"Outbox({display_url(self.url)!r})"
 
     def close(self) -> None:
-        self.engine.dispose()
+        forget_engine(self.url, self.engine)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite `BEGIN IMMEDIATE`: no lock upgrade mid-way)."""
+        with self.engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                yield connection
 
     def add(
         self,
@@ -168,7 +176,7 @@ class Outbox:
         check_status(status)
         now = _now()
         try:
-            with self.engine.begin() as connection:
+            with self._writing() as connection:
                 inserted = connection.execute(
                     insert(OutboxRow).values(
                         event_id=collection.event_id,
@@ -250,7 +258,7 @@ class Outbox:
             statement = statement.where(OutboxRow.event_id.in_(builtins.list(event_ids)))
         else:
             statement = statement.where(OutboxRow.status == FAILED)
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             return int(connection.execute(statement).rowcount)
 
     def bluesky_start(self, uid: str) -> dict[str, Any] | None:
@@ -264,28 +272,12 @@ class Outbox:
     def _update(self, sequences: Sequence[int], **values: Any) -> None:
         if not sequences:
             return
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             connection.execute(
                 update(OutboxRow)
                 .where(OutboxRow.sequence.in_(builtins.list(sequences)))
                 .values(**values)
             )
-
-
-def _engine_for(url: str) -> Engine:
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    return engine
 
 
 def _stored(row: Any) -> StoredEvent:

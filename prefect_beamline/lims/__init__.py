@@ -1,29 +1,15 @@
-"""The LIMS: an ISPyB-compatible subset (`schema`) and its one idempotent writer (`Lims`)."""
+"""The LIMS core: an ISPyB-compatible subset and its one idempotent writer.
 
-from prefect_beamline.lims.tomogram import TomogramRecord
-from prefect_beamline.lims.writer import (
-    CollectionDescription,
-    CTFResult,
-    EMMovieResult,
-    GridResult,
-    ImageQuality,
-    Lims,
-    MotionResult,
-    MovieRecord,
-    ProcessingJobSummary,
-    PtychoResult,
-)
+- `engine`: one engine factory (also the gateway outbox's), SQLite WAL and locking.
+- `transaction`: transactions, retries, row locks, upserts, ISPyB length checks.
+- `schema`: the core ISPyB tables (DataCollection, ProcessingJob, AutoProcProgram, ...).
+- `collections`: visits, sessions, grids and files of a data collection.
+- `client`: `Lims`, the core writes and reads.
 
-__all__ = [
-    "CTFResult",
-    "CollectionDescription",
-    "EMMovieResult",
-    "GridResult",
-    "ImageQuality",
-    "Lims",
-    "MotionResult",
-    "MovieRecord",
-    "ProcessingJobSummary",
-    "PtychoResult",
-    "TomogramRecord",
-]
+Each technique's own tables and writes live in `prefect_beamline.techniques.<t>.records`.
+"""
+
+from prefect_beamline.lims.client import Lims, ProcessingJobSummary
+from prefect_beamline.lims.collections import CollectionDescription
+
+__all__ = ["CollectionDescription", "Lims", "ProcessingJobSummary"]

@@ -1,0 +1,158 @@
+"""Per-position ePIE/rPIE kernels on complex64 arrays: the public face of `_epie`.
+
+Each function checks shapes, dtypes and bounds (with `prefect_beamline.ext.arguments`),
+then calls a Cython kernel that releases the GIL and splits rows over `n_threads`
+OpenMP threads (None or 0: every core). Object, probe and waves are C-contiguous
+complex64; measured amplitudes float32 in FFT order (the zero frequency at [0, 0], as
+`scipy.fft.fft2` returns it); `valid` is a bool mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prefect_beamline.ext._epie import (
+    add_intensity_kernel,
+    exit_wave_kernel,
+    extract_patch_kernel,
+    modulus_constraint_kernel,
+    update_kernel,
+)
+from prefect_beamline.ext.arguments import (
+    kernel_threads,
+    require_array,
+    require_integer,
+    require_number,
+    require_same_shape,
+)
+
+
+def _complex_view(array: np.ndarray, name: str) -> np.ndarray:
+    """A float32 (ny, 2·nx) view of a C-contiguous complex64 array (no copy)."""
+    require_array(name, array, ndim=2, dtypes=(np.complex64,), contiguous=True)
+    return array.view(np.float32)
+
+
+def _check_patch(
+    obj: np.ndarray, shape: tuple[int, ...], y0: int, x0: int, *, obj_name: str = "object"
+) -> tuple[int, int]:
+    """(y0, x0) as ints, once the patch of `shape` at (y0, x0) is inside `obj`."""
+    y0 = require_integer("y0", y0)
+    x0 = require_integer("x0", x0)
+    ny, nx = shape
+    if y0 < 0 or x0 < 0 or y0 + ny > obj.shape[0] or x0 + nx > obj.shape[1]:
+        raise ValueError(
+            f"patch {ny}x{nx} at (y0={y0}, x0={x0}) falls outside the {obj_name} {obj.shape}"
+        )
+    return y0, x0
+
+
+def exit_wave(
+    obj: np.ndarray,
+    probe: np.ndarray,
+    y0: int,
+    x0: int,
+    out: np.ndarray,
+    *,
+    n_threads: int | None = 1,
+) -> tuple[float, float]:
+    """out = probe · obj[y0:y0+n, x0:x0+m]: the wave leaving the sample at one position.
+
+    Returns (max |P|², max |O[patch]|²), read in the same pass, for `update_object_probe`.
+    """
+    o, p, w = (_complex_view(a, n) for a, n in ((obj, "obj"), (probe, "probe"), (out, "out")))
+    require_same_shape(probe=probe, out=out)
+    y0, x0 = _check_patch(obj, probe.shape, y0, x0)
+    probe_max, object_max = exit_wave_kernel(o, p, y0, x0, w, kernel_threads(n_threads))
+    return float(probe_max), float(object_max)
+
+
+def extract_patch(
+    obj: np.ndarray, y0: int, x0: int, out: np.ndarray, *, n_threads: int | None = 1
+) -> np.ndarray:
+    """out = obj[y0:y0+n, x0:x0+m] into a preallocated buffer."""
+    o, w = _complex_view(obj, "obj"), _complex_view(out, "out")
+    y0, x0 = _check_patch(obj, out.shape, y0, x0)
+    extract_patch_kernel(o, y0, x0, w, kernel_threads(n_threads))
+    return out
+
+
+def add_intensity(
+    total: np.ndarray, probe: np.ndarray, y0: int, x0: int, *, n_threads: int | None = 1
+) -> None:
+    """total[y0:y0+n, x0:x0+m] += |probe|²: accumulates the illumination of a scan."""
+    require_array("total", total, ndim=2, dtypes=(np.float32,), contiguous=True)
+    p = _complex_view(probe, "probe")
+    y0, x0 = _check_patch(total, probe.shape, y0, x0, obj_name="total")
+    add_intensity_kernel(total, p, y0, x0, kernel_threads(n_threads))
+
+
+def modulus_constraint(
+    wave_ft: np.ndarray, amplitude: np.ndarray, valid: np.ndarray, *, n_threads: int | None = 1
+) -> float:
+    """In place: |Ψ| ← measured amplitude on valid pixels, phase kept; masked pixels free.
+
+    Returns Σ over valid pixels of (|Ψ| − A)² before the replacement: the Fourier error
+    of this position, in the squared units of `amplitude`.
+    """
+    w = _complex_view(wave_ft, "wave_ft")
+    require_array("amplitude", amplitude, dtypes=(np.float32,), contiguous=True)
+    require_array("valid", valid, dtypes=(np.bool_,))
+    require_same_shape(wave_ft=wave_ft, amplitude=amplitude, valid=valid)
+    mask = np.ascontiguousarray(valid).view(np.uint8)
+    return float(modulus_constraint_kernel(w, amplitude, mask, kernel_threads(n_threads)))
+
+
+def update_object_probe(
+    obj: np.ndarray,
+    probe: np.ndarray,
+    y0: int,
+    x0: int,
+    exit_wave: np.ndarray,
+    revised: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    probe_max: float | None = None,
+    object_max: float | None = None,
+    regularised: bool = False,
+    update_probe: bool = True,
+    n_threads: int | None = 1,
+) -> None:
+    """In place: the ePIE (or, `regularised`, rPIE) update of O[patch] and P.
+
+    ePIE: O += α P*Δ/max|P|², P += β O*Δ/max|O|², with Δ = revised − exit_wave.
+    rPIE: O += P*Δ/((1−α)|P|² + α max|P|²), P likewise with β and O.
+    `probe_max`, `object_max`: what `exit_wave` returned for this position (computed here
+    when not given).
+    """
+    o, p = _complex_view(obj, "obj"), _complex_view(probe, "probe")
+    e, r = _complex_view(exit_wave, "exit_wave"), _complex_view(revised, "revised")
+    require_same_shape(probe=probe, exit_wave=exit_wave, revised=revised)
+    alpha = require_number("alpha", alpha)
+    beta = require_number("beta", beta)
+    if not (0.0 < alpha <= 1.0 and 0.0 <= beta <= 1.0):
+        raise ValueError(f"alpha must be in (0, 1] and beta in [0, 1], got {alpha}, {beta}")
+    y0, x0 = _check_patch(obj, probe.shape, y0, x0)
+    if probe_max is None or object_max is None:
+        ny, nx = probe.shape
+        probe_max = float(np.max(np.abs(probe) ** 2))
+        object_max = float(np.max(np.abs(obj[y0 : y0 + ny, x0 : x0 + nx]) ** 2))
+    else:
+        probe_max = require_number("probe_max", probe_max, at_least=0.0)
+        object_max = require_number("object_max", object_max, at_least=0.0)
+    update_kernel(
+        o,
+        p,
+        y0,
+        x0,
+        e,
+        r,
+        alpha,
+        beta,
+        probe_max,
+        object_max,
+        regularised,
+        update_probe,
+        kernel_threads(n_threads),
+    )

@@ -1,1 +1,0 @@
-"""Pure scientific functions the flows compose: no I/O, no Prefect."""

@@ -1,0 +1,28 @@
+"""Cryo-EM on the fly: per movie gain, motion correction, dose weighting, CTF."""
+
+from prefect_beamline.techniques import Benchmark, TechniqueSpec
+
+SPEC = TechniqueSpec(
+    name="em",
+    title="Cryo-EM on the fly: motion correction, dose weighting and CTF per movie",
+    experiment_types=(("EM", "default"),),
+    deployments=("em-movie", "em-session-summary"),
+    records="prefect_beamline.techniques.em.records",
+    demo="prefect_beamline.techniques.em.demo",
+    synth="prefect_beamline.techniques.em.synth",
+    benchmarks={
+        "em": Benchmark(
+            "benchmarks.em",
+            "one cryo-EM movie (40 x 4096²) to micrograph + CTF, by step, vs a memory pass",
+        ),
+        "motioncor": Benchmark(
+            "benchmarks.motioncor",
+            "gain + sub-pixel shifted frame sum vs scipy.ndimage.shift, memory pass",
+        ),
+        "powerspec": Benchmark(
+            "benchmarks.powerspec",
+            "radial/elliptical power-spectrum average vs numpy bincount, memory pass",
+        ),
+    },
+    cli="prefect_beamline.techniques.em.cli:add_commands",
+)

@@ -1,0 +1,19 @@
+"""MX: per-image spot finding, resolution, grid-scan X-ray centring (rotation, grid scan)."""
+
+from prefect_beamline.techniques import Benchmark, TechniqueSpec
+
+SPEC = TechniqueSpec(
+    name="mx",
+    title="MX rotation and grid scan: spot finding, resolution, X-ray centre",
+    experiment_types=(("OSC", "rotation"), ("Mesh", "gridscan")),
+    deployments=("mx-rotation", "mx-gridscan"),
+    records="prefect_beamline.techniques.mx.records",
+    demo="prefect_beamline.techniques.mx.demo",
+    synth="prefect_beamline.techniques.mx.synth",
+    benchmarks={
+        "spotfind": Benchmark(
+            "benchmarks.spotfind",
+            "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
+        ),
+    },
+)

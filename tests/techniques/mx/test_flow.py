@@ -1,0 +1,71 @@
+"""The MX flow's parameters and chunk cache key (no server needed): the DAQ chooses
+science, never infrastructure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.flows.common import BAD_INPUT_ERRORS, merge_parameters
+from prefect_beamline.flows.mx import MXParameters, find_spots_in_images
+
+
+def announcement(**parameters: object) -> CollectionEvent:
+    return CollectionEvent(
+        event_id="e1",
+        kind=CollectionEventKind.finished,
+        technique="mx",
+        experiment_type="rotation",
+        beamline="i03",
+        visit="mx1-1",
+        collection_id=1999,
+        data_files=["/data/xtal_1_master.h5"],
+        processing_parameters=dict(parameters),
+    )
+
+
+def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
+    chosen = merge_parameters(
+        MXParameters,
+        announcement(images_per_chunk=4, sigma_strong=4.0),
+        MXParameters(sigma_strong=5.0),
+    )
+    assert (chosen.images_per_chunk, chosen.sigma_strong, chosen.gain) == (4, 5.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "infrastructure",
+    [
+        {"dask_scheduler": "tcp://attacker.example:8786"},
+        {"compute_block": "cluster"},
+        {"parallel_chunks": 64},
+        {"threads_per_chunk": 64},
+    ],
+)
+def test_a_daq_naming_compute_is_refused_as_bad_input(infrastructure: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(infrastructure))) as refused:
+        merge_parameters(MXParameters, announcement(**infrastructure), None)
+    assert isinstance(refused.value, BAD_INPUT_ERRORS)  # failed at once, never retried
+
+
+def chunk_key(**changes: Any) -> str | None:
+    inputs = {
+        "master_file": "/data/xtal_1_master.h5",
+        "signature": "xtal_1_master.h5:1:1",
+        "first": 1,
+        "last": 10,
+        "parameters": MXParameters(),
+        "n_threads": 1,
+        **changes,
+    }
+    policy = find_spots_in_images.cache_policy
+    assert policy is not None and not isinstance(policy, type)
+    return policy.compute_key(None, inputs, {})
+
+
+def test_kernel_threads_are_not_part_of_a_chunks_cache_key() -> None:
+    assert chunk_key(n_threads=8) == chunk_key()
+    assert chunk_key(parameters=MXParameters(sigma_strong=4.0)) != chunk_key()

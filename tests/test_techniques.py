@@ -1,0 +1,106 @@
+"""The technique registry: every technique is found through its entry point, complete."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from prefect_beamline.deployments import find_prefect_yaml, read_deployment_specs
+from prefect_beamline.events import CollectionEvent
+from prefect_beamline.lims.schema import (
+    Base,
+    ispyb_experiment_type,
+    technique_for_experiment_type,
+)
+from prefect_beamline.techniques import registry, technique
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+TECHNIQUES = sorted(registry())
+
+
+def test_the_four_techniques_register_through_entry_points() -> None:
+    assert TECHNIQUES == ["em", "mx", "ptycho", "tomo"]
+
+
+@pytest.mark.parametrize("name", TECHNIQUES)
+def test_each_technique_has_its_folder_flow_module_and_deployments(name: str) -> None:
+    spec = technique(name)
+    assert (REPOSITORY / "prefect_beamline" / "techniques" / name / "__init__.py").is_file()
+    assert (REPOSITORY / "flows" / f"{name}.py").is_file()
+    deployments = {d.name: d for d in read_deployment_specs(find_prefect_yaml())}
+    for deployment in spec.deployments:
+        assert deployments[deployment].entrypoint.startswith(f"prefect_beamline.flows.{name}:")
+        assert deployment.startswith(f"{name}-")
+
+
+def test_every_deployment_belongs_to_a_technique() -> None:
+    owned = {d for spec in registry().values() for d in spec.deployments}
+    assert {d.name for d in read_deployment_specs(find_prefect_yaml())} == owned
+
+
+@pytest.mark.parametrize("name", TECHNIQUES)
+def test_each_technique_module_the_spec_names_imports(name: str) -> None:
+    spec = technique(name)
+    demo = spec.module("demo")
+    assert callable(demo.run_demo) and callable(demo.print_report)
+    assert spec.module("synth").__name__.endswith(f"{name}.synth")
+    records = spec.module("records")
+    own_tables = {
+        mapper.class_.__tablename__
+        for mapper in Base.registry.mappers
+        if mapper.class_.__module__ == records.__name__
+    }
+    assert own_tables, f"{records.__name__} declares no LIMS table"
+
+
+@pytest.mark.parametrize("name", TECHNIQUES)
+def test_each_experiment_type_maps_to_ispyb_and_back(name: str) -> None:
+    for ispyb, experiment in technique(name).experiment_types:
+        assert technique_for_experiment_type(ispyb) == (name, experiment)
+        written = ispyb_experiment_type(name, experiment)
+        assert technique_for_experiment_type(written) == (name, experiment)
+
+
+def test_no_ispyb_experiment_type_is_claimed_twice() -> None:
+    claimed = [ispyb for spec in registry().values() for ispyb, _ in spec.experiment_types]
+    assert len(claimed) == len(set(claimed))
+
+
+def test_an_event_of_an_unknown_technique_is_refused_naming_the_installed_ones() -> None:
+    with pytest.raises(ValidationError, match="available: em, mx, ptycho, tomo"):
+        CollectionEvent(
+            event_id="x-1",
+            kind="finished",
+            technique="xps",
+            beamline="i03",
+            visit="mx1-1",
+            collection_id=1,
+            data_files=["/data/x.h5"],
+        )
+
+
+def test_unknown_technique_lookup_names_the_installed_ones() -> None:
+    with pytest.raises(LookupError, match="available: em, mx, ptycho, tomo"):
+        technique("xps")
+
+
+def test_the_wheel_lists_every_package_folder() -> None:
+    """An editable install finds any folder; a wheel only the packages pyproject lists."""
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    mapped = project["tool"]["setuptools"]["package-dir"]
+    folders = {
+        ".".join(path.parent.relative_to(REPOSITORY).parts)
+        for path in (REPOSITORY / "prefect_beamline").rglob("__init__.py")
+    }
+    folders |= {package for package, folder in mapped.items() if (REPOSITORY / folder).is_dir()}
+    assert folders <= listed, f"missing from [tool.setuptools] packages: {folders - listed}"
+
+
+def test_every_technique_has_an_entry_point_line() -> None:
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
+    points = project["project"]["entry-points"]["prefect_beamline.techniques"]
+    assert points == {name: f"prefect_beamline.techniques.{name}:SPEC" for name in TECHNIQUES}
