@@ -1,16 +1,28 @@
-"""What every technique's demo shares: the DAQ's webhook, and waiting for the run."""
+"""What every technique's demo shares: a stack, the DAQ's webhook, waiting for the run,
+and the part of the report every technique prints (run, files, LIMS, UI).
+
+Each technique's `techniques/<t>/demo.py` writes its synthetic data, announces it and
+adds what only it knows (per-image table, volume, movies) to the report.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from prefect_beamline.events import CollectionEvent
+from prefect_beamline.lims import Lims, ProcessingJobSummary
+from prefect_beamline.report import SUMMARY_FILE
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
-from prefect_beamline.stack import LocalStack
+from prefect_beamline.stack import LocalStack, embedded_stack
 
 RUN_TIMEOUT_S = 300.0
 
@@ -57,3 +69,87 @@ def announce_and_wait(
     webhook_to_running_s = time.monotonic() - posted_at
     final = wait_for_state(stack.api_url, running.id, TERMINAL_STATES, timeout_s)
     return DemoRun(final.id, final.state, accepted, round(webhook_to_running_s, 3))
+
+
+def new_collection_id() -> int:
+    """A data collection id no earlier demo on this LIMS used (milliseconds since epoch)."""
+    return int(time.time() * 1000) % 1_000_000_000
+
+
+@contextlib.contextmanager
+def demo_stack(workdir: Path | None, stack: LocalStack | None = None) -> Iterator[LocalStack]:
+    """The given running stack, else an embedded one in `workdir` (stopped afterwards)."""
+    if stack is not None:
+        yield stack
+        return
+    with embedded_stack(demo_workdir(workdir)) as started:
+        yield started
+
+
+def demo_workdir(workdir: Path | None) -> Path:
+    """The folder for the demo's data, databases and logs (a new temporary one if None)."""
+    return workdir or Path(tempfile.mkdtemp(prefix="prefect-beamline-demo-"))
+
+
+def stack_lims(stack: LocalStack) -> Lims:
+    """The LIMS the stack's flows write."""
+    return Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+
+
+def run_report(
+    stack: LocalStack,
+    run: DemoRun,
+    *,
+    collection_id: int,
+    deployment: str,
+    started: float,
+    workdir: Path,
+) -> tuple[dict[str, Any], ProcessingJobSummary | None]:
+    """The keys every demo reports, and the collection's latest job for technique extras."""
+    lims = stack_lims(stack)
+    jobs = lims.jobs_for_collection(collection_id)
+    job = jobs[-1] if jobs else None
+    results_dir = Path(job.results_dir) if job and job.results_dir else None
+    summary_file = results_dir / SUMMARY_FILE if results_dir else None
+    summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
+    report: dict[str, Any] = {
+        "flow_run_id": run.flow_run_id,
+        "state": run.state,
+        "triggered_by": job.triggered_by if job else None,
+        "automatic": job.automatic if job else None,
+        "gateway": run.accepted,
+        "summary": summary,
+        "results_dir": str(results_dir) if results_dir else None,
+        "result_files": sorted(str(p) for p in results_dir.iterdir()) if results_dir else [],
+        "lims_url": lims.url,
+        "lims": [row.as_dict() for row in jobs],
+        "ui_url": f"{stack.ui_url}/runs/flow-run/{run.flow_run_id}",
+        "webhook_to_running_s": run.webhook_to_running_s,
+        "total_s": round(time.monotonic() - started, 1),
+        "workdir": str(workdir),
+        "deployment": deployment,
+        "collection_id": collection_id,
+    }
+    if run.state != "COMPLETED":
+        report["logs"] = stack.logs()
+    return report, job
+
+
+def print_run_header(report: dict[str, Any]) -> None:
+    """Which run, who started it, how fast."""
+    print(f"flow run   {report['flow_run_id']}  {report['state']}")
+    print(f"started by {report['triggered_by']} (automatic={report['automatic']})")
+    print(f"webhook -> running in {report['webhook_to_running_s']} s; total {report['total_s']} s")
+
+
+def print_run_footer(report: dict[str, Any], lims_rows: list[dict[str, Any]] | None = None) -> None:
+    """Where the results are: files, LIMS rows (the jobs, or `lims_rows`), the UI."""
+    print(f"\nresults    {report['results_dir']}")
+    for path in report["result_files"]:
+        print(f"           {path}")
+    print(f"LIMS       {report['lims_url']}")
+    for row in report["lims"] if lims_rows is None else lims_rows:
+        print(f"           {json.dumps(row, default=str)}")
+    print(f"UI         {report['ui_url']}  (the server stopped with the demo)")
+    if "logs" in report:
+        print(f"\nlogs of the stack:\n{report['logs']}")

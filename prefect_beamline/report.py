@@ -11,6 +11,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+# Every job folder's collection-level numbers, as the completion event carries them.
+SUMMARY_FILE = "summary.json"
+
 
 def pyplot() -> Any:
     """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""

@@ -10,7 +10,6 @@ The report compares every movie's shifts, defocus and astigmatism with the truth
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from prefect_beamline.demo import RUN_TIMEOUT_S, post_event
+from prefect_beamline.demo import (
+    RUN_TIMEOUT_S,
+    demo_stack,
+    demo_workdir,
+    new_collection_id,
+    post_event,
+    stack_lims,
+)
 from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.formats.star import read_micrographs
 from prefect_beamline.lims import Lims
@@ -28,7 +34,7 @@ from prefect_beamline.runs import (
     flow_runs_for_collection,
     wait_for_state,
 )
-from prefect_beamline.stack import LocalStack, embedded_stack
+from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.em import records
 from prefect_beamline.techniques.em.synth import SyntheticSession, write_em_session
 
@@ -132,12 +138,15 @@ def compare_with_truth(session: SyntheticSession, lims: Lims, collection_id: int
     return rows
 
 
-def run_demo(workdir: Path | None = None, *, n_images: int | None = None) -> dict[str, Any]:
-    """Run the demo and return its report (what `--json` prints)."""
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="prefect-beamline-demo-em-"))
+def run_demo(
+    workdir: Path | None = None, *, n_images: int | None = None, stack: LocalStack | None = None
+) -> dict[str, Any]:
+    """Run the demo (on `stack`, else an embedded one) and return its report (`--json`);
+    `n_images` = movies."""
+    workdir = demo_workdir(workdir)
     n_movies = n_images or 4
     started = time.monotonic()
-    with embedded_stack(workdir) as stack:
+    with demo_stack(workdir, stack) as stack:
         session = write_em_session(
             workdir / "data" / BEAMLINE / VISIT / "GridSquare_1" / "Data",
             n_movies=n_movies,
@@ -145,7 +154,7 @@ def run_demo(workdir: Path | None = None, *, n_images: int | None = None) -> dic
             shape=(512, 512),
             seed=11,
         )
-        collection_id = int(time.time() * 1000) % 1_000_000_000
+        collection_id = new_collection_id()
         parameters = session_parameters(session)
         posted = time.monotonic()
         for movie in session.movie_paths:
@@ -160,7 +169,7 @@ def run_demo(workdir: Path | None = None, *, n_images: int | None = None) -> dic
         )
         summary_run = wait_for_runs(stack, SUMMARY_DEPLOYMENT, collection_id, 1, RUN_TIMEOUT_S)[0]
         summary_run = wait_for_state(stack.api_url, summary_run.id, TERMINAL_STATES, 10)
-        lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+        lims = stack_lims(stack)
         star_file = (
             session.directory / "processing" / "em" / f"dc{collection_id}" / "micrographs_ctf.star"
         )

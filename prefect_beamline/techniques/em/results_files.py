@@ -15,13 +15,12 @@ from typing import Any
 
 from prefect_beamline.formats import star
 from prefect_beamline.formats.mrc import write_mrc
+from prefect_beamline.report import SUMMARY_FILE
 from prefect_beamline.techniques.em.ctf import Microscope
 from prefect_beamline.techniques.em.movie import MovieResult, MovieSettings
 from prefect_beamline.techniques.em.records import CTFResult, EMMovieResult, MotionResult
 from prefect_beamline.techniques.em.report import drift_png, power_spectrum_png
 from prefect_beamline.techniques.em.session import CTF_STAR, MOTION_STAR
-
-SUMMARY_FILE = "summary.json"
 
 
 def write_movie_results(

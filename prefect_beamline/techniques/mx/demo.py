@@ -9,19 +9,26 @@ in files, the LIMS and the Prefect UI.
 from __future__ import annotations
 
 import csv
-import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from prefect_beamline.demo import DemoRun, announce_and_wait
+from prefect_beamline.demo import (
+    announce_and_wait,
+    demo_stack,
+    demo_workdir,
+    new_collection_id,
+    print_run_footer,
+    print_run_header,
+    run_report,
+    stack_lims,
+)
 from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan
 from prefect_beamline.lims import Lims, ProcessingJobSummary
-from prefect_beamline.stack import LocalStack, embedded_stack
+from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.mx import records
-from prefect_beamline.techniques.mx.report import PER_IMAGE_FILE, SUMMARY_FILE
+from prefect_beamline.techniques.mx.report import PER_IMAGE_FILE
 from prefect_beamline.techniques.mx.synth import write_mx_collection
 
 DEMO_GRID = GridScan(steps_x=8, steps_y=6, dx_um=20.0, dy_um=20.0, snaked=True)
@@ -59,18 +66,20 @@ def read_per_image(results_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_demo(
-    workdir: Path | None = None, *, grid: bool = False, n_images: int | None = None
+    workdir: Path | None = None,
+    *,
+    grid: bool = False,
+    n_images: int | None = None,
+    stack: LocalStack | None = None,
 ) -> dict[str, Any]:
-    """Run the demo and return its report (what `--json` prints)."""
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="prefect-beamline-demo-"))
-    n_images = n_images or 20
+    """Run the demo (on `stack`, else an embedded one) and return its report (`--json`)."""
+    workdir = demo_workdir(workdir)
     started = time.monotonic()
-    with embedded_stack(workdir) as stack:
-        data_dir = workdir / "data" / "i03" / "mx12345-1"
+    with demo_stack(workdir, stack) as running:
         synthetic = write_mx_collection(
-            data_dir,
+            workdir / "data" / "i03" / "mx12345-1",
             name="grid_1" if grid else "xtal_1",
-            n_images=n_images,
+            n_images=n_images or 20,
             grid=DEMO_GRID if grid else None,
             seed=7,
             # A short distance puts the crystal's 3 Å limit on this one-module detector,
@@ -78,49 +87,27 @@ def run_demo(
             d_min_true=3.0,
             detector_distance_mm=50.0,
         )
-        collection_id = int(time.time() * 1000) % 1_000_000_000
+        collection_id = new_collection_id()
         event = demo_event(synthetic.master_file, collection_id, DEMO_GRID if grid else None)
         deployment = f"mx-processing/mx-{event.experiment_type}"
-        run = announce_and_wait(stack, event, deployment)
-        lims_url = stack.env["PREFECT_BEAMLINE_LIMS_URL"]
-        report = build_report(stack, run, Lims(lims_url), collection_id)
-        report.update(
-            {
-                "webhook_to_running_s": run.webhook_to_running_s,
-                "total_s": round(time.monotonic() - started, 1),
-                "workdir": str(workdir),
-                "deployment": deployment,
-                "collection_id": collection_id,
-            }
+        run = announce_and_wait(running, event, deployment)
+        report, _ = run_report(
+            running,
+            run,
+            collection_id=collection_id,
+            deployment=deployment,
+            started=started,
+            workdir=workdir,
         )
-        if run.state != "COMPLETED":
-            report["logs"] = stack.logs()
+        results_dir = Path(report["results_dir"]) if report["results_dir"] else None
+        per_image = read_per_image(results_dir) if results_dir and results_dir.exists() else []
+        lims = stack_lims(running)
+        report["n_images"] = len(per_image)
+        report["per_image"] = per_image
+        report["lims"] = [
+            job_with_image_quality(lims, job) for job in lims.jobs_for_collection(collection_id)
+        ]
         return report
-
-
-def build_report(stack: LocalStack, run: DemoRun, lims: Lims, collection_id: int) -> dict[str, Any]:
-    """Gather files, LIMS rows and UI links of the finished run into one dictionary."""
-    jobs = lims.jobs_for_collection(collection_id)
-    job = jobs[-1] if jobs else None
-    results_dir = Path(job.results_dir) if job is not None and job.results_dir else None
-    per_image = read_per_image(results_dir) if results_dir and results_dir.exists() else []
-    summary_file = results_dir / SUMMARY_FILE if results_dir else None
-    summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
-    return {
-        "flow_run_id": run.flow_run_id,
-        "state": run.state,
-        "triggered_by": job.triggered_by if job else None,
-        "automatic": job.automatic if job else None,
-        "gateway": run.accepted,
-        "n_images": len(per_image),
-        "per_image": per_image,
-        "summary": summary,
-        "results_dir": str(results_dir) if results_dir else None,
-        "result_files": sorted(str(p) for p in results_dir.iterdir()) if results_dir else [],
-        "lims_url": lims.url,
-        "lims": [job_with_image_quality(lims, job_row) for job_row in jobs],
-        "ui_url": f"{stack.ui_url}/runs/flow-run/{run.flow_run_id}",
-    }
 
 
 def job_with_image_quality(lims: Lims, job: ProcessingJobSummary) -> dict[str, Any]:
@@ -131,9 +118,7 @@ def job_with_image_quality(lims: Lims, job: ProcessingJobSummary) -> dict[str, A
 
 def print_report(report: dict[str, Any]) -> None:
     """The human-readable form of the report."""
-    print(f"flow run   {report['flow_run_id']}  {report['state']}")
-    print(f"started by {report['triggered_by']} (automatic={report['automatic']})")
-    print(f"webhook -> running in {report['webhook_to_running_s']} s; total {report['total_s']} s")
+    print_run_header(report)
     print(f"\n{'image':>6} {'spots':>6} {'intensity':>12} {'d_min (Å)':>10}")
     for row in report["per_image"]:
         d_min = f"{row['d_min']:.2f}" if row["d_min"] else "–"
@@ -142,12 +127,4 @@ def print_report(report: dict[str, Any]) -> None:
     centre = report["summary"].get("grid_centre")
     if centre:
         print(f"\nX-ray centre (grid steps): x={centre['x']:.2f} y={centre['y']:.2f}")
-    print(f"\nresults    {report['results_dir']}")
-    for path in report["result_files"]:
-        print(f"           {path}")
-    print(f"LIMS       {report['lims_url']}")
-    for job in report["lims"]:
-        print(f"           {json.dumps(job, default=str)}")
-    print(f"UI         {report['ui_url']}  (the server stopped with the demo)")
-    if "logs" in report:
-        print(f"\nlogs of the stack:\n{report['logs']}")
+    print_run_footer(report)

@@ -19,7 +19,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefect_beamline.events import GridScan
 from prefect_beamline.lims import CollectionDescription
-from prefect_beamline.report import figure_png, markdown_image, markdown_table
+from prefect_beamline.report import (
+    SUMMARY_FILE,
+    figure_png,
+    markdown_image,
+    markdown_table,
+    pyplot,
+)
 from prefect_beamline.techniques.mx.analysis import (
     ImageQuality,
     grid_image_index,
@@ -27,7 +33,6 @@ from prefect_beamline.techniques.mx.analysis import (
 )
 
 PER_IMAGE_FILE = "per_image.csv"
-SUMMARY_FILE = "summary.json"
 
 
 def write_result_files(
@@ -58,20 +63,11 @@ def write_result_files(
     return [(table, "Result"), (summary_file, "Result"), (plot, "Graph")]
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def spots_per_image_png(image_numbers: Sequence[int], n_spots: np.ndarray) -> bytes:
     """Spots found on each image of a rotation: the first plot an MX scientist checks."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = _pyplot().subplots(figsize=(7, 3))
+    figure, axes = pyplot().subplots(figsize=(7, 3))
     axes.plot(image_numbers, n_spots, marker=".", linewidth=1)
     axes.set_xlabel("image number")
     axes.set_ylabel("spots")
@@ -87,7 +83,7 @@ def grid_heatmap_png(
 ) -> bytes:
     """Spots per grid point, laid out as the grid is on the sample, with the X-ray centre."""
     counts = n_spots[grid_image_index(grid)]
-    figure, axes = _pyplot().subplots(figsize=(6, 6 * grid.steps_y / max(grid.steps_x, 1) + 1))
+    figure, axes = pyplot().subplots(figsize=(6, 6 * grid.steps_y / max(grid.steps_x, 1) + 1))
     shown = axes.imshow(counts, cmap="viridis", origin="upper")
     figure.colorbar(shown, ax=axes, label="spots")
     if centre_xy is not None:

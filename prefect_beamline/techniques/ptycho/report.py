@@ -16,12 +16,11 @@ import numpy as np
 from prefect.artifacts import create_markdown_artifact
 
 from prefect_beamline.lims import CollectionDescription
-from prefect_beamline.report import figure_png, markdown_image, markdown_table, pyplot
+from prefect_beamline.report import SUMMARY_FILE, figure_png, markdown_image, markdown_table, pyplot
 from prefect_beamline.techniques.ptycho.analysis import scanned_area
 from prefect_beamline.techniques.ptycho.records import PtychoResult
 from prefect_beamline.techniques.ptycho.results_file import CHECKPOINT_FILE, read_reconstruction
 
-SUMMARY_FILE = "summary.json"
 IMAGE_FILES = ("object_phase.png", "object_amplitude.png")
 
 

@@ -16,11 +16,10 @@ import numpy as np
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefect_beamline.lims import CollectionDescription
-from prefect_beamline.report import figure_png, markdown_image, markdown_table
+from prefect_beamline.report import SUMMARY_FILE, figure_png, markdown_image, markdown_table
 from prefect_beamline.techniques.tomo.analysis import TomogramRecord
 from prefect_beamline.techniques.tomo.volume import central_slices
 
-SUMMARY_FILE = "summary.json"
 PREVIEW_FILES = {"xy": "slice_xy.png", "xz": "slice_xz.png", "yz": "slice_yz.png"}
 PREVIEW_TITLES = {
     "xy": "central slice (xy)",
