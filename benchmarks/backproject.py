@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
+from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms, report_from, thread_timings_ms
 from prefect_beamline.ext.backproject import backproject, filter_sinograms
 from prefect_beamline.techniques.tomo.synth import phantom_sinogram
 from tests.kernels.backproject_reference import reference_fbp
@@ -35,11 +35,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         "benchmark": "backproject",
         "width": width,
         "n_angles": n_angles,
-        "kernel_ms_1t": best_ms(
-            lambda: backproject(filtered, angles, centre, output_size=width), repeats
-        ),
-        "kernel_ms_all": best_ms(
-            lambda: backproject(filtered, angles, centre, output_size=width, n_threads=ALL_THREADS),
+        **thread_timings_ms(
+            "kernel",
+            lambda n_threads: backproject(
+                filtered, angles, centre, output_size=width, n_threads=n_threads
+            ),
             repeats,
         ),
         "reference_ms": best_ms(lambda: reference_fbp(sinogram, angles, centre, "ramp", width), 1),
@@ -51,10 +51,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    return (
-        f"back projection {result['width']}² from {result['n_angles']} angles: "
-        f"{result['kernel_ms_1t']:.0f} ms (1 thread), {result['kernel_ms_all']:.0f} ms (all); "
-        f"numpy reference {result['reference_ms']:.0f} ms; memory pass "
-        f"{result['memory_pass_ms']:.2f} ms"
-    )
+report = report_from(
+    "back projection {width}² from {n_angles} angles: {kernel_ms_1t:.0f} ms (1 thread), "
+    "{kernel_ms_all:.0f} ms (all); numpy reference {reference_ms:.0f} ms; "
+    "memory pass {memory_pass_ms:.2f} ms"
+)

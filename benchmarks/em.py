@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from benchmarks.timing import best_ms
 from prefect_beamline.formats.mrc import MovieReader, write_mrc
 from prefect_beamline.techniques.em.ctf import CTFParameters, Microscope
 from prefect_beamline.techniques.em.movie import MovieSettings, process_movie
@@ -52,15 +53,14 @@ def write_movie(folder: Path, n_frames: int, size: int, seed: int = 0) -> tuple[
 
 def memory_pass_ms(movie: Path) -> float:
     """Best of 3: copy every frame of the (cached) movie once into one frame buffer."""
-    best = float("inf")
     with MovieReader(movie) as reader:
         buffer = np.empty(reader.shape, dtype=reader.dtype)
-        for _ in range(3):
-            start = time.perf_counter()
+
+        def copy_frames() -> None:
             for f in range(reader.n_frames):
                 np.copyto(buffer, reader.frame(f))
-            best = min(best, time.perf_counter() - start)
-    return 1000.0 * best
+
+        return best_ms(copy_frames, 3)
 
 
 def run(quick: bool = False) -> dict[str, Any]:

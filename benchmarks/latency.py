@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.timing import report_from
 from prefect_beamline.demo import post_event
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
 from prefect_beamline.serving import DEFAULT_POLL_SECONDS, warm_start_enabled
@@ -65,9 +66,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    return (
-        f"webhook -> flow run RUNNING over {result['n_webhooks']} webhooks: "
-        f"median {result['median_s']} s, p95 {result['p95_s']} s "
-        f"(min {result['min_s']}, max {result['max_s']}); target median < 2 s"
-    )
+report = report_from(
+    "webhook -> flow run RUNNING over {n_webhooks} webhooks: median {median_s} s, "
+    "p95 {p95_s} s (min {min_s}, max {max_s}); target median < 2 s"
+)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
+from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms, report_from, thread_timings_ms
 from prefect_beamline.ext.motioncor import DEFAULT_TILE, shift_accumulate
 from tests.kernels.motioncor_reference import shift_sample
 
@@ -41,11 +41,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {
         "benchmark": "motioncor",
         "shape": [size, size],
-        "kernel_ms_1t": best_ms(
-            lambda: shift_accumulate(raw, gain, coeff_x, coeff_y, total, 1), repeats
-        ),
-        "kernel_ms_all": best_ms(
-            lambda: shift_accumulate(raw, gain, coeff_x, coeff_y, total, ALL_THREADS), repeats
+        **thread_timings_ms(
+            "kernel",
+            lambda n_threads: shift_accumulate(raw, gain, coeff_x, coeff_y, total, n_threads),
+            repeats,
         ),
         "scipy_shift_ms": best_ms(peer, 2),
         "reference_ms": best_ms(lambda: shift_sample(raw, gain, coeff_x, coeff_y, DEFAULT_TILE), 1),
@@ -65,10 +64,8 @@ def _one_sum(
     return out
 
 
-def report(result: dict[str, Any]) -> str:
-    return (
-        f"shifted sum of one {result['shape'][0]}² frame: {result['kernel_ms_1t']:.1f} ms "
-        f"(1 thread), {result['kernel_ms_all']:.1f} ms (all); scipy.ndimage.shift "
-        f"{result['scipy_shift_ms']:.1f} ms; numpy reference {result['reference_ms']:.0f} ms; "
-        f"memory pass {result['memory_pass_ms']:.1f} ms"
-    )
+report = report_from(
+    "shifted sum of one {shape[0]}² frame: {kernel_ms_1t:.1f} ms (1 thread), "
+    "{kernel_ms_all:.1f} ms (all); scipy.ndimage.shift {scipy_shift_ms:.1f} ms; "
+    "numpy reference {reference_ms:.0f} ms; memory pass {memory_pass_ms:.1f} ms"
+)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.timing import best_ms, memory_pass_ms
+from benchmarks.timing import best_ms, memory_pass_ms, report_from
 from prefect_beamline.ext.powerspec import elliptical_average, sector_average
 from tests.kernels import powerspec_reference as em_reference
 
@@ -50,10 +50,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    return (
-        f"elliptical average of {result['shape']}: {result['elliptical_ms']:.1f} ms, "
-        f"reference {result['elliptical_reference_ms']:.0f} ms; sector average "
-        f"{result['sector_ms']:.1f} ms, reference {result['sector_reference_ms']:.0f} ms; "
-        f"memory pass {result['memory_pass_ms']:.1f} ms"
-    )
+report = report_from(
+    "elliptical average of {shape}: {elliptical_ms:.1f} ms, reference "
+    "{elliptical_reference_ms:.0f} ms; sector average {sector_ms:.1f} ms, reference "
+    "{sector_reference_ms:.0f} ms; memory pass {memory_pass_ms:.1f} ms"
+)

@@ -22,6 +22,7 @@ from prefect_beamline.techniques.ptycho.analysis import (
     Reconstruction,
     epie_iteration,
     initial_probe,
+    object_grid_shape,
     position_order,
     total_measured_power,
 )
@@ -41,7 +42,7 @@ def realistic_scan(
     rng = np.random.default_rng(seed)
     n = pattern_size
     positions = scan_positions(n_positions, step_px, "raster", rng)
-    shape = (int(positions[:, 0].max()) + n, int(positions[:, 1].max()) + n)
+    shape = object_grid_shape(positions, (n, n))
     amplitude, phase = resolution_pattern(shape, rng)
     obj = ((1.0 - 0.5 * amplitude) * np.exp(1.2j * phase)).astype(np.complex64)
     probe = make_probe(n, probe_sigma_px, 2.5) * np.float32(100.0)

@@ -11,14 +11,12 @@ the peer, is not installable from PyPI here, so it is not timed. Targets (issue 
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import ALL_THREADS, median_ms, report_from, timings_ms
 from prefect_beamline.ext.spotfind import dispersion_threshold, find_spots
 from prefect_beamline.techniques.mx.synth import eiger_gap_mask
 from tests.kernels.spotfind_reference import reference_threshold
@@ -44,45 +42,28 @@ def realistic_frame(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, 
     return frame, valid
 
 
-def timings_ms(function: Callable[[], object], repeats: int) -> list[float]:
-    """`repeats` timings after one warm-up, in milliseconds."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(1000.0 * (time.perf_counter() - start))
-    return times
-
-
-def best_ms(function: Callable[[], object], repeats: int) -> float:
-    """Median of `repeats` timings after one warm-up, in milliseconds."""
-    return statistics.median(timings_ms(function, repeats))
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     shape = QUICK_SHAPE if quick else FULL_SHAPE
     frame, valid = realistic_frame(shape)
     out = np.empty(shape, dtype=bool)
     copy = np.empty_like(frame)
-    cores = os.cpu_count() or 1
     repeats = 3 if quick else 7
-    memory_pass = timings_ms(lambda: np.copyto(copy, frame), repeats * 3)
+    memory_pass = timings_ms(lambda: np.copyto(copy, frame), repeats * 3, warm_up=True)
     kernel_1t = timings_ms(
-        lambda: dispersion_threshold(frame, valid, out=out, n_threads=1), repeats
+        lambda: dispersion_threshold(frame, valid, out=out, n_threads=1), repeats, warm_up=True
     )
     memory_pass_ms, kernel_ms_1t = statistics.median(memory_pass), statistics.median(kernel_1t)
-    kernel_ms_all = best_ms(
-        lambda: dispersion_threshold(frame, valid, out=out, n_threads=cores), repeats
+    kernel_ms_all = median_ms(
+        lambda: dispersion_threshold(frame, valid, out=out, n_threads=ALL_THREADS), repeats
     )
-    find_spots_ms_1t = best_ms(lambda: find_spots(frame, valid, n_threads=1), repeats)
-    reference_ms = best_ms(lambda: reference_threshold(frame, valid), 1)
+    find_spots_ms_1t = median_ms(lambda: find_spots(frame, valid, n_threads=1), repeats)
+    reference_ms = median_ms(lambda: reference_threshold(frame, valid), 1)
     agree = bool(np.array_equal(reference_threshold(frame, valid), out))
     return {
         "benchmark": "spotfind",
         "shape": list(shape),
         "dtype": "uint32",
-        "cores": cores,
+        "cores": ALL_THREADS,
         "kernel_ms_1t": round(kernel_ms_1t, 2),
         "kernel_ms_all": round(kernel_ms_all, 2),
         "find_spots_ms_1t": round(find_spots_ms_1t, 2),
@@ -102,19 +83,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    return "\n".join(
-        [
-            f"spot finding on one {result['shape'][0]} x {result['shape'][1]} uint32 frame",
-            f"  kernel threshold, 1 thread      {result['kernel_ms_1t']:8.1f} ms",
-            f"  kernel threshold, {result['cores']} threads     {result['kernel_ms_all']:8.1f} ms",
-            f"  find_spots (all steps), 1 thread {result['find_spots_ms_1t']:7.1f} ms",
-            f"  numpy/scipy reference           {result['reference_ms']:8.1f} ms",
-            f"  one memory pass (copyto)        {result['memory_pass_ms']:8.1f} ms",
-            f"  speed-up vs reference {result['speedup_vs_reference']}x (target >= 20x); "
-            f"kernel / memory pass {result['ratio_to_memory_pass_1t']}x (target <= 6x); "
-            f"fastest runs {result['kernel_ms_1t_min']:.1f} / "
-            f"{result['memory_pass_ms_min']:.1f} ms = {result['ratio_to_memory_pass_1t_min']}x",
-            f"  kernel mask equals reference: {result['kernel_equals_reference']}",
-        ]
-    )
+report = report_from(
+    "spot finding on one {shape[0]} x {shape[1]} uint32 frame\n"
+    "  kernel threshold, 1 thread      {kernel_ms_1t:8.1f} ms\n"
+    "  kernel threshold, {cores} threads     {kernel_ms_all:8.1f} ms\n"
+    "  find_spots (all steps), 1 thread {find_spots_ms_1t:7.1f} ms\n"
+    "  numpy/scipy reference           {reference_ms:8.1f} ms\n"
+    "  one memory pass (copyto)        {memory_pass_ms:8.1f} ms\n"
+    "  speed-up vs reference {speedup_vs_reference}x (target >= 20x); "
+    "kernel / memory pass {ratio_to_memory_pass_1t}x (target <= 6x); "
+    "fastest runs {kernel_ms_1t_min:.1f} / {memory_pass_ms_min:.1f} ms = "
+    "{ratio_to_memory_pass_1t_min}x\n"
+    "  kernel mask equals reference: {kernel_equals_reference}"
+)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms
+from benchmarks.timing import ALL_THREADS, best_ms, memory_pass_ms, report_from, thread_timings_ms
 from prefect_beamline.ext.tomo_preprocess import MIN_TRANSMISSION, normalise, ring_filter
 from tests.kernels.tomo_preprocess_reference import reference_normalise, reference_ring_filter
 
@@ -32,18 +32,17 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {
         "benchmark": "tomo_preprocess",
         "shape": [n_angles, n_rows, n_columns],
-        "normalise_ms_1t": best_ms(lambda: normalise(projections, flat, dark), repeats),
-        "normalise_ms_all": best_ms(
-            lambda: normalise(projections, flat, dark, n_threads=ALL_THREADS), repeats
+        **thread_timings_ms(
+            "normalise",
+            lambda n_threads: normalise(projections, flat, dark, n_threads=n_threads),
+            repeats,
         ),
         "normalise_reference_ms": best_ms(
             lambda: reference_normalise(projections, flat, dark, MIN_TRANSMISSION), 1
         ),
-        "ring_filter_ms_1t": best_ms(
-            lambda: ring_filter(sinograms.copy(), width=RING_WIDTH), repeats
-        ),
-        "ring_filter_ms_all": best_ms(
-            lambda: ring_filter(sinograms.copy(), width=RING_WIDTH, n_threads=ALL_THREADS),
+        **thread_timings_ms(
+            "ring_filter",
+            lambda n_threads: ring_filter(sinograms.copy(), width=RING_WIDTH, n_threads=n_threads),
             repeats,
         ),
         "ring_filter_reference_ms": best_ms(
@@ -58,12 +57,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    return (
-        f"normalise {result['normalise_ms_1t']:.1f} ms (1 thread), "
-        f"{result['normalise_ms_all']:.1f} ms (all), reference "
-        f"{result['normalise_reference_ms']:.1f} ms; ring filter "
-        f"{result['ring_filter_ms_1t']:.1f} / {result['ring_filter_ms_all']:.1f} ms, reference "
-        f"{result['ring_filter_reference_ms']:.1f} ms; memory pass "
-        f"{result['memory_pass_ms']:.1f} ms"
-    )
+report = report_from(
+    "normalise {normalise_ms_1t:.1f} ms (1 thread), {normalise_ms_all:.1f} ms (all), "
+    "reference {normalise_reference_ms:.1f} ms; ring filter {ring_filter_ms_1t:.1f} / "
+    "{ring_filter_ms_all:.1f} ms, reference {ring_filter_reference_ms:.1f} ms; "
+    "memory pass {memory_pass_ms:.1f} ms"
+)

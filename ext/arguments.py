@@ -127,6 +127,49 @@ def require_array(
     return value
 
 
+def require_buffer(
+    name: str,
+    value: object,
+    dtype: DTypeLike,
+    *,
+    ndim: int | None = None,
+    axes: str | None = None,
+) -> np.ndarray:
+    """`value` as a kernel reads or writes it in place, with no copy: a numpy array of
+    exactly `dtype`, C-contiguous, of `ndim` dimensions (named by `axes`) if given."""
+    return require_array(name, value, ndim=ndim, axes=axes, dtypes=(dtype,), contiguous=True)
+
+
+def output_buffer(
+    name: str, out: np.ndarray | None, shape: Sequence[int], dtype: DTypeLike, *, source: str
+) -> np.ndarray:
+    """A new array of `shape` and `dtype` when `out` is None, else `out` checked as the
+    buffer a kernel writes (`require_buffer`) of that shape, which `source` fixes (as
+    `require_shape` names it)."""
+    if out is None:
+        return np.empty(tuple(shape), dtype=dtype)
+    require_buffer(name, out, dtype)
+    require_shape(name, out, shape, source=source)
+    return out
+
+
+def kernel_input(
+    name: str,
+    value: object,
+    dtype: DTypeLike,
+    shape: Sequence[int],
+    *,
+    source: str,
+    kinds: str = REAL_KINDS,
+) -> np.ndarray:
+    """`value`, a numpy array of one of the dtype `kinds` and of `shape` (which `source`
+    fixes, as `require_shape` names it), as the C-contiguous `dtype` array a kernel
+    reads: converted, copied only where it is not that already."""
+    array = require_array(name, value, kinds=kinds)
+    require_shape(name, array, shape, source=source)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
 def require_shape(name: str, array: np.ndarray, expected: Sequence[int], *, source: str) -> None:
     """`array.shape == expected`; else a ValueError naming both shapes and what fixes
     `expected` (`source`, e.g. "the projections' (row, column)")."""

@@ -24,6 +24,7 @@ from prefect_beamline.ext.arguments import (
     REAL_KINDS,
     kernel_threads,
     require_array,
+    require_buffer,
     require_integer,
     require_number,
 )
@@ -124,13 +125,12 @@ def backproject(
     per pixel. `simd=False` uses the portable inner loop even where AVX2 is available
     (tests compare the two).
     """
-    require_array(
+    require_buffer(
         "filtered",
         filtered,
+        np.float32,
         ndim=3,
         axes="(slice, angle, detector + 1) from filter_sinograms",
-        dtypes=(np.float32,),
-        contiguous=True,
     )
     if filtered.shape[1] < 1 or filtered.shape[2] < 2:
         raise ValueError(

@@ -21,6 +21,7 @@ from prefect_beamline.ext._epie import (
 from prefect_beamline.ext.arguments import (
     kernel_threads,
     require_array,
+    require_buffer,
     require_integer,
     require_number,
     require_same_shape,
@@ -29,7 +30,7 @@ from prefect_beamline.ext.arguments import (
 
 def _complex_view(array: np.ndarray, name: str) -> np.ndarray:
     """A float32 (ny, 2·nx) view of a C-contiguous complex64 array (no copy)."""
-    require_array(name, array, ndim=2, dtypes=(np.complex64,), contiguous=True)
+    require_buffer(name, array, np.complex64, ndim=2)
     return array.view(np.float32)
 
 
@@ -81,7 +82,7 @@ def add_intensity(
     total: np.ndarray, probe: np.ndarray, y0: int, x0: int, *, n_threads: int | None = 1
 ) -> None:
     """total[y0:y0+n, x0:x0+m] += |probe|²: accumulates the illumination of a scan."""
-    require_array("total", total, ndim=2, dtypes=(np.float32,), contiguous=True)
+    require_buffer("total", total, np.float32, ndim=2)
     p = _complex_view(probe, "probe")
     y0, x0 = _check_patch(total, probe.shape, y0, x0, obj_name="total")
     add_intensity_kernel(total, p, y0, x0, kernel_threads(n_threads))
@@ -96,7 +97,7 @@ def modulus_constraint(
     of this position, in the squared units of `amplitude`.
     """
     w = _complex_view(wave_ft, "wave_ft")
-    require_array("amplitude", amplitude, dtypes=(np.float32,), contiguous=True)
+    require_buffer("amplitude", amplitude, np.float32)
     require_array("valid", valid, dtypes=(np.bool_,))
     require_same_shape(wave_ft=wave_ft, amplitude=amplitude, valid=valid)
     mask = np.ascontiguousarray(valid).view(np.uint8)

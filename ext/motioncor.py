@@ -21,12 +21,14 @@ from prefect_beamline.ext._motioncor import (
 )
 from prefect_beamline.ext.arguments import (
     REAL_KINDS,
+    kernel_input,
     kernel_threads,
+    output_buffer,
     require_array,
+    require_buffer,
     require_integer,
     require_number,
     require_same_shape,
-    require_shape,
 )
 
 DEFAULT_TILE = 32
@@ -40,16 +42,12 @@ def _frame(raw: np.ndarray, gain: np.ndarray | None) -> tuple[np.ndarray, np.nda
     raw = np.ascontiguousarray(raw)
     if gain is None:
         return raw, _NO_GAIN
-    require_array("gain", gain, kinds=REAL_KINDS)
-    require_same_shape(raw=raw, gain=gain)
-    return raw, np.ascontiguousarray(gain, dtype=np.float32)
+    return raw, kernel_input("gain", gain, np.float32, raw.shape, source="raw")
 
 
 def _spectrum_buffer(name: str, array: np.ndarray, dtype: type) -> np.ndarray:
     """A 2-D array on the rfft2 grid, passed to the kernel as is: exact dtype, C order."""
-    return require_array(
-        name, array, ndim=2, axes="(ny, nx//2 + 1)", dtypes=(dtype,), contiguous=True
-    )
+    return require_buffer(name, array, dtype, ndim=2, axes="(ny, nx//2 + 1)")
 
 
 def gain_bin(
@@ -84,7 +82,7 @@ def shift_accumulate(
     """
     tile = require_integer("tile", tile, minimum=1)
     raw, gain_array = _frame(raw, gain)
-    require_array("out", out, dtypes=(np.float32,), contiguous=True)
+    require_buffer("out", out, np.float32)
     require_same_shape(raw=raw, out=out)
     cx = np.ascontiguousarray(coeff_x, dtype=np.float64)
     cy = np.ascontiguousarray(coeff_y, dtype=np.float64)
@@ -198,32 +196,16 @@ def cross_spectra(
     phase_x (n, nxh) and phase_y (n, ny) complex64: exp(2πi k·s) per axis and frame;
     `out`, if given, a C-contiguous complex64 buffer of the spectra's shape.
     """
-    require_array(
-        "spectra",
-        spectra,
-        ndim=3,
-        axes="(n, ny, nx//2 + 1)",
-        dtypes=(np.complex64,),
-        contiguous=True,
-    )
+    require_buffer("spectra", spectra, np.complex64, ndim=3, axes="(n, ny, nx//2 + 1)")
     n, ny, nxh = spectra.shape
-    require_array("weight", weight, kinds=REAL_KINDS)
-    require_array("phase_x", phase_x, kinds=REAL_KINDS + "c")
-    require_array("phase_y", phase_y, kinds=REAL_KINDS + "c")
-    require_shape("weight", weight, (ny, nxh), source="the spectra's (ny, nxh)")
-    require_shape("phase_x", phase_x, (n, nxh), source="the spectra's (n, nxh)")
-    require_shape("phase_y", phase_y, (n, ny), source="the spectra's (n, ny)")
-    if out is None:
-        out = np.empty_like(spectra)
-    else:
-        require_array("out", out, dtypes=(np.complex64,), contiguous=True)
-        require_same_shape(spectra=spectra, out=out)
-    cross_spectra_kernel(
-        spectra,
-        np.ascontiguousarray(weight, dtype=np.float32),
-        np.ascontiguousarray(phase_x, dtype=np.complex64),
-        np.ascontiguousarray(phase_y, dtype=np.complex64),
-        out,
-        kernel_threads(n_threads),
+    weight = kernel_input("weight", weight, np.float32, (ny, nxh), source="the spectra's (ny, nxh)")
+    phases = REAL_KINDS + "c"
+    phase_x = kernel_input(
+        "phase_x", phase_x, np.complex64, (n, nxh), source="the spectra's (n, nxh)", kinds=phases
     )
+    phase_y = kernel_input(
+        "phase_y", phase_y, np.complex64, (n, ny), source="the spectra's (n, ny)", kinds=phases
+    )
+    out = output_buffer("out", out, spectra.shape, np.complex64, source="spectra")
+    cross_spectra_kernel(spectra, weight, phase_x, phase_y, out, kernel_threads(n_threads))
     return out

@@ -14,6 +14,7 @@ import numpy as np
 from prefect_beamline.ext._spotfind import dispersion_threshold_kernel, label_spots_kernel
 from prefect_beamline.ext.arguments import (
     kernel_threads,
+    output_buffer,
     require_array,
     require_integer,
     require_number,
@@ -90,11 +91,7 @@ def dispersion_threshold(
     """
     image, valid = _checked(image, mask)
     params = _checked_params(params)
-    if out is None:
-        out = np.empty(image.shape, dtype=np.bool_)
-    else:
-        require_array("out", out, dtypes=(np.bool_,), contiguous=True)
-        require_same_shape(image=image, out=out)
+    out = output_buffer("out", out, image.shape, np.bool_, source="image")
     threads = kernel_threads(n_threads)
     dispersion_threshold_kernel(
         image,

@@ -13,22 +13,17 @@ import numpy as np
 
 from prefect_beamline.ext._tomo_preprocess import normalise_kernel, ring_filter_kernel
 from prefect_beamline.ext.arguments import (
-    REAL_KINDS,
+    kernel_input,
     kernel_threads,
+    output_buffer,
     require_array,
+    require_buffer,
     require_integer,
     require_number,
-    require_shape,
 )
 
 RAW_DTYPES = (np.uint16, np.uint32, np.float32)
 MIN_TRANSMISSION = 1e-6
-
-
-def _float32_2d(array: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
-    require_array(name, array, kinds=REAL_KINDS)
-    require_shape(name, array, shape, source="the projections' (row, column)")
-    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def normalise(
@@ -55,14 +50,16 @@ def normalise(
         raise ValueError(f"min_transmission must be in (0, 1), got {min_transmission}")
     threads = kernel_threads(n_threads)
     n_angles, n_rows, n_columns = projections.shape
-    flat32 = _float32_2d(flat, (n_rows, n_columns), "flat")
-    dark32 = _float32_2d(dark, (n_rows, n_columns), "dark")
-    shape = (n_rows, n_angles, n_columns)
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    else:
-        require_array("out", out, dtypes=(np.float32,), contiguous=True)
-        require_shape("out", out, shape, source="the sinograms' (row, angle, column)")
+    source = "the projections' (row, column)"
+    flat32 = kernel_input("flat", flat, np.float32, (n_rows, n_columns), source=source)
+    dark32 = kernel_input("dark", dark, np.float32, (n_rows, n_columns), source=source)
+    out = output_buffer(
+        "out",
+        out,
+        (n_rows, n_angles, n_columns),
+        np.float32,
+        source="the sinograms' (row, angle, column)",
+    )
     normalise_kernel(
         np.ascontiguousarray(projections),
         flat32,
@@ -83,14 +80,7 @@ def ring_filter(sinograms: np.ndarray, *, width: int = 9, n_threads: int | None 
     in the slice) loses its offset, while features of the sample, which move across
     columns as the sample turns, are left alone.
     """
-    require_array(
-        "sinograms",
-        sinograms,
-        ndim=3,
-        axes="(row, angle, column)",
-        dtypes=(np.float32,),
-        contiguous=True,
-    )
+    require_buffer("sinograms", sinograms, np.float32, ndim=3, axes="(row, angle, column)")
     width = require_integer("width", width)
     if width < 3 or width % 2 == 0:
         raise ValueError(f"ring filter width must be an odd number >= 3, got {width}")

@@ -1,21 +1,32 @@
-"""Tasks every technique flow shares: the LIMS record of a job, result folders, events.
+"""The one job lifecycle every technique flow shares: LIMS job, job folder, events.
 
-A flow calls these in the same order whatever started it (automation, UI, CLI), so an
-automatic and a manual run leave the same records, differing only in `triggered_by`.
+    @technique_flow("mx-processing")
+    def process_mx(collection_id, parameters=None, collection=None, triggered_by="", ...):
+        chosen = merge_parameters(MXParameters, collection, parameters)
+        job = open_job(collection_id, collection, chosen, triggered_by=..., program=...)
+        with job.failure_recorded():
+            ...the technique's tasks...
+            job.attach(files)
+        return job.finish(summary, message="...")
+
+Whatever started the run (automation, UI, CLI, Python), it leaves the same records,
+differing only in `triggered_by`.
 """
 
 from __future__ import annotations
 
 import getpass
+import inspect
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prefect import Task, task
+from prefect import Flow, Task, flow, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
@@ -105,6 +116,37 @@ class Job:
     @property
     def data_collection_id(self) -> int:
         return self.collection.collection_id
+
+    def lims(self) -> Lims:
+        """The LIMS this job is recorded in."""
+        return open_lims(self.lims_block)
+
+    def attach(self, files: Sequence[tuple[Path, str]]) -> None:
+        """Register result files (path, ISPyB fileType), most important first."""
+        attach_result_files(self, files, self.lims_block)
+
+    @contextmanager
+    def failure_recorded(self, what: str = "") -> Iterator[None]:
+        """On any error inside: mark the job failed in the LIMS with the message (prefixed
+        with `what`, e.g. the movie), emit `beamline.processing.failed`, and re-raise."""
+        try:
+            yield
+        except Exception as error:
+            message = f"{what}: {error}" if what else str(error)
+            finish_processing_job(self, success=False, message=message, lims_block=self.lims_block)
+            publish_processing_event(self.collection, self, {"error": message}, success=False)
+            raise
+
+    def finish(self, summary: Mapping[str, Any], message: str) -> dict[str, Any]:
+        """Mark the job successful, publish the completion event, return the run's result."""
+        finish_processing_job(self, success=True, message=message, lims_block=self.lims_block)
+        result = {
+            **summary,
+            "results_dir": str(self.results_dir),
+            "processing_job_id": self.processing_job_id,
+        }
+        publish_processing_event(self.collection, self, result)
+        return result
 
 
 @task(**infrastructure_retries())
@@ -335,26 +377,31 @@ def open_job(
     )
 
 
-@contextmanager
-def failure_recorded(job: Job, what: str = "") -> Iterator[None]:
-    """On any error inside: mark the job failed in the LIMS with the message (prefixed
-    with `what`, e.g. the movie), emit `beamline.processing.failed`, and re-raise."""
-    try:
-        yield
-    except Exception as error:
-        message = f"{what}: {error}" if what else str(error)
-        finish_processing_job(job, success=False, message=message, lims_block=job.lims_block)
-        publish_processing_event(job.collection, job, {"error": message}, success=False)
-        raise
+# The parameters every technique flow takes, documented once: Prefect shows these
+# descriptions in the deployment's run form.
+FLOW_ARGUMENTS = """Args:
+    collection_id: LIMS dataCollectionId; a manual rerun needs only this.
+    parameters: this technique's settings; fields left out keep the values of the
+        DAQ's announcement, else their defaults.
+    collection: the DAQ's announcement (automations pass it; it is recorded in the LIMS).
+    triggered_by: "automation:<event id>" from a trigger, else who ran it.
+    lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
+"""
 
 
-def finish_job(job: Job, summary: Mapping[str, Any], message: str) -> dict[str, Any]:
-    """Mark the job successful, publish the completion event, return the run's result."""
-    finish_processing_job(job, success=True, message=message, lims_block=job.lims_block)
-    result = {
-        **summary,
-        "results_dir": str(job.results_dir),
-        "processing_job_id": job.processing_job_id,
-    }
-    publish_processing_event(job.collection, job, result)
-    return result
+def technique_flow(
+    name: str, *, more_arguments: str = ""
+) -> Callable[[Callable[..., Any]], Flow[..., Any]]:
+    """`@flow(name=..., log_prints=True)` with the shared arguments' documentation.
+
+    `more_arguments` documents a flow's own extra parameters in the same style
+    (`name: text`, continuation lines indented).
+    """
+    extra = textwrap.indent(textwrap.dedent(more_arguments).strip("\n"), " " * 4)
+
+    def decorate(function: Callable[..., Any]) -> Flow[..., Any]:
+        summary = inspect.cleandoc(function.__doc__ or "")
+        function.__doc__ = f"{summary}\n\n{FLOW_ARGUMENTS}{extra}"
+        return flow(name=name, log_prints=True)(function)
+
+    return decorate

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,13 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import (
     Job,
-    attach_result_files,
-    failure_recorded,
-    finish_job,
     infrastructure_retries,
     merge_parameters,
     open_job,
     open_lims,
+    technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.lims import CollectionDescription
@@ -111,7 +109,7 @@ class EMParameters(BaseModel):
 @task(**infrastructure_retries())
 def record_movie(job: Job, movie: str) -> int:
     """The Movie row (before processing, so a failed movie is still listed)."""
-    return records.record_movie(open_lims(job.lims_block), job.data_collection_id, movie)
+    return records.record_movie(job.lims(), job.data_collection_id, movie)
 
 
 @task(task_run_name="motioncor-ctf-{movie_name}")
@@ -141,7 +139,7 @@ def write_star_rows(
 def record_em_results(job: Job, movie_id: int, result: EMMovieResult) -> tuple[int, int | None]:
     """MotionCorrection (+ per-frame drift) and CTF rows; (motionCorrectionId, ctfId)."""
     return records.record_movie_result(
-        open_lims(job.lims_block), job.program_id, job.data_collection_id, movie_id, result
+        job.lims(), job.program_id, job.data_collection_id, movie_id, result
     )
 
 
@@ -154,7 +152,7 @@ def publish_movie_artifacts(collection: CollectionDescription, result: EMMovieRe
 @task(**infrastructure_retries())
 def publish_session_statistics(job: Job) -> dict[str, Any]:
     """Histograms of defocus, drift and fit resolution so far, as artifacts and files."""
-    recorded = records.em_results(open_lims(job.lims_block), job.data_collection_id)
+    recorded = records.em_results(job.lims(), job.data_collection_id)
     statistics = session.session_statistics(recorded)
     plot = session.write_session_statistics(session.session_folder(job.collection), statistics)
     report.publish_session_artifacts(job.data_collection_id, statistics, plot)
@@ -211,7 +209,13 @@ def announced_movie(movie: str | None, collection: CollectionEvent | None) -> st
     return movie or (collection.data_files[0] if collection else None)
 
 
-@flow(name=MOVIE_FLOW, log_prints=True)
+@technique_flow(
+    MOVIE_FLOW,
+    more_arguments="""
+    movie: the movie to (re)process; with neither it nor `collection` (a rerun naming
+        only the session), every movie of the collection is reprocessed, one run each.
+    """,
+)
 def process_em_movie(
     collection_id: int,
     parameters: EMParameters | None = None,
@@ -220,17 +224,7 @@ def process_em_movie(
     lims_block: str | None = None,
     movie: str | None = None,
 ) -> dict[str, Any]:
-    """Motion correction, dose weighting and CTF estimation of one movie.
-
-    Args:
-        collection_id: LIMS dataCollectionId of the session (grid square).
-        parameters: settings; fields left out keep their defaults or the DAQ's values.
-        collection: the DAQ's `images_ready` announcement; its first data file is the movie.
-        triggered_by: "automation:<event id>" from a trigger, else who ran it.
-        lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
-        movie: the movie to (re)process; with neither it nor `collection`, every movie of
-            the collection is reprocessed, one flow run each.
-    """
+    """Motion correction, dose weighting and CTF estimation of one movie."""
     movie = announced_movie(movie, collection)
     if movie is None:
         return reprocess_session(collection_id, parameters, triggered_by, lims_block)
@@ -245,14 +239,14 @@ def process_em_movie(
         data_file=movie,
     )
     n_threads = configured_compute().threads_per_chunk
-    with failure_recorded(job, what=Path(movie).name):
+    with job.failure_recorded(what=Path(movie).name):
         movie_id = record_movie(job, movie)
         result = correct_movie(movie, Path(movie).stem, chosen, job.results_dir, n_threads)
         files = write_star_rows(job, result, chosen)
         record_em_results(job, movie_id, result)
-        attach_result_files(job, files, lims_block)
+        job.attach(files)
         publish_movie_artifacts(job.collection, result)
-    summary = finish_job(job, report.movie_summary(result), report.movie_message(result))
+    summary = job.finish(report.movie_summary(result), report.movie_message(result))
     refresh_session_statistics(job)
     return summary
 
@@ -279,7 +273,10 @@ def wait_for_movie_runs(collection_id: int, timeout_s: float) -> int:
     return len(pending)
 
 
-@flow(name="em-session-summary", log_prints=True)
+@technique_flow(
+    "em-session-summary",
+    more_arguments="wait_timeout_s: how long to wait for the movie runs still going, s",
+)
 def em_session_summary(
     collection_id: int,
     parameters: dict[str, Any] | None = None,
@@ -297,13 +294,12 @@ def em_session_summary(
         lims_block=lims_block,
         program="session statistics",
     )
-    with failure_recorded(job):
+    with job.failure_recorded():
         folder = session.session_folder(job.collection)
         still_running = wait_for_movie_runs(collection_id, wait_timeout_s)
         statistics = publish_session_statistics(job)
-        attach_result_files(job, session.session_result_files(folder), lims_block)
-    return finish_job(
-        job,
+        job.attach(session.session_result_files(folder))
+    return job.finish(
         session.session_summary(statistics, still_running, folder),
         message=f"{statistics['n_movies']} movies summarised",
     )

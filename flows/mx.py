@@ -6,6 +6,7 @@ The flow a DAQ's `finished` event starts for a rotation or grid-scan collection 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,10 @@ from prefect_beamline.ext.spotfind import DispersionParameters, find_spots
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     Job,
-    attach_result_files,
-    failure_recorded,
-    finish_job,
     infrastructure_retries,
     merge_parameters,
     open_job,
-    open_lims,
+    technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.nxmx import NXmxCollection
@@ -72,14 +70,9 @@ class MXParameters(BaseModel):
     )
 
     def dispersion(self) -> DispersionParameters:
-        return DispersionParameters(
-            gain=self.gain,
-            sigma_background=self.sigma_background,
-            sigma_strong=self.sigma_strong,
-            kernel_size=self.kernel_size,
-            min_local=self.min_local,
-            global_threshold=self.global_threshold,
-        )
+        """The kernel's threshold settings: the fields both models name alike."""
+        names = {field.name for field in dataclasses.fields(DispersionParameters)}
+        return DispersionParameters(**self.model_dump(include=names))
 
 
 def data_signature(master_file: str) -> str:
@@ -206,7 +199,7 @@ def record_mx_results(
     job: Job, images: Sequence[ImageQuality], grid_result: GridResult | None
 ) -> None:
     """ImageQualityIndicators rows (one per image) and the grid result, idempotently."""
-    lims = open_lims(job.lims_block)
+    lims = job.lims()
     records.record_image_quality(lims, job.program_id, job.data_collection_id, images)
     if grid_result is not None:
         records.record_grid_result(lims, job.program_id, job.data_collection_id, grid_result)
@@ -224,7 +217,7 @@ def publish_mx_report(
     report.publish_artifacts(job.collection, images, summary, plot_file)
 
 
-@flow(name="mx-processing", log_prints=True)
+@technique_flow("mx-processing")
 def process_mx(
     collection_id: int,
     parameters: MXParameters | None = None,
@@ -232,16 +225,7 @@ def process_mx(
     triggered_by: str = "",
     lims_block: str | None = None,
 ) -> dict[str, Any]:
-    """Per-image spot finding for an MX collection, and the X-ray centre of a grid scan.
-
-    Args:
-        collection_id: LIMS dataCollectionId; a manual rerun needs only this.
-        parameters: spot-finding settings; fields left out keep their defaults or the
-            values the DAQ announced.
-        collection: the DAQ's announcement (automations pass it; it is recorded in the LIMS).
-        triggered_by: "automation:<event id>" from a trigger, else who ran it.
-        lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
-    """
+    """Per-image spot finding for an MX collection, and the X-ray centre of a grid scan."""
     chosen = merge_parameters(MXParameters, collection, parameters)
     job = open_job(
         collection_id,
@@ -251,13 +235,13 @@ def process_mx(
         lims_block=lims_block,
         program="spot finding (dispersion)",
     )
-    with failure_recorded(job):
+    with job.failure_recorded():
         first, last = count_images(job.collection)
         images = find_spots_on_every_image(job.collection, first, last, chosen)
         grid_result = locate_crystal(images, job.collection.grid, first)
         summary = summarise(images, grid_result)
         files = write_mx_results(job, images, summary)
         record_mx_results(job, images, grid_result)
-        attach_result_files(job, files, lims_block)
+        job.attach(files)
         publish_mx_report(job, images, summary, files)
-    return finish_job(job, summary, message=f"{summary['n_images']} images analysed")
+    return job.finish(summary, message=f"{summary['n_images']} images analysed")

@@ -14,20 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import (
     Job,
-    attach_result_files,
-    failure_recorded,
-    finish_job,
     infrastructure_retries,
     merge_parameters,
     open_job,
     open_lims,
+    technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.errors import DataFileError
@@ -135,9 +133,7 @@ def write_ptycho_images(job: Job, result: PtychoResult) -> list[tuple[Path, str]
 @task(**infrastructure_retries())
 def record_ptycho_result(job: Job, result: PtychoResult) -> None:
     """The PtychographyResult row of this job's program, idempotently."""
-    records.record_ptycho_result(
-        open_lims(job.lims_block), job.program_id, job.data_collection_id, result
-    )
+    records.record_ptycho_result(job.lims(), job.program_id, job.data_collection_id, result)
 
 
 @task
@@ -148,7 +144,7 @@ def publish_ptycho_artifacts(
     report.publish_artifacts(collection, result, files)
 
 
-@flow(name="ptycho-processing", log_prints=True)
+@technique_flow("ptycho-processing")
 def process_ptycho(
     collection_id: int,
     parameters: PtychoParameters | None = None,
@@ -156,16 +152,7 @@ def process_ptycho(
     triggered_by: str = "",
     lims_block: str | None = None,
 ) -> dict[str, Any]:
-    """Reconstruct object and probe of a ptychography scan; publish phase and amplitude.
-
-    Args:
-        collection_id: LIMS dataCollectionId; a manual rerun needs only this.
-        parameters: reconstruction settings; fields left out keep their defaults or the
-            values the DAQ announced.
-        collection: the DAQ's announcement (automations pass it; it is recorded in the LIMS).
-        triggered_by: "automation:<event id>" from a trigger, else who ran it.
-        lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
-    """
+    """Reconstruct object and probe of a ptychography scan; publish phase and amplitude."""
     chosen = merge_parameters(PtychoParameters, collection, parameters)
     job = open_job(
         collection_id,
@@ -176,12 +163,12 @@ def process_ptycho(
         program=chosen.algorithm,
     )
     n_threads = configured_compute().threads_per_chunk
-    with failure_recorded(job):
+    with job.failure_recorded():
         probe_file = resolve_probe_file(chosen.probe_from, lims_block)
         scan_file = scan_file_of(job.collection)
         result = reconstruct(job, scan_file, chosen, probe_file, n_threads)
         files = write_ptycho_images(job, result)
         record_ptycho_result(job, result)
-        attach_result_files(job, files, lims_block)
+        job.attach(files)
         publish_ptycho_artifacts(job.collection, result, files)
-    return finish_job(job, asdict(result), message=report.summary_line(result))
+    return job.finish(asdict(result), message=report.summary_line(result))

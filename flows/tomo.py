@@ -24,13 +24,10 @@ from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     Job,
-    attach_result_files,
-    failure_recorded,
-    finish_job,
     infrastructure_retries,
     merge_parameters,
     open_job,
-    open_lims,
+    technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.nxtomo import TomoScan
@@ -296,7 +293,7 @@ def write_tomo_summary(
 @task(**infrastructure_retries())
 def record_tomogram(job: Job, tomogram: TomogramRecord) -> None:
     """The Tomogram row: volume path, size, centre and previews (idempotent)."""
-    lims = open_lims(job.lims_block)
+    lims = job.lims()
     records.record_tomogram(lims, job.program_id, job.data_collection_id, tomogram)
 
 
@@ -306,7 +303,7 @@ def publish_tomo_report(job: Job, summary: dict[str, Any], tomogram: TomogramRec
     report.publish_artifacts(job.collection, summary, tomogram)
 
 
-@flow(name="tomo-processing", log_prints=True)
+@technique_flow("tomo-processing")
 def process_tomo(
     collection_id: int,
     parameters: TomoParameters | None = None,
@@ -314,16 +311,7 @@ def process_tomo(
     triggered_by: str = "",
     lims_block: str | None = None,
 ) -> dict[str, Any]:
-    """Reconstruct a tomography scan into a volume, with previews and LIMS rows.
-
-    Args:
-        collection_id: LIMS dataCollectionId; a manual rerun needs only this.
-        parameters: reconstruction settings; fields left out keep their defaults or the
-            values the DAQ announced.
-        collection: the DAQ's announcement (automations pass it; it is recorded in the LIMS).
-        triggered_by: "automation:<event id>" from a trigger, else who ran it.
-        lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
-    """
+    """Reconstruct a tomography scan into a volume, with previews and LIMS rows."""
     chosen = merge_parameters(TomoParameters, collection, parameters)
     job = open_job(
         collection_id,
@@ -333,7 +321,7 @@ def process_tomo(
         lims_block=lims_block,
         program="filtered back projection",
     )
-    with failure_recorded(job):
+    with job.failure_recorded():
         scan = inspect_scan(job.collection.data_files[0])
         rows = slice_range(scan, chosen)
         centre = find_centre(scan, rows, chosen)
@@ -344,10 +332,9 @@ def process_tomo(
         )
         files = write_tomo_summary(job, summary, tomogram)
         record_tomogram(job, tomogram)
-        attach_result_files(job, files, lims_block)
+        job.attach(files)
         publish_tomo_report(job, summary, tomogram)
-    return finish_job(
-        job,
+    return job.finish(
         summary,
         message=f"{tomogram.size_z} slices reconstructed, "
         f"centre {tomogram.centre_of_rotation:.2f} px",

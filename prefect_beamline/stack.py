@@ -19,8 +19,12 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from prefect_beamline.lims import Lims
 
 SERVER_START_TIMEOUT_S = 120.0
 PROCESS_START_TIMEOUT_S = 90.0
@@ -119,6 +123,13 @@ class LocalStack:
     @property
     def ui_url(self) -> str:
         return self.api_url.removesuffix("/api")
+
+    @property
+    def lims(self) -> Lims:
+        """The LIMS the stack's flows write."""
+        from prefect_beamline.lims import Lims
+
+        return Lims(self.env["PREFECT_BEAMLINE_LIMS_URL"])
 
     def process(self, name: str) -> ManagedProcess:
         return next(p for p in self.processes if p.name == name)

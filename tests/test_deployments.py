@@ -13,6 +13,7 @@ from prefect_beamline.deployments import (
 )
 from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.runs import parse_assignment
+from tests.helpers import collection_event
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -34,17 +35,7 @@ def test_every_deployment_is_triggered_by_a_collection_event_of_the_gateway() ->
 
 
 def test_triggers_match_the_labels_the_gateway_emits() -> None:
-    event = CollectionEvent(
-        event_id="e1",
-        kind=CollectionEventKind.finished,
-        technique="mx",
-        experiment_type="gridscan",
-        beamline="i03",
-        visit="mx1-1",
-        collection_id=7,
-        data_files=["/data/x_master.h5"],
-    )
-    resource = event.to_prefect_event()["resource"]
+    resource = collection_event(7, experiment_type="gridscan").to_prefect_event()["resource"]
     matching = [
         spec.name
         for spec in read_deployment_specs(REPOSITORY / "prefect.yaml")

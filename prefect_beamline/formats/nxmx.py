@@ -19,7 +19,7 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle-LZ4 filter the data f
 import numpy as np
 
 from prefect_beamline.formats.errors import DataFileError
-from prefect_beamline.formats.reader import FileReader
+from prefect_beamline.formats.reader import FileReader, open_hdf5
 
 ENTRY = "/entry"
 DATA_GROUP = "/entry/data"
@@ -118,14 +118,7 @@ class NXmxCollection(FileReader):
         self.master_file = Path(master_file)
         self._files: list[h5py.File] = []
         self._valid: np.ndarray | None = None
-        if not self.master_file.is_file():
-            raise NXmxError(f"{self.master_file}: master file does not exist")
-        try:
-            self._master = h5py.File(self.master_file, "r")
-        except OSError as error:
-            raise NXmxError(
-                f"{self.master_file}: not a readable HDF5 master file ({error})"
-            ) from error
+        self._master = open_hdf5(self.master_file, NXmxError, "master")
         self._files.append(self._master)
         try:
             self._blocks = self._open_data_blocks()

@@ -22,7 +22,7 @@ import hdf5plugin  # noqa: F401  (registers compression filters facility files m
 import numpy as np
 
 from prefect_beamline.formats.errors import DataFileError
-from prefect_beamline.formats.reader import FileReader
+from prefect_beamline.formats.reader import FileReader, open_hdf5
 
 NXTOMO_DATA = "/entry/instrument/detector/data"
 NXTOMO_IMAGE_KEY = "/entry/instrument/detector/image_key"
@@ -63,12 +63,7 @@ class TomoScan(FileReader):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TomoScanError(f"{self.path}: scan file does not exist")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise TomoScanError(f"{self.path}: not a readable HDF5 file ({error})") from error
+        self._file = open_hdf5(self.path, TomoScanError, "scan")
         try:
             self.layout: Layout = self._detect_layout()
             if self.layout == "nxtomo":

@@ -26,7 +26,7 @@ import hdf5plugin  # noqa: F401  (registers the compression filters detector fil
 import numpy as np
 
 from prefect_beamline.formats.errors import DataFileError
-from prefect_beamline.formats.reader import FileReader
+from prefect_beamline.formats.reader import FileReader, open_hdf5
 
 FRAMES = "/entry/data/data"
 POSITION_GROUPS = ("/entry/data", "/entry/sample/transformations")
@@ -78,12 +78,7 @@ class PtychoScan(FileReader):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise PtychoFileError(f"{self.path}: scan file does not exist")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise PtychoFileError(f"{self.path}: not a readable HDF5 file ({error})") from None
+        self._file = open_hdf5(self.path, PtychoFileError, "scan")
         try:
             self._frames = self._dataset(FRAMES)
             if self._frames.ndim != 3:

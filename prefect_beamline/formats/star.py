@@ -20,6 +20,7 @@ import pandas as pd
 import starfile
 
 MICROGRAPH_KEY = "rlnMicrographName"
+OPTICS_GROUP = 1  # the one optics group of a session's tables (RELION numbers from 1)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Optics:
             [
                 {
                     "rlnOpticsGroupName": self.group_name,
-                    "rlnOpticsGroup": 1,
+                    "rlnOpticsGroup": OPTICS_GROUP,
                     "rlnMicrographOriginalPixelSize": self.pixel_size_angstrom,
                     "rlnVoltage": self.voltage_kv,
                     "rlnSphericalAberration": self.cs_mm,
@@ -48,17 +49,21 @@ class Optics:
         )
 
 
+def _micrograph_row(micrograph: str, **columns: Any) -> dict[str, Any]:
+    """A micrographs-table row: the micrograph, its optics group, then `columns`."""
+    return {MICROGRAPH_KEY: micrograph, "rlnOpticsGroup": OPTICS_GROUP, **columns}
+
+
 def motion_row(
     micrograph: str, total_motion: float, early_motion: float, late_motion: float
 ) -> dict[str, Any]:
     """A `corrected_micrographs.star` row (motion in Å, as RELION accumulates it)."""
-    return {
-        "rlnMicrographName": micrograph,
-        "rlnOpticsGroup": 1,
-        "rlnAccumMotionTotal": total_motion,
-        "rlnAccumMotionEarly": early_motion,
-        "rlnAccumMotionLate": late_motion,
-    }
+    return _micrograph_row(
+        micrograph,
+        rlnAccumMotionTotal=total_motion,
+        rlnAccumMotionEarly=early_motion,
+        rlnAccumMotionLate=late_motion,
+    )
 
 
 def ctf_row(
@@ -71,17 +76,16 @@ def ctf_row(
     max_resolution: float,
 ) -> dict[str, Any]:
     """A `micrographs_ctf.star` row (defocus in Å, angle in degrees, resolution in Å)."""
-    return {
-        "rlnMicrographName": micrograph,
-        "rlnOpticsGroup": 1,
-        "rlnCtfImage": power_spectrum,
-        "rlnDefocusU": defocus_u,
-        "rlnDefocusV": defocus_v,
-        "rlnCtfAstigmatism": abs(defocus_u - defocus_v),
-        "rlnDefocusAngle": angle_deg,
-        "rlnCtfFigureOfMerit": figure_of_merit,
-        "rlnCtfMaxResolution": max_resolution,
-    }
+    return _micrograph_row(
+        micrograph,
+        rlnCtfImage=power_spectrum,
+        rlnDefocusU=defocus_u,
+        rlnDefocusV=defocus_v,
+        rlnCtfAstigmatism=abs(defocus_u - defocus_v),
+        rlnDefocusAngle=angle_deg,
+        rlnCtfFigureOfMerit=figure_of_merit,
+        rlnCtfMaxResolution=max_resolution,
+    )
 
 
 def write_table(path: Path, optics: Optics, rows: Sequence[Mapping[str, Any]]) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -60,10 +59,12 @@ from prefect_beamline.lims.transaction import (
     backoff_s,
     check_length,
     clip,
+    first_or_add,
     lock_program,
     naive_utc,
     now,
     retrying,
+    rows_by_key,
     transaction,
 )
 
@@ -411,16 +412,11 @@ class Lims:
         name = check_length(path.name, PATH_LENGTH, "AutoProcProgramAttachment.fileName")
         with self.transaction(write=True) as session:
             lock_program(session, program_id)
-            row = session.scalar(
-                select(AutoProcProgramAttachment).filter_by(
-                    autoProcProgramId=program_id, filePath=directory, fileName=name
-                )
+            row = first_or_add(
+                session,
+                AutoProcProgramAttachment,
+                {"autoProcProgramId": program_id, "filePath": directory, "fileName": name},
             )
-            if row is None:
-                row = AutoProcProgramAttachment(
-                    autoProcProgramId=program_id, filePath=directory, fileName=name
-                )
-                session.add(row)
             row.fileType = file_type
             row.importanceRank = importance_rank
             row.recordTimeStamp = now()
@@ -441,17 +437,14 @@ class Lims:
             if not jobs:
                 return []
             job_ids = [job.processingJobId for job in jobs]
-            parameters: dict[int, dict[str, str]] = defaultdict(dict)
-            for job_id, key, value in session.execute(
-                select(
-                    ProcessingJobParameter.processingJobId,
-                    ProcessingJobParameter.parameterKey,
-                    ProcessingJobParameter.parameterValue,
-                )
-                .where(ProcessingJobParameter.processingJobId.in_(job_ids))
-                .order_by(ProcessingJobParameter.processingJobParameterId)
-            ):
-                parameters[job_id or 0][key or ""] = value or ""
+            parameters = rows_by_key(
+                session,
+                ProcessingJobParameter.processingJobId,
+                job_ids,
+                ProcessingJobParameter.parameterKey,
+                ProcessingJobParameter.parameterValue,
+                order_by=[ProcessingJobParameter.processingJobParameterId],
+            )
             programs: dict[int, AutoProcProgram] = {}
             for program in session.scalars(
                 select(AutoProcProgram)
@@ -459,22 +452,19 @@ class Lims:
                 .order_by(AutoProcProgram.autoProcProgramId)
             ):
                 programs.setdefault(program.processingJobId or 0, program)
-            program_ids = [program.autoProcProgramId for program in programs.values()]
-            attachments: dict[int, list[str]] = defaultdict(list)
-            if program_ids:
-                for program_id, directory, name in session.execute(
-                    select(
-                        AutoProcProgramAttachment.autoProcProgramId,
-                        AutoProcProgramAttachment.filePath,
-                        AutoProcProgramAttachment.fileName,
-                    )
-                    .where(AutoProcProgramAttachment.autoProcProgramId.in_(program_ids))
-                    .order_by(AutoProcProgramAttachment.autoProcProgramAttachmentId)
-                ):
-                    attachments[program_id].append(str(Path(directory) / name))
+            attachments = rows_by_key(
+                session,
+                AutoProcProgramAttachment.autoProcProgramId,
+                [program.autoProcProgramId for program in programs.values()],
+                AutoProcProgramAttachment.filePath,
+                AutoProcProgramAttachment.fileName,
+                order_by=[AutoProcProgramAttachment.autoProcProgramAttachmentId],
+            )
         summaries = []
         for job in jobs:
-            values = parameters[job.processingJobId]
+            values = {
+                key or "": value or "" for key, value in parameters.get(job.processingJobId, [])
+            }
             triggered_by = values.pop(TRIGGERED_BY_PARAMETER, None)
             run_key = values.pop(RUN_KEY_PARAMETER, None)
             job_program = programs.get(job.processingJobId)
@@ -496,7 +486,10 @@ class Lims:
                     program_message=job_program.processingMessage if job_program else None,
                     program_start=job_program.processingStartTime if job_program else None,
                     program_end=job_program.processingEndTime if job_program else None,
-                    attachments=attachments.get(job_program_id or -1, []),
+                    attachments=[
+                        str(Path(directory) / name)
+                        for directory, name in attachments.get(job_program_id or -1, [])
+                    ],
                 )
             )
         return summaries

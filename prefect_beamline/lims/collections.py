@@ -23,7 +23,7 @@ from prefect_beamline.lims.schema import (
     GridInfo,
     Proposal,
 )
-from prefect_beamline.lims.transaction import check_length, now
+from prefect_beamline.lims.transaction import check_length, first_or_add, first_row, now
 
 _VISIT = re.compile(r"^([A-Za-z]+)(\d+)-(0|[1-9]\d*)$")
 _TEMPLATE_STEM = re.compile(r"^(.*?)(?:_master|_#+)?$")
@@ -90,15 +90,7 @@ def upsert_session(
 
 
 def upsert_grid(session: Session, collection: DataCollection, grid: GridScan) -> None:
-    row = session.scalar(
-        select(GridInfo)
-        .filter_by(dataCollectionId=collection.dataCollectionId)
-        .order_by(GridInfo.gridInfoId)
-        .limit(1)
-    )
-    if row is None:
-        row = GridInfo(dataCollectionId=collection.dataCollectionId)
-        session.add(row)
+    row = first_or_add(session, GridInfo, {"dataCollectionId": collection.dataCollectionId})
     row.dataCollectionGroupId = collection.dataCollectionGroupId
     row.steps_x, row.steps_y = grid.steps_x, grid.steps_y
     row.dx_mm, row.dy_mm = grid.dx_um / 1000.0, grid.dy_um / 1000.0
@@ -109,20 +101,12 @@ def upsert_grid(session: Session, collection: DataCollection, grid: GridScan) ->
 
 def read_grid(session: Session, collection: DataCollection) -> GridScan | None:
     """The collection's GridInfo (or, as older ISPyB has it, its group's)."""
-    row = session.scalar(
-        select(GridInfo)
-        .filter_by(dataCollectionId=collection.dataCollectionId)
-        .order_by(GridInfo.gridInfoId)
-        .limit(1)
-    ) or session.scalar(
-        select(GridInfo)
-        .where(
-            GridInfo.dataCollectionGroupId == collection.dataCollectionGroupId,
-            GridInfo.dataCollectionId.is_(None),
+    row = first_row(session, GridInfo, {"dataCollectionId": collection.dataCollectionId})
+    if row is None:  # the group's own GridInfo (filter_by renders None as IS NULL)
+        group_id = collection.dataCollectionGroupId
+        row = first_row(
+            session, GridInfo, {"dataCollectionGroupId": group_id, "dataCollectionId": None}
         )
-        .order_by(GridInfo.gridInfoId)
-        .limit(1)
-    )
     if row is None or None in (row.steps_x, row.steps_y, row.dx_mm, row.dy_mm):
         return None
     assert row.steps_x is not None and row.steps_y is not None

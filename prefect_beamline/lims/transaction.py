@@ -1,4 +1,4 @@
-"""Transactions and the helpers every LIMS write uses, core or technique.
+"""Transactions and the helpers every LIMS write and read uses, core or technique.
 
 Every write is safe to repeat: a retried Prefect task calls it again with the same
 arguments and finds its rows already there. Concurrent writers (task threads, several
@@ -15,6 +15,7 @@ import functools
 import logging
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,11 +24,11 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import Engine, Table, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.dml import Insert
 
 from prefect_beamline.lims.engine import WRITE_OPTION
-from prefect_beamline.lims.schema import AutoProcProgram, ProcessingJob
+from prefect_beamline.lims.schema import AutoProcProgram, Base, ProcessingJob
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ _TRANSIENT_MESSAGES = ("database is locked", "database table is locked", "unique
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Row = TypeVar("Row", bound=Base)
 
 
 def backoff_s(attempt: int) -> float:
@@ -118,6 +120,50 @@ def lock_program(
                 f"not {data_collection_id}"
             )
     return program
+
+
+def first_row(session: Session, model: type[Row], keys: Mapping[str, Any]) -> Row | None:
+    """The row of `model` whose columns hold `keys`, the first by primary key, or None."""
+    primary_key = model.__mapper__.primary_key
+    return session.scalar(select(model).filter_by(**keys).order_by(*primary_key).limit(1))
+
+
+def first_or_add(session: Session, model: type[Row], keys: Mapping[str, Any], **new: Any) -> Row:
+    """`first_row`, or a new row with `keys` and the `new` values, added to the session:
+    the row an idempotent write creates once and updates when it is called again."""
+    row = first_row(session, model, keys)
+    if row is None:
+        row = model(**keys, **new)
+        session.add(row)
+    return row
+
+
+def program_result_row(
+    session: Session, model: type[Row], program_id: int, data_collection_id: int
+) -> Row:
+    """The one row of `model` a program writes (a table unique on autoProcProgramId, with
+    the dataCollectionId it processed), new the first time; the program is locked and
+    checked to process that collection first."""
+    lock_program(session, program_id, data_collection_id)
+    keys = {"autoProcProgramId": program_id}
+    return first_or_add(session, model, keys, dataCollectionId=data_collection_id)
+
+
+def rows_by_key(
+    session: Session,
+    key: InstrumentedAttribute[Any],
+    ids: Sequence[int],
+    *columns: InstrumentedAttribute[Any],
+    order_by: Sequence[InstrumentedAttribute[Any]],
+) -> dict[int, list[tuple[Any, ...]]]:
+    """The `columns` of every row whose `key` column is one of `ids`, grouped by key, in
+    `order_by` order within each group: the children of many parents in one query."""
+    grouped: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    if ids:
+        query = select(key, *columns).where(key.in_(ids)).order_by(*order_by)
+        for parent, *values in session.execute(query):
+            grouped[parent].append(tuple(values))
+    return grouped
 
 
 def upsert(

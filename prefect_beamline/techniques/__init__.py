@@ -32,6 +32,10 @@ class Benchmark:
 class TechniqueSpec:
     """What the rest of the system needs to know about one technique.
 
+    The technique's package holds, by convention, the modules `records` (its LIMS
+    tables and writes), `demo` (`run_demo(workdir, **options) -> dict`, `print_report`)
+    and `synth` (synthetic data with known truth); `module(which)` imports one.
+
     Attributes:
         name: the short word used everywhere (modules, flows `<name>-processing`,
             deployments, labels, docs, test folders).
@@ -40,29 +44,24 @@ class TechniqueSpec:
             experiment_type; the first entry for an experiment_type is the one written,
             the others are accepted when reading a database another program wrote.
         deployments: the deployments of `prefect.yaml` that run this technique.
-        records: module declaring the technique's LIMS tables and writes.
-        demo: module with `run_demo(workdir, **options) -> dict` and `print_report`.
-        synth: module writing synthetic data with known truth.
         benchmarks: benchmark name -> module and description.
         cli: optional `module:function` that adds subcommands to the CLI's subparsers.
+        package: the technique's package; default `prefect_beamline.techniques.<name>`
+            (a technique shipped in another distribution names its own).
     """
 
     name: str
     title: str
     experiment_types: tuple[tuple[str, str], ...]
     deployments: tuple[str, ...]
-    records: str | None = None
-    demo: str | None = None
-    synth: str | None = None
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     cli: str | None = None
+    package: str = ""
 
     def module(self, which: str) -> ModuleType:
-        """Import the module the spec names as `which` ("records", "demo", "synth")."""
-        path = getattr(self, which)
-        if not path:
-            raise LookupError(f"technique {self.name!r} has no {which} module")
-        return importlib.import_module(path)
+        """Import the technique's module `which` ("records", "demo", "synth", ...)."""
+        package = self.package or f"{__name__}.{self.name}"
+        return importlib.import_module(f"{package}.{which}")
 
 
 @functools.cache
@@ -99,5 +98,4 @@ def technique_names() -> tuple[str, ...]:
 def import_records() -> None:
     """Import every technique's LIMS tables, so the metadata holds them all."""
     for spec in registry().values():
-        if spec.records:
-            spec.module("records")
+        spec.module("records")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from prefect_beamline.demo import stack_lims
 from prefect_beamline.lims import ProcessingJobSummary
 from prefect_beamline.stack import LocalStack, cli
 from prefect_beamline.techniques import registry, technique
@@ -39,7 +38,7 @@ def test_demo_reports_the_collection_and_its_saved_command_reruns_it(
     assert report["state"] == "COMPLETED", report.get("logs")
     expected.check(report)
 
-    lims = stack_lims(stack)
+    lims = stack.lims
     collection_id = report["collection_id"]
     automatic = [job for job in lims.jobs_for_collection(collection_id) if job.automatic]
     assert automatic and all(job.program_status == "success" for job in automatic)
@@ -72,7 +71,7 @@ def wait_for_manual_jobs(
     deadline = time.monotonic() + RERUN_TIMEOUT_S
     manual: list[ProcessingJobSummary] = []
     while time.monotonic() < deadline:
-        jobs = stack_lims(stack).jobs_for_collection(collection_id)
+        jobs = stack.lims.jobs_for_collection(collection_id)
         manual = [job for job in jobs if not job.automatic]
         if len(manual) >= count and all(
             job.program_status in ("success", "failed") for job in manual

@@ -8,9 +8,7 @@ collection reprocesses every movie with changed parameters, one run per movie.
 from __future__ import annotations
 
 import getpass
-import itertools
 import shutil
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -21,9 +19,8 @@ import pytest
 from prefect_beamline.demo import post_event
 from prefect_beamline.events import CollectionEventKind
 from prefect_beamline.formats.star import read_micrographs
-from prefect_beamline.lims import Lims
 from prefect_beamline.runs import FlowRunInfo
-from prefect_beamline.stack import LocalStack, cli
+from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.em import records
 from prefect_beamline.techniques.em.demo import (
     MOVIE_DEPLOYMENT,
@@ -33,10 +30,10 @@ from prefect_beamline.techniques.em.demo import (
     wait_for_runs,
 )
 from prefect_beamline.techniques.em.synth import write_em_session
+from tests.e2e.helpers import cli_rerun, next_collection_id
 
 pytestmark = pytest.mark.e2e
 RUN_TIMEOUT_S = 240.0
-_collection_ids = itertools.count(4000)
 
 
 def most_at_once(stack: LocalStack, runs: list[FlowRunInfo]) -> int:
@@ -55,7 +52,7 @@ def most_at_once(stack: LocalStack, runs: list[FlowRunInfo]) -> int:
 
 
 def test_each_movie_is_processed_by_its_own_run(stack: LocalStack, tmp_path: Path) -> None:
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     session = write_em_session(
         tmp_path / "GridSquare_1" / "Data", n_movies=3, n_frames=8, shape=(384, 384), seed=21
     )
@@ -84,7 +81,7 @@ def test_each_movie_is_processed_by_its_own_run(stack: LocalStack, tmp_path: Pat
     limit = deployment.json().get("global_concurrency_limit") or {}
     assert limit.get("limit") == 2
 
-    lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+    lims = stack.lims
     jobs = lims.jobs_for_collection(collection_id)
     assert len(jobs) == 4 and all(j.recipe == "em-movie" and j.automatic for j in jobs)
     (failed,) = [j for j in jobs if j.program_status == "failed"]
@@ -118,14 +115,7 @@ def test_each_movie_is_processed_by_its_own_run(stack: LocalStack, tmp_path: Pat
     assert (shared / "session_histograms.png").stat().st_size > 1000
 
     # Reprocess the whole session with another dose: one new run per movie.
-    done = subprocess.run(
-        cli("rerun", str(collection_id), "--set", "dose_per_frame=2.0", "--wait"),
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
+    cli_rerun(stack, collection_id, "dose_per_frame=2.0", timeout_s=RUN_TIMEOUT_S)
     runs = wait_for_runs(stack, MOVIE_DEPLOYMENT, collection_id, 9, RUN_TIMEOUT_S)
     assert sorted(r.state for r in runs).count("COMPLETED") == 7  # 3 + dispatcher + 3
     results = records.em_results(lims, collection_id)

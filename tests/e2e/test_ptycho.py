@@ -6,45 +6,34 @@ flow-run process killed mid-reconstruction and retried from its checkpoint."""
 from __future__ import annotations
 
 import getpass
-import itertools
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from prefect_beamline.demo import post_event
-from prefect_beamline.lims import Lims
 from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
-from prefect_beamline.stack import LocalStack, cli
+from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.ptycho import records
-from prefect_beamline.techniques.ptycho.demo import demo_event
+from prefect_beamline.techniques.ptycho.demo import DEPLOYMENT, demo_event
 from prefect_beamline.techniques.ptycho.results_file import read_reconstruction
 from prefect_beamline.techniques.ptycho.synth import SyntheticScan, write_ptycho_scan
+from tests.e2e.helpers import (
+    RUN_TIMEOUT_S,
+    announce,
+    artifacts,
+    cli_rerun,
+    completed_run,
+    final_run,
+    next_collection_id,
+)
 from tests.techniques.ptycho.metrics import is_decreasing
 
 pytestmark = pytest.mark.e2e
-DEPLOYMENT = "ptycho-processing/ptycho-reconstruction"
-RUN_TIMEOUT_S = 180.0
 MAX_PHASE_NRMSE = 0.1
-_collection_ids = itertools.count(5001)
-
-
-def announce(stack: LocalStack, scan_file: Path, collection_id: int, **overrides: Any) -> str:
-    event = demo_event(scan_file, collection_id, overrides)
-    post_event(stack, event)
-    return event.event_id
-
-
-def finished_run(stack: LocalStack, collection_id: int) -> tuple[str, str]:
-    run = wait_for_new_flow_run(stack.api_url, DEPLOYMENT, collection_id, set(), RUN_TIMEOUT_S)
-    final = wait_for_state(stack.api_url, run.id, TERMINAL_STATES, RUN_TIMEOUT_S)
-    return final.id, final.state
 
 
 def phase_error(scan: SyntheticScan, reconstruction_file: str) -> float:
@@ -54,15 +43,14 @@ def phase_error(scan: SyntheticScan, reconstruction_file: str) -> float:
 def test_webhook_reconstructs_the_scan_into_files_lims_and_artifacts(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = write_ptycho_scan(tmp_path / "data", n_positions=100, seed=3)
-    event_id = announce(stack, scan.scan_file, collection_id, iterations=60)
-    _, state = finished_run(stack, collection_id)
-    assert state == "COMPLETED", stack.logs()
+    event = announce(stack, demo_event(scan.scan_file, collection_id, {"iterations": 60}))
+    completed_run(stack, DEPLOYMENT, collection_id)
 
-    lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+    lims = stack.lims
     (job,) = lims.jobs_for_collection(collection_id)
-    assert job.automatic and job.triggered_by == f"automation:{event_id}"
+    assert job.automatic and job.triggered_by == f"automation:{event.event_id}"
     assert job.program_status == "success" and job.parameters["iterations"] == 60
     names = {Path(a).name for a in job.attachments}
     assert names == {
@@ -79,49 +67,28 @@ def test_webhook_reconstructs_the_scan_into_files_lims_and_artifacts(
     saved = read_reconstruction(Path(result.reconstruction_file))
     assert is_decreasing(saved.errors) and result.final_error == pytest.approx(saved.errors[-1])
 
-    keys = [f"ptycho-dc{collection_id}-report", f"ptycho-dc{collection_id}-error"]
-    artifacts = httpx.post(
-        f"{stack.api_url}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": keys}}},
-        timeout=10.0,
-    ).json()
-    assert {a["key"] for a in artifacts} == set(keys)
+    artifacts(stack, [f"ptycho-dc{collection_id}-report", f"ptycho-dc{collection_id}-error"])
 
 
 def test_rerun_with_rpie_and_the_earlier_probe_is_a_separate_job(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = write_ptycho_scan(tmp_path / "data", n_positions=100, seed=4)
-    announce(stack, scan.scan_file, collection_id, iterations=40)
-    _, state = finished_run(stack, collection_id)
-    assert state == "COMPLETED", stack.logs()
-    lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+    announce(stack, demo_event(scan.scan_file, collection_id, {"iterations": 40}))
+    completed_run(stack, DEPLOYMENT, collection_id)
+    lims = stack.lims
     first_job = lims.jobs_for_collection(collection_id)[0]
 
-    done = subprocess.run(
-        cli(
-            "rerun",
-            str(collection_id),
-            "--set",
-            "algorithm=rpie",
-            "--set",
-            "alpha=0.2",
-            "--set",
-            "iterations=10",
-            "--set",
-            f"probe_from={first_job.processing_job_id}",
-            "--wait",
-            "--timeout",
-            "180",
-        ),
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    output = cli_rerun(
+        stack,
+        collection_id,
+        "algorithm=rpie",
+        "alpha=0.2",
+        "iterations=10",
+        f"probe_from={first_job.processing_job_id}",
     )
-    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
-    assert DEPLOYMENT in done.stdout and "COMPLETED" in done.stdout
+    assert DEPLOYMENT in output and "COMPLETED" in output
     jobs = lims.jobs_for_collection(collection_id)
     assert [j.automatic for j in jobs] == [True, False]
     assert jobs[1].triggered_by == f"cli:{getpass.getuser()}"
@@ -174,9 +141,10 @@ def test_killed_run_retried_resumes_from_its_checkpoint(stack: LocalStack, tmp_p
     """The flow-run process is SIGKILLed once a checkpoint exists: Prefect marks the run
     CRASHED. Retrying the same flow run (what the UI's Retry does) gets the same job and
     results folder, and the reconstruction continues from the checkpoint."""
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = write_ptycho_scan(tmp_path / "data", n_positions=100, seed=5)
-    announce(stack, scan.scan_file, collection_id, iterations=300, iterations_per_checkpoint=20)
+    parameters = {"iterations": 300, "iterations_per_checkpoint": 20}
+    announce(stack, demo_event(scan.scan_file, collection_id, parameters))
     run = wait_for_new_flow_run(stack.api_url, DEPLOYMENT, collection_id, set(), RUN_TIMEOUT_S)
 
     checkpoints = scan.scan_file.parent / "processing" / "ptycho-reconstruction"  # the recipe
@@ -207,8 +175,7 @@ def test_killed_run_retried_resumes_from_its_checkpoint(stack: LocalStack, tmp_p
     final = wait_for_state(stack.api_url, run.id, TERMINAL_STATES, RUN_TIMEOUT_S)
     assert final.state == "COMPLETED", stack.logs()
 
-    lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
-    (job,) = lims.jobs_for_collection(collection_id)  # the same job, not a second one
+    (job,) = stack.lims.jobs_for_collection(collection_id)  # the same job, not a second one
     assert job.program_status == "success"
     summary = json.loads((checkpoint.parent / "summary.json").read_text())
     assert summary["resumed_from_iteration"] >= killed_at
@@ -223,14 +190,13 @@ def test_a_scan_without_positions_fails_naming_the_file_and_field(
 ) -> None:
     import h5py
 
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = write_ptycho_scan(tmp_path / "data", n_positions=16, seed=6)
     with h5py.File(scan.scan_file, "a") as handle:
         del handle["/entry/data/x"]
-    announce(stack, scan.scan_file, collection_id)
-    _, state = finished_run(stack, collection_id)
-    assert state == "FAILED"
-    (job,) = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"]).jobs_for_collection(collection_id)
+    announce(stack, demo_event(scan.scan_file, collection_id, {}))
+    assert final_run(stack, DEPLOYMENT, collection_id).state == "FAILED"
+    (job,) = stack.lims.jobs_for_collection(collection_id)
     assert job.program_status == "failed"
     assert scan.scan_file.name in (job.program_message or "")
     assert "positions" in (job.program_message or "")

@@ -2,17 +2,13 @@
 Prefect event -> automation -> served `tomo-reconstruction` deployment -> completed flow
 -> NeXus volume, previews, artifacts, LIMS rows (Tomogram included) -> completion event.
 
-Uses the session-wide embedded stack of conftest.py and collection ids from 3001 up.
+Uses the session-wide embedded stack of conftest.py.
 """
 
 from __future__ import annotations
 
 import getpass
-import itertools
 import json
-import subprocess
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,68 +17,37 @@ import httpx
 import pytest
 
 from prefect_beamline.blocks.compute import Compute
-from prefect_beamline.demo import post_event
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.events import CollectionEvent
 from prefect_beamline.formats.nxtomo import NXTOMO_DATA
-from prefect_beamline.lims import Lims
-from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
-from prefect_beamline.stack import LocalStack, cli
+from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.tomo import records
+from prefect_beamline.techniques.tomo.demo import DEPLOYMENT, demo_event
 from prefect_beamline.techniques.tomo.synth import SyntheticTomoScan, write_tomo_scan
 from tests.e2e.compute import stack_computes_on
+from tests.e2e.helpers import (
+    announce,
+    artifacts,
+    cli_rerun,
+    completed_events,
+    completed_run,
+    final_run,
+    next_collection_id,
+)
 
 pytestmark = pytest.mark.e2e
-DEPLOYMENT = "tomo-processing/tomo-reconstruction"
-RUN_TIMEOUT_S = 180.0
 CENTRE_TOLERANCE_PX = 0.5
-_collection_ids = itertools.count(3001)
 
 
 def small_scan(folder: Path, seed: int) -> SyntheticTomoScan:
     return write_tomo_scan(folder, n_columns=96, n_rows=6, n_projections=120, seed=seed)
 
 
-def announce(
+def announce_tomo(
     stack: LocalStack, scan_file: Path, collection_id: int, **processing_parameters: object
 ) -> CollectionEvent:
     """POST the DAQ's `finished` event; slices in chunks of 2 unless told otherwise."""
-    event = CollectionEvent(
-        event_id=f"test-{uuid.uuid4()}",
-        kind=CollectionEventKind.finished,
-        technique="tomo",
-        beamline="i13",
-        visit="mg12345-1",
-        collection_id=collection_id,
-        data_files=[str(scan_file)],
-        processing_parameters={"slices_per_chunk": 2, **processing_parameters},
-    )
-    post_event(stack, event)
-    return event
-
-
-def final_state(stack: LocalStack, collection_id: int) -> tuple[str, str]:
-    run = wait_for_new_flow_run(stack.api_url, DEPLOYMENT, collection_id, set(), RUN_TIMEOUT_S)
-    final = wait_for_state(stack.api_url, run.id, TERMINAL_STATES, RUN_TIMEOUT_S)
-    return final.id, final.state
-
-
-def completed_events(stack: LocalStack, collection_id: int) -> list[dict]:
-    """beamline.processing.completed events Prefect stored (written in batches: poll)."""
-    body = {
-        "filter": {
-            "event": {"name": ["beamline.processing.completed"]},
-            "resource": {"id": [f"beamline.collection.{collection_id}"]},
-        },
-        "limit": 10,
-    }
-    deadline = time.monotonic() + 30.0
-    while True:
-        response = httpx.post(f"{stack.api_url}/events/filter", json=body, timeout=10.0)
-        response.raise_for_status()
-        events = list(response.json()["events"])
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+    chunks: dict[str, object] = {"slices_per_chunk": 2, **processing_parameters}
+    return announce(stack, demo_event(scan_file, collection_id), **chunks)
 
 
 def cached_chunk_runs(stack: LocalStack) -> int:
@@ -98,34 +63,16 @@ def cached_chunk_runs(stack: LocalStack) -> int:
     return int(response.json())
 
 
-def rerun_cli(stack: LocalStack, collection_id: int, *changes: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cli(
-            "rerun",
-            str(collection_id),
-            *(argument for change in changes for argument in ("--set", change)),
-            "--wait",
-            "--timeout",
-            "180",
-        ),
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
 def test_webhook_reconstructs_the_scan_into_volume_previews_artifacts_and_lims(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = small_scan(tmp_path / "data", seed=5)
-    event = announce(stack, scan.path, collection_id)
+    event = announce_tomo(stack, scan.path, collection_id)
 
-    flow_run_id, state = final_state(stack, collection_id)
-    assert state == "COMPLETED", stack.logs()
+    flow_run_id = completed_run(stack, DEPLOYMENT, collection_id)
 
-    lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+    lims = stack.lims
     [job] = lims.jobs_for_collection(collection_id)
     assert job.automatic and job.triggered_by == f"automation:{event.event_id}"
     assert job.program_status == "success"
@@ -159,14 +106,8 @@ def test_webhook_reconstructs_the_scan_into_volume_previews_artifacts_and_lims(
     assert (tomogram.size_x, tomogram.size_y, tomogram.size_z) == (96, 96, 6)
     assert tomogram.centre_of_rotation == pytest.approx(summary["centre_of_rotation"])
 
-    wanted = [f"tomo-dc{collection_id}-summary", f"tomo-dc{collection_id}-report"]
-    artifacts = httpx.post(
-        f"{stack.api_url}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": wanted}}},
-        timeout=10.0,
-    ).json()
-    assert {a["key"] for a in artifacts} == set(wanted)
-    report = next(a for a in artifacts if a["key"].endswith("-report"))
+    stored = artifacts(stack, [f"tomo-dc{collection_id}-summary", f"tomo-dc{collection_id}-report"])
+    report = next(a for a in stored if a["key"].endswith("-report"))
     assert report["data"].count("data:image/png;base64,") == 3
     events = completed_events(stack, collection_id)
     assert events and events[0]["payload"]["summary"]["shape"] == [6, 96, 96]
@@ -176,19 +117,17 @@ def test_webhook_reconstructs_the_scan_into_volume_previews_artifacts_and_lims(
 def test_rerun_with_centre_ring_filter_and_slices_is_recorded_separately(
     stack: LocalStack, tmp_path: Path
 ) -> None:
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = small_scan(tmp_path / "data", seed=6)
-    announce(stack, scan.path, collection_id)
-    _, state = final_state(stack, collection_id)
-    assert state == "COMPLETED", stack.logs()
+    announce_tomo(stack, scan.path, collection_id)
+    completed_run(stack, DEPLOYMENT, collection_id)
 
     # The same parameters again: every chunk comes back from the cache.
     cached_before = cached_chunk_runs(stack)
-    same = rerun_cli(stack, collection_id, "slices_per_chunk=2")
-    assert same.returncode == 0, same.stdout + same.stderr + stack.logs()
+    cli_rerun(stack, collection_id, "slices_per_chunk=2")
     assert cached_chunk_runs(stack) - cached_before == 3  # 6 rows in chunks of 2
 
-    done = rerun_cli(
+    output = cli_rerun(
         stack,
         collection_id,
         "centre_of_rotation=50.25",
@@ -197,10 +136,9 @@ def test_rerun_with_centre_ring_filter_and_slices_is_recorded_separately(
         "last_slice=3",
         "cache_chunks=false",
     )
-    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
-    assert DEPLOYMENT in done.stdout and "COMPLETED" in done.stdout
+    assert DEPLOYMENT in output and "COMPLETED" in output
 
-    lims = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"])
+    lims = stack.lims
     automatic, identical, manual = lims.jobs_for_collection(collection_id)
     assert identical.program_status == "success"
     assert (automatic.automatic, manual.automatic) == (True, False)
@@ -236,14 +174,13 @@ def garble_one_projection(scan: SyntheticTomoScan) -> None:
 def test_damaged_scan_fails_naming_the_file_and_leaves_no_volume(
     stack: LocalStack, tmp_path: Path, damage: Callable[[SyntheticTomoScan], None]
 ) -> None:
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = small_scan(tmp_path / "data", seed=7)
     damage(scan)
-    announce(stack, scan.path, collection_id)
+    announce_tomo(stack, scan.path, collection_id)
 
-    _, state = final_state(stack, collection_id)
-    assert state == "FAILED"
-    [job] = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"]).jobs_for_collection(collection_id)
+    assert final_run(stack, DEPLOYMENT, collection_id).state == "FAILED"
+    [job] = stack.lims.jobs_for_collection(collection_id)
     assert job.program_status == "failed"
     assert scan.path.name in (job.program_message or "")
     results = scan.path.parent / "processing" / "tomo-reconstruction"  # the deployment
@@ -258,7 +195,7 @@ def test_chunks_run_on_the_dask_cluster_the_compute_block_names(
     chunks one at a time; the volume is whole."""
     from distributed import LocalCluster
 
-    collection_id = next(_collection_ids)
+    collection_id = next_collection_id()
     scan = small_scan(tmp_path / "data", seed=8)
     with (
         LocalCluster(
@@ -268,12 +205,11 @@ def test_chunks_run_on_the_dask_cluster_the_compute_block_names(
             stack, Compute(scheduler_address=cluster.scheduler_address, parallel_chunks=1)
         ),
     ):
-        announce(stack, scan.path, collection_id, slices_per_chunk=1)
-        _, state = final_state(stack, collection_id)
-        assert state == "COMPLETED", stack.logs()
+        announce_tomo(stack, scan.path, collection_id, slices_per_chunk=1)
+        completed_run(stack, DEPLOYMENT, collection_id)
         assert cluster.scheduler is not None
         assert cluster.scheduler.transition_counter > 0  # the scheduler really ran tasks
-    [job] = Lims(stack.env["PREFECT_BEAMLINE_LIMS_URL"]).jobs_for_collection(collection_id)
+    [job] = stack.lims.jobs_for_collection(collection_id)
     with h5py.File(Path(job.results_dir or "", "volume.h5")) as volume:
         data = volume["/entry/data/data"][()]
     assert data.shape == (6, 96, 96)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from prefect_beamline.formats.nxmx import NXmxCollection, NXmxError
-from prefect_beamline.techniques.mx.synth import SyntheticCollection, write_mx_collection
+from prefect_beamline.techniques.mx.synth import SyntheticCollection
+from tests.helpers import mx_collection_with_frames
 
 SHAPE = (64, 80)
 N_IMAGES = 7  # three data files: images 1-3, 4-6, 7
@@ -21,8 +23,7 @@ N_IMAGES = 7  # three data files: images 1-3, 4-6, 7
 @pytest.fixture(scope="module")
 def original(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticCollection, np.ndarray]:
     """A small collection written once, with the frames the writer produced."""
-    frames: dict[int, np.ndarray] = {}
-    collection = write_mx_collection(
+    return mx_collection_with_frames(
         tmp_path_factory.mktemp("nxmx"),
         n_images=N_IMAGES,
         shape=SHAPE,
@@ -31,17 +32,31 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticCollect
         detector_distance_mm=150.0,
         wavelength_angstrom=1.2,
         seed=2,
-        on_frame=lambda number, frame: frames.__setitem__(number, frame.copy()),
     )
-    return collection, np.stack([frames[number] for number in range(1, N_IMAGES + 1)])
+
+
+@pytest.fixture(scope="module")
+def synthetic(original: tuple[SyntheticCollection, np.ndarray]) -> SyntheticCollection:
+    """The collection as its writer describes it (ground truth)."""
+    return original[0]
+
+
+@pytest.fixture(scope="module")
+def frames(original: tuple[SyntheticCollection, np.ndarray]) -> np.ndarray:
+    """The collection's frames as written, image 1 first."""
+    return original[1]
 
 
 @pytest.fixture
-def collection(
-    original: tuple[SyntheticCollection, np.ndarray], tmp_path: Path
-) -> SyntheticCollection:
+def data(synthetic: SyntheticCollection) -> Iterator[NXmxCollection]:
+    """The reader, open on the shared collection."""
+    with NXmxCollection(synthetic.master_file) as reader:
+        yield reader
+
+
+@pytest.fixture
+def collection(synthetic: SyntheticCollection, tmp_path: Path) -> SyntheticCollection:
     """A private copy of the collection, for tests that damage files."""
-    synthetic, _ = original
     for path in [synthetic.master_file, *synthetic.data_files]:
         shutil.copy(path, tmp_path / path.name)
     return SyntheticCollection(
@@ -54,13 +69,11 @@ def collection(
 
 
 def test_geometry_is_what_the_writer_wrote(
-    original: tuple[SyntheticCollection, np.ndarray],
+    synthetic: SyntheticCollection, data: NXmxCollection
 ) -> None:
-    synthetic, _ = original
-    with NXmxCollection(synthetic.master_file) as data:
-        geometry = data.geometry
-        assert data.n_images == N_IMAGES
-        assert data.data_files == synthetic.data_files
+    geometry = data.geometry
+    assert data.n_images == N_IMAGES
+    assert data.data_files == synthetic.data_files
     assert geometry.wavelength_angstrom == pytest.approx(1.2, rel=1e-6)
     assert geometry.detector_distance_mm == pytest.approx(150.0, rel=1e-6)
     assert geometry.pixel_size_x_mm == pytest.approx(0.075, rel=1e-6)
@@ -73,43 +86,33 @@ def test_geometry_is_what_the_writer_wrote(
 
 
 def test_valid_pixels_are_where_the_pixel_mask_is_zero(
-    original: tuple[SyntheticCollection, np.ndarray],
+    synthetic: SyntheticCollection, data: NXmxCollection
 ) -> None:
-    synthetic, _ = original
-    with NXmxCollection(synthetic.master_file) as data:
-        valid = data.valid_pixels
+    valid = data.valid_pixels
     np.testing.assert_array_equal(valid, synthetic.pixel_mask == 0)
     assert 0 < (~valid).sum() < valid.size // 5
     assert not valid.flags.writeable
 
 
-def test_read_frames_returns_the_frames_written(
-    original: tuple[SyntheticCollection, np.ndarray],
-) -> None:
-    synthetic, frames = original
-    with NXmxCollection(synthetic.master_file) as data:
-        everything = data.read_frames(1, N_IMAGES)
-        last = data.read_frames(N_IMAGES, N_IMAGES)
+def test_read_frames_returns_the_frames_written(data: NXmxCollection, frames: np.ndarray) -> None:
+    everything = data.read_frames(1, N_IMAGES)
+    last = data.read_frames(N_IMAGES, N_IMAGES)
     assert everything.dtype == np.uint32
     np.testing.assert_array_equal(everything, frames)
     np.testing.assert_array_equal(last, frames[-1:])
 
 
 def test_read_frames_stitches_a_range_spanning_data_files(
-    original: tuple[SyntheticCollection, np.ndarray],
+    data: NXmxCollection, frames: np.ndarray
 ) -> None:
-    synthetic, frames = original
-    with NXmxCollection(synthetic.master_file) as data:
-        np.testing.assert_array_equal(data.read_frames(3, 7), frames[2:7])
+    np.testing.assert_array_equal(data.read_frames(3, 7), frames[2:7])
 
 
 def test_iter_chunks_covers_the_range_across_data_file_boundaries(
-    original: tuple[SyntheticCollection, np.ndarray],
+    data: NXmxCollection, frames: np.ndarray
 ) -> None:
-    synthetic, frames = original
-    with NXmxCollection(synthetic.master_file) as data:
-        chunks = list(data.iter_chunks(2, 7, chunk_size=4))
-        everything = list(data.iter_chunks())
+    chunks = list(data.iter_chunks(2, 7, chunk_size=4))
+    everything = list(data.iter_chunks())
     assert [start for start, _ in chunks] == [2, 6]
     assert [len(chunk) for _, chunk in chunks] == [4, 2]
     np.testing.assert_array_equal(np.concatenate([chunk for _, chunk in chunks]), frames[1:7])
@@ -118,11 +121,9 @@ def test_iter_chunks_covers_the_range_across_data_file_boundaries(
 
 
 def test_resolution_follows_bragg_law_on_a_flat_detector(
-    original: tuple[SyntheticCollection, np.ndarray],
+    synthetic: SyntheticCollection, data: NXmxCollection
 ) -> None:
-    synthetic, _ = original
-    with NXmxCollection(synthetic.master_file) as data:
-        geometry = data.geometry
+    geometry = data.geometry
     beam_x, beam_y = synthetic.beam_centre_px
     d = geometry.resolution_angstrom(np.array([beam_x, beam_x + 40.0]), np.array([beam_y, beam_y]))
     two_theta = math.atan(40 * 0.075 / 150.0)
@@ -250,11 +251,9 @@ def test_corrupt_chunk_is_named_with_data_file_and_image_number(
 
 @pytest.mark.parametrize("first, last", [(0, 3), (5, N_IMAGES + 1), (4, 3)])
 def test_image_range_outside_the_collection_is_refused(
-    original: tuple[SyntheticCollection, np.ndarray], first: int, last: int
+    data: NXmxCollection, first: int, last: int
 ) -> None:
-    synthetic, _ = original
-    with NXmxCollection(synthetic.master_file) as data:
-        with pytest.raises(NXmxError, match=rf"images {first}\.\.{last} requested, expected a "):
-            data.read_frames(first, last)
-        with pytest.raises(NXmxError, match=rf"within 1\.\.{N_IMAGES}"):
-            next(data.iter_chunks(first, last))
+    with pytest.raises(NXmxError, match=rf"images {first}\.\.{last} requested, expected a "):
+        data.read_frames(first, last)
+    with pytest.raises(NXmxError, match=rf"within 1\.\.{N_IMAGES}"):
+        next(data.iter_chunks(first, last))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,3 +144,21 @@ def test_require_number_wants_a_finite_real_within_its_bounds() -> None:
     for value in (1j, "1", None, False):
         with pytest.raises(TypeError, match="dose must be a real number"):
             require_number("dose", value)
+
+
+def _rejected_arguments() -> list[Any]:
+    """Every face's table of bad arguments (REJECTED_ARGUMENTS in its test module)."""
+    cases = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        module = importlib.import_module(f"tests.kernels.{path.stem}")
+        for index, (call, message) in enumerate(getattr(module, "REJECTED_ARGUMENTS", [])):
+            cases.append(pytest.param(call, message, id=f"{path.stem[5:]}-{index}"))
+    return cases
+
+
+@pytest.mark.parametrize(("call", "message"), _rejected_arguments())
+def test_every_face_checks_and_names_each_argument(
+    call: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()

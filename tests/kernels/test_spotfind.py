@@ -255,77 +255,73 @@ def test_bad_input_is_named(image: np.ndarray, mask: np.ndarray, message: str) -
         dispersion_threshold(image, mask)
 
 
-@pytest.mark.parametrize(
-    ("call", "message"),
-    [
-        (
-            lambda: find_spots(np.zeros((4, 5, 1), np.uint16), np.ones((4, 5, 1), bool)),
-            r"image must be 2-D \(ny, nx\), got shape \(4, 5, 1\)",
+# Each bad argument with the message naming it: checked by
+# tests/kernels/test_arguments.py::test_every_face_checks_and_names_each_argument.
+REJECTED_ARGUMENTS: list[tuple[Callable[[], object], str]] = [
+    (
+        lambda: find_spots(np.zeros((4, 5, 1), np.uint16), np.ones((4, 5, 1), bool)),
+        r"image must be 2-D \(ny, nx\), got shape \(4, 5, 1\)",
+    ),
+    (
+        lambda: find_spots(np.zeros((4, 5), np.int64), np.ones((4, 5), bool)),
+        r"image must be of dtype uint16, uint32, int32 or float32, got int64",
+    ),
+    (
+        lambda: dispersion_threshold(np.zeros((4, 5), ">u2"), np.ones((4, 5), bool)),
+        r"image must be of dtype .*, got >u2 \(uint16 in non-native byte order\)",
+    ),
+    (
+        lambda: find_spots(np.zeros((4, 5), np.uint16), np.ones((5, 4), bool)),
+        r"mask shape \(5, 4\) differs from image shape \(4, 5\)",
+    ),
+    (
+        lambda: dispersion_threshold(
+            np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), out=np.zeros((4, 4), bool)
         ),
-        (
-            lambda: find_spots(np.zeros((4, 5), np.int64), np.ones((4, 5), bool)),
-            r"image must be of dtype uint16, uint32, int32 or float32, got int64",
+        r"out shape \(4, 4\) differs from image shape \(4, 5\)",
+    ),
+    (
+        lambda: dispersion_threshold(
+            np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), out=np.zeros((4, 5), np.uint8)
         ),
-        (
-            lambda: dispersion_threshold(np.zeros((4, 5), ">u2"), np.ones((4, 5), bool)),
-            r"image must be of dtype .*, got >u2 \(uint16 in non-native byte order\)",
+        r"out must be of dtype bool, got uint8",
+    ),
+    (
+        lambda: dispersion_threshold(
+            np.zeros((4, 5), np.uint16),
+            np.ones((4, 5), bool),
+            out=np.zeros((5, 4), bool).T,
         ),
-        (
-            lambda: find_spots(np.zeros((4, 5), np.uint16), np.ones((5, 4), bool)),
-            r"mask shape \(5, 4\) differs from image shape \(4, 5\)",
+        r"out must be C-contiguous",
+    ),
+    (
+        lambda: find_spots(np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), min_spot_size=0),
+        r"min_spot_size must be at least 1, got 0",
+    ),
+    (
+        lambda: find_spots(
+            np.zeros((4, 5), np.uint16),
+            np.ones((4, 5), bool),
+            min_spot_size=5,
+            max_spot_size=4,
         ),
-        (
-            lambda: dispersion_threshold(
-                np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), out=np.zeros((4, 4), bool)
-            ),
-            r"out shape \(4, 4\) differs from image shape \(4, 5\)",
+        r"max_spot_size must be at least 5, got 4",
+    ),
+    (
+        lambda: dispersion_threshold(
+            np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), n_threads=-1
         ),
-        (
-            lambda: dispersion_threshold(
-                np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), out=np.zeros((4, 5), np.uint8)
-            ),
-            r"out must be of dtype bool, got uint8",
-        ),
-        (
-            lambda: dispersion_threshold(
-                np.zeros((4, 5), np.uint16),
-                np.ones((4, 5), bool),
-                out=np.zeros((5, 4), bool).T,
-            ),
-            r"out must be C-contiguous",
-        ),
-        (
-            lambda: find_spots(np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), min_spot_size=0),
-            r"min_spot_size must be at least 1, got 0",
-        ),
-        (
-            lambda: find_spots(
-                np.zeros((4, 5), np.uint16),
-                np.ones((4, 5), bool),
-                min_spot_size=5,
-                max_spot_size=4,
-            ),
-            r"max_spot_size must be at least 5, got 4",
-        ),
-        (
-            lambda: dispersion_threshold(
-                np.zeros((4, 5), np.uint16), np.ones((4, 5), bool), n_threads=-1
-            ),
-            r"n_threads must be at least 0, got -1",
-        ),
-        (lambda: DispersionParameters(gain=float("nan")), r"gain must be finite, got nan"),
-        (lambda: DispersionParameters(gain=0.0), r"gain must be greater than 0"),
-        (lambda: DispersionParameters(kernel_size=0), r"kernel_size must be at least 1"),
-        (lambda: DispersionParameters(min_local=1), r"min_local must be at least 2"),
-        (
-            lambda: DispersionParameters(sigma_strong=float("nan")),
-            r"sigma_strong must be finite, got nan",
-        ),
-    ],
-)
-def test_every_argument_is_checked_and_named(call: Callable[[], object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        call()
+        r"n_threads must be at least 0, got -1",
+    ),
+    (lambda: DispersionParameters(gain=float("nan")), r"gain must be finite, got nan"),
+    (lambda: DispersionParameters(gain=0.0), r"gain must be greater than 0"),
+    (lambda: DispersionParameters(kernel_size=0), r"kernel_size must be at least 1"),
+    (lambda: DispersionParameters(min_local=1), r"min_local must be at least 2"),
+    (
+        lambda: DispersionParameters(sigma_strong=float("nan")),
+        r"sigma_strong must be finite, got nan",
+    ),
+]
 
 
 def test_arguments_of_the_wrong_kind_are_named() -> None:

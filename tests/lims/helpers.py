@@ -1,69 +1,53 @@
-"""What the LIMS tests of the core and of every technique's records share."""
+"""What the LIMS tests of the core and of every technique's records share (the
+announcements they record come from `tests.helpers.collection_event`)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from sqlalchemy import func, select
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan
 from prefect_beamline.lims import Lims
 from prefect_beamline.lims.schema import Base
 from prefect_beamline.techniques.mx.analysis import ImageQuality
+from tests.helpers import DC, collection_event
 
 T = TypeVar("T")
-DC = 42
-MASTER = "/data/i03/mx12345-3/xtal_1_master.h5"
-
-
-def collection_event(
-    collection_id: int = DC,
-    *,
-    kind: CollectionEventKind = CollectionEventKind.finished,
-    grid: GridScan | None = None,
-    visit: str = "mx12345-3",
-    beamline: str = "i03",
-    technique: str = "mx",
-    experiment_type: str | None = None,
-    data_file: str = MASTER,
-) -> CollectionEvent:
-    return CollectionEvent(
-        event_id=f"evt-{collection_id}-{kind.value}",
-        kind=kind,
-        technique=technique,
-        experiment_type=experiment_type or ("gridscan" if grid else "rotation"),
-        beamline=beamline,
-        visit=visit,
-        collection_id=collection_id,
-        data_files=[data_file],
-        image_range=(1, 3600) if grid is None else None,
-        grid=grid,
-    )
+# The processing parameters of an MX job (two rows of ProcessingJobParameter).
+MX_PARAMETERS = {"sigma_strong": 3.0, "images_per_chunk": 10}
 
 
 def new_job(
-    lims: Lims, run_key: str = "run-1", *, automatic: bool = True, record: bool = True
+    lims: Lims,
+    run_key: str = "run-1",
+    *,
+    collection_id: int = DC,
+    recipe: str = "mx-rotation",
+    parameters: Mapping[str, object] = MX_PARAMETERS,
+    automatic: bool = True,
+    record: bool = True,
 ) -> int:
-    """A ProcessingJob of collection DC (recorded first unless `record` is False)."""
+    """A ProcessingJob of the collection (recorded first as an MX one unless `record` is
+    False: other techniques record their own)."""
     if record:
-        lims.record_data_collection(collection_event())
+        lims.record_data_collection(collection_event(collection_id))
     return lims.record_processing_job(
-        data_collection_id=DC,
-        recipe="mx-rotation",
-        display_name=f"mx-rotation ({run_key})",
+        data_collection_id=collection_id,
+        recipe=recipe,
+        display_name=f"{recipe} ({run_key})",
         automatic=automatic,
-        triggered_by="automation:evt-42" if automatic else "cli:alice",
-        parameters={"sigma_strong": 3.0, "images_per_chunk": 10},
+        triggered_by=f"automation:evt-{collection_id}" if automatic else "cli:alice",
+        parameters=parameters,
         run_key=run_key,
     )
 
 
-def start(lims: Lims, job_id: int) -> int:
+def start(lims: Lims, job_id: int, programs: str = "spot finding") -> int:
     return lims.start_program(
-        processing_job_id=job_id, programs="spot finding", command_line="cmd", environment="env"
+        processing_job_id=job_id, programs=programs, command_line="cmd", environment="env"
     )
 
 

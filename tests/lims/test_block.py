@@ -8,28 +8,17 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_beamline.blocks.lims import LimsDatabase
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.lims import Lims
+from tests.helpers import MASTER, collection_event
 
 
 def test_block_gives_a_working_lims(tmp_path: Path) -> None:
     lims = LimsDatabase(url=f"sqlite:///{tmp_path / 'block.db'}").get_lims()
     assert isinstance(lims, Lims)
     lims.create_schema()
-    lims.record_data_collection(
-        CollectionEvent(
-            event_id="evt-1",
-            kind=CollectionEventKind.finished,
-            technique="mx",
-            experiment_type="rotation",
-            beamline="i03",
-            visit="mx1-1",
-            collection_id=1,
-            data_files=["/data/x_master.h5"],
-        )
-    )
+    lims.record_data_collection(collection_event(1))
     described = LimsDatabase(url=f"sqlite:///{tmp_path / 'block.db'}").get_lims().get_collection(1)
-    assert described is not None and described.data_files == ["/data/x_master.h5"]
+    assert described is not None and described.data_files == [MASTER]
     lims.close()
 
 

@@ -34,11 +34,9 @@ from prefect_beamline.techniques import registry
 from prefect_beamline.techniques.mx import records as mx_records
 from prefect_beamline.techniques.mx.analysis import GridResult
 from prefect_beamline.techniques.mx.records import ImageQualityIndicators
+from tests.helpers import DC, MASTER, collection_event
 from tests.lims.helpers import (
-    DC,
-    MASTER,
     all_at_once,
-    collection_event,
     count,
     new_job,
     new_program,

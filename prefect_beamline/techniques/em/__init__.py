@@ -7,9 +7,6 @@ SPEC = TechniqueSpec(
     title="Cryo-EM on the fly: motion correction, dose weighting and CTF per movie",
     experiment_types=(("EM", "default"),),
     deployments=("em-movie", "em-session-summary"),
-    records="prefect_beamline.techniques.em.records",
-    demo="prefect_beamline.techniques.em.demo",
-    synth="prefect_beamline.techniques.em.synth",
     benchmarks={
         "em": Benchmark(
             "benchmarks.em",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+from numpy.typing import DTypeLike
 from scipy import ndimage, optimize
 
 from prefect_beamline.ext.powerspec import elliptical_average, sector_average
@@ -75,11 +76,14 @@ class CTFFit:
     fit_resolution_angstrom: float
 
 
-def frequency_grid(shape: tuple[int, int], pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """(kx, ky) in 1/Å of an rfft2 half-plane of an image of `shape`."""
+def frequency_grid(
+    shape: tuple[int, int], pixel_size: float = 1.0, dtype: DTypeLike = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kx, ky) of the rfft2 half-plane of an image of `shape`, as a row and a column that
+    broadcast: in 1/Å for pixels of `pixel_size` Å, in cycles per pixel by default."""
     ny, nx = shape
-    ky = scipy.fft.fftfreq(ny, d=pixel_size).astype(np.float64)[:, None]
-    kx = scipy.fft.rfftfreq(nx, d=pixel_size).astype(np.float64)[None, :]
+    ky = scipy.fft.fftfreq(ny, d=pixel_size).astype(dtype)[:, None]
+    kx = scipy.fft.rfftfreq(nx, d=pixel_size).astype(dtype)[None, :]
     return kx, ky
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,10 @@ import numpy as np
 
 from prefect_beamline.demo import (
     RUN_TIMEOUT_S,
-    demo_stack,
-    demo_workdir,
+    daq_event,
     new_collection_id,
     post_event,
-    stack_lims,
+    start_demo,
 )
 from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.formats.star import read_micrographs
@@ -66,14 +64,13 @@ def em_event(
     parameters: dict[str, Any] | None = None,
 ) -> CollectionEvent:
     """One announcement of the session: a movie's `images_ready`, or `finished`."""
-    return CollectionEvent(
-        event_id=f"em-{kind.value}-{uuid.uuid4()}",
-        kind=kind,
-        technique="em",
+    return daq_event(
+        "em",
+        collection_id,
+        data_file,
         beamline=BEAMLINE,
         visit=VISIT,
-        collection_id=collection_id,
-        data_files=[str(data_file)],
+        kind=kind,
         processing_parameters=parameters or {},
     )
 
@@ -143,12 +140,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo (on `stack`, else an embedded one) and return its report (`--json`);
     `n_images` = movies."""
-    workdir = demo_workdir(workdir)
     n_movies = n_images or 4
-    started = time.monotonic()
-    with demo_stack(workdir, stack) as stack:
+    with start_demo(workdir, stack) as demo:
+        stack = demo.stack
         session = write_em_session(
-            workdir / "data" / BEAMLINE / VISIT / "GridSquare_1" / "Data",
+            demo.workdir / "data" / BEAMLINE / VISIT / "GridSquare_1" / "Data",
             n_movies=n_movies,
             n_frames=10,
             shape=(512, 512),
@@ -169,7 +165,7 @@ def run_demo(
         )
         summary_run = wait_for_runs(stack, SUMMARY_DEPLOYMENT, collection_id, 1, RUN_TIMEOUT_S)[0]
         summary_run = wait_for_state(stack.api_url, summary_run.id, TERMINAL_STATES, 10)
-        lims = stack_lims(stack)
+        lims = demo.lims
         star_file = (
             session.directory / "processing" / "em" / f"dc{collection_id}" / "micrographs_ctf.star"
         )
@@ -184,8 +180,8 @@ def run_demo(
             "star_rows": len(read_micrographs(star_file)),
             "lims_jobs": len(lims.jobs_for_collection(collection_id)),
             "events_to_all_movies_done_s": round(movies_done_s, 1),
-            "total_s": round(time.monotonic() - started, 1),
-            "workdir": str(workdir),
+            "total_s": round(time.monotonic() - demo.started, 1),
+            "workdir": str(demo.workdir),
             "ui_url": stack.ui_url,
         }
         if report["state"] != "COMPLETED":

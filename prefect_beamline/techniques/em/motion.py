@@ -19,6 +19,7 @@ import numpy as np
 import scipy.fft
 
 from prefect_beamline.ext.motioncor import cross_spectra
+from prefect_beamline.techniques.em.ctf import frequency_grid
 
 N_FIELD_TERMS = 6  # 1, u, v, u², uv, v² with u, v in [-0.5, 0.5]
 
@@ -39,13 +40,6 @@ class MotionModel:
     @property
     def n_frames(self) -> int:
         return int(self.global_shifts.shape[0])
-
-
-def _frequencies(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    ny, nx = shape
-    ky = scipy.fft.fftfreq(ny).astype(np.float32)[:, None]
-    kx = scipy.fft.rfftfreq(nx).astype(np.float32)[None, :]
-    return kx, ky
 
 
 def _shift_ramp(kx: np.ndarray, ky: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -98,7 +92,7 @@ def align_spectra(
     pixel size squared): the cross-correlation is low-pass filtered by exp(-B k²/4).
     """
     n = spectra.shape[0]
-    kx, ky = _frequencies(shape)
+    kx, ky = frequency_grid(shape, dtype=np.float32)
     weight = np.exp(-bfactor_pixels * (kx * kx + ky * ky) / 4.0).astype(np.float32)
     weight[0, 0] = 0.0
     shifts = np.zeros((n, 2))
@@ -120,7 +114,7 @@ def align_spectra(
 
 def shift_spectra(spectra: np.ndarray, shape: tuple[int, int], shifts: np.ndarray) -> np.ndarray:
     """Frames moved back by their shifts (Fourier, periodic): aligned to the first."""
-    kx, ky = _frequencies(shape)
+    kx, ky = frequency_grid(shape, dtype=np.float32)
     moved = np.empty_like(spectra)
     for i in range(spectra.shape[0]):
         np.multiply(spectra[i], _shift_ramp(kx, ky, shifts[i, 0], shifts[i, 1]), out=moved[i])

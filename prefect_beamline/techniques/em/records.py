@@ -11,7 +11,6 @@ the fit reads back whole.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,7 +25,14 @@ from prefect_beamline.lims.schema import (
     Base,
     DataCollection,
 )
-from prefect_beamline.lims.transaction import check_length, lock_program, now, retrying
+from prefect_beamline.lims.transaction import (
+    check_length,
+    first_or_add,
+    lock_program,
+    now,
+    retrying,
+    rows_by_key,
+)
 
 
 class Movie(Base):
@@ -277,12 +283,9 @@ def record_motion_correction(
         movie = session.get(Movie, movie_id)
         if movie is None:
             raise ValueError(f"Movie {movie_id} does not exist")
-        row = session.scalar(
-            select(MotionCorrection).filter_by(autoProcProgramId=program_id, movieId=movie_id)
+        row = first_or_add(
+            session, MotionCorrection, {"autoProcProgramId": program_id, "movieId": movie_id}
         )
-        if row is None:
-            row = MotionCorrection(autoProcProgramId=program_id, movieId=movie_id)
-            session.add(row)
         row.dataCollectionId = data_collection_id
         row.imageNumber = movie.movieNumber or 0
         row.firstFrame, row.lastFrame = 1, result.n_frames
@@ -316,14 +319,11 @@ def record_ctf(lims: Lims, program_id: int, motion_correction_id: int, result: C
     """The CTF fit of one motion-corrected micrograph, once per program."""
     with lims.transaction(write=True) as session:
         lock_program(session, program_id)
-        row = session.scalar(
-            select(CTF).filter_by(
-                autoProcProgramId=program_id, motionCorrectionId=motion_correction_id
-            )
+        row = first_or_add(
+            session,
+            CTF,
+            {"autoProcProgramId": program_id, "motionCorrectionId": motion_correction_id},
         )
-        if row is None:
-            row = CTF(autoProcProgramId=program_id, motionCorrectionId=motion_correction_id)
-            session.add(row)
         row.boxSizeX = row.boxSizeY = float(result.box_size)
         row.minResolution, row.maxResolution = result.min_resolution, result.max_resolution
         row.minDefocus, row.maxDefocus = result.min_defocus, result.max_defocus
@@ -406,21 +406,14 @@ def em_results(lims: Lims, data_collection_id: int) -> list[RecordedMovieResult]
             .where(MotionCorrection.dataCollectionId == data_collection_id)
             .order_by(MotionCorrection.autoProcProgramId, Movie.movieNumber)
         ).all()
-        drifts: dict[int, list[tuple[float, float]]] = defaultdict(list)
-        ids = [mc.motionCorrectionId for mc, *_ in rows]
-        if ids:
-            for mc_id, dx, dy in session.execute(
-                select(
-                    MotionCorrectionDrift.motionCorrectionId,
-                    MotionCorrectionDrift.deltaX,
-                    MotionCorrectionDrift.deltaY,
-                )
-                .where(MotionCorrectionDrift.motionCorrectionId.in_(ids))
-                .order_by(
-                    MotionCorrectionDrift.motionCorrectionId, MotionCorrectionDrift.frameNumber
-                )
-            ):
-                drifts[mc_id].append((dx or 0.0, dy or 0.0))
+        drifts = rows_by_key(
+            session,
+            MotionCorrectionDrift.motionCorrectionId,
+            [mc.motionCorrectionId for mc, *_ in rows],
+            MotionCorrectionDrift.deltaX,
+            MotionCorrectionDrift.deltaY,
+            order_by=[MotionCorrectionDrift.motionCorrectionId, MotionCorrectionDrift.frameNumber],
+        )
         return [
             RecordedMovieResult(
                 program_id=mc.autoProcProgramId or 0,
@@ -429,7 +422,13 @@ def em_results(lims: Lims, data_collection_id: int) -> list[RecordedMovieResult]
                 motion_correction_id=mc.motionCorrectionId,
                 result=EMMovieResult(
                     movie_path=movie.movieFullPath or "",
-                    motion=_motion(mc, drifts.get(mc.motionCorrectionId, [])),
+                    motion=_motion(
+                        mc,
+                        [
+                            (dx or 0.0, dy or 0.0)
+                            for dx, dy in drifts.get(mc.motionCorrectionId, [])
+                        ],
+                    ),
                     ctf=_ctf(ctf),
                 ),
             )

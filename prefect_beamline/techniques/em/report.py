@@ -1,9 +1,5 @@
 """What a cryo-EM job shows people: drift and power-spectrum PNGs per movie, the
-session's histograms, and the Prefect UI's markdown reports and tables.
-
-matplotlib is imported inside the functions that draw, so importing this module (and
-the flow that uses it) stays cheap.
-"""
+session's histograms, and the Prefect UI's markdown reports and tables."""
 
 from __future__ import annotations
 

@@ -7,9 +7,6 @@ SPEC = TechniqueSpec(
     title="MX rotation and grid scan: spot finding, resolution, X-ray centre",
     experiment_types=(("OSC", "rotation"), ("Mesh", "gridscan")),
     deployments=("mx-rotation", "mx-gridscan"),
-    records="prefect_beamline.techniques.mx.records",
-    demo="prefect_beamline.techniques.mx.demo",
-    synth="prefect_beamline.techniques.mx.synth",
     benchmarks={
         "spotfind": Benchmark(
             "benchmarks.spotfind",

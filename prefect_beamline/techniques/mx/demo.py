@@ -9,22 +9,11 @@ in files, the LIMS and the Prefect UI.
 from __future__ import annotations
 
 import csv
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from prefect_beamline.demo import (
-    announce_and_wait,
-    demo_stack,
-    demo_workdir,
-    new_collection_id,
-    print_run_footer,
-    print_run_header,
-    run_report,
-    stack_lims,
-)
-from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan
+from prefect_beamline.demo import daq_event, new_collection_id, print_run, start_demo
+from prefect_beamline.events import CollectionEvent, GridScan
 from prefect_beamline.lims import Lims, ProcessingJobSummary
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.mx import records
@@ -36,15 +25,13 @@ DEMO_GRID = GridScan(steps_x=8, steps_y=6, dx_um=20.0, dy_um=20.0, snaked=True)
 
 def demo_event(master_file: Path, collection_id: int, grid: GridScan | None) -> CollectionEvent:
     """The `finished` announcement a DAQ would send for the synthetic collection."""
-    return CollectionEvent(
-        event_id=f"demo-{uuid.uuid4()}",
-        kind=CollectionEventKind.finished,
-        technique="mx",
-        experiment_type="gridscan" if grid else "rotation",
+    return daq_event(
+        "mx",
+        collection_id,
+        master_file,
         beamline="i03",
         visit="mx12345-1",
-        collection_id=collection_id,
-        data_files=[str(master_file)],
+        experiment_type="gridscan" if grid else "rotation",
         grid=grid,
     )
 
@@ -73,11 +60,9 @@ def run_demo(
     stack: LocalStack | None = None,
 ) -> dict[str, Any]:
     """Run the demo (on `stack`, else an embedded one) and return its report (`--json`)."""
-    workdir = demo_workdir(workdir)
-    started = time.monotonic()
-    with demo_stack(workdir, stack) as running:
+    with start_demo(workdir, stack) as demo:
         synthetic = write_mx_collection(
-            workdir / "data" / "i03" / "mx12345-1",
+            demo.workdir / "data" / "i03" / "mx12345-1",
             name="grid_1" if grid else "xtal_1",
             n_images=n_images or 20,
             grid=DEMO_GRID if grid else None,
@@ -87,26 +72,14 @@ def run_demo(
             d_min_true=3.0,
             detector_distance_mm=50.0,
         )
-        collection_id = new_collection_id()
-        event = demo_event(synthetic.master_file, collection_id, DEMO_GRID if grid else None)
-        deployment = f"mx-processing/mx-{event.experiment_type}"
-        run = announce_and_wait(running, event, deployment)
-        report, _ = run_report(
-            running,
-            run,
-            collection_id=collection_id,
-            deployment=deployment,
-            started=started,
-            workdir=workdir,
-        )
+        event = demo_event(synthetic.master_file, new_collection_id(), DEMO_GRID if grid else None)
+        report, _ = demo.announce(event, f"mx-processing/mx-{event.experiment_type}")
         results_dir = Path(report["results_dir"]) if report["results_dir"] else None
         per_image = read_per_image(results_dir) if results_dir and results_dir.exists() else []
-        lims = stack_lims(running)
+        jobs = demo.lims.jobs_for_collection(event.collection_id)
         report["n_images"] = len(per_image)
         report["per_image"] = per_image
-        report["lims"] = [
-            job_with_image_quality(lims, job) for job in lims.jobs_for_collection(collection_id)
-        ]
+        report["lims"] = [job_with_image_quality(demo.lims, job) for job in jobs]
         return report
 
 
@@ -118,13 +91,12 @@ def job_with_image_quality(lims: Lims, job: ProcessingJobSummary) -> dict[str, A
 
 def print_report(report: dict[str, Any]) -> None:
     """The human-readable form of the report."""
-    print_run_header(report)
-    print(f"\n{'image':>6} {'spots':>6} {'intensity':>12} {'d_min (Å)':>10}")
+    lines = [f"{'image':>6} {'spots':>6} {'intensity':>12} {'d_min (Å)':>10}"]
     for row in report["per_image"]:
         d_min = f"{row['d_min']:.2f}" if row["d_min"] else "–"
         number, spots, intensity = row["image_number"], row["n_spots"], row["total_intensity"]
-        print(f"{number:>6} {spots:>6} {intensity:>12.0f} {d_min:>10}")
+        lines.append(f"{number:>6} {spots:>6} {intensity:>12.0f} {d_min:>10}")
     centre = report["summary"].get("grid_centre")
     if centre:
-        print(f"\nX-ray centre (grid steps): x={centre['x']:.2f} y={centre['y']:.2f}")
-    print_run_footer(report)
+        lines.append(f"\nX-ray centre (grid steps): x={centre['x']:.2f} y={centre['y']:.2f}")
+    print_run(report, lines)

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from prefect_beamline.lims import Lims
 from prefect_beamline.lims.schema import Base, DataCollection
-from prefect_beamline.lims.transaction import bulk_upsert, lock_program, now, retrying
+from prefect_beamline.lims.transaction import bulk_upsert, first_or_add, lock_program, now, retrying
 from prefect_beamline.techniques.mx.analysis import GridResult, ImageQuality
 
 
@@ -150,25 +150,16 @@ def record_grid_result(
         collection = session.get(DataCollection, data_collection_id)
         if collection is None:
             raise ValueError(f"DataCollection {data_collection_id} does not exist")
-        centring = session.scalar(select(XrayCentring).filter_by(autoProcProgramId=program_id))
-        if centring is None:
-            centring = XrayCentring(
-                dataCollectionGroupId=collection.dataCollectionGroupId,
-                autoProcProgramId=program_id,
-                xrayCentringType="2d",
-            )
-            session.add(centring)
+        centring = first_or_add(
+            session,
+            XrayCentring,
+            {"autoProcProgramId": program_id},
+            dataCollectionGroupId=collection.dataCollectionGroupId,
+            xrayCentringType="2d",
+        )
         centring.status = result.status
         session.flush()
-        row = session.scalar(
-            select(XrayCentringResult)
-            .filter_by(xrayCentringId=centring.xrayCentringId)
-            .order_by(XrayCentringResult.xrayCentringResultId)
-            .limit(1)
-        )
-        if row is None:
-            row = XrayCentringResult(xrayCentringId=centring.xrayCentringId)
-            session.add(row)
+        row = first_or_add(session, XrayCentringResult, {"xrayCentringId": centring.xrayCentringId})
         row.centreOfMassX, row.centreOfMassY = result.x, result.y
         row.boundingBoxMinX, row.boundingBoxMinY = result.box_min_x, result.box_min_y
         row.boundingBoxMaxX, row.boundingBoxMaxY = result.box_max_x, result.box_max_y

@@ -1,9 +1,5 @@
 """What an MX job shows people: per_image.csv, summary.json, the spots plot or grid heat
-map, and the Prefect UI's per-image table and markdown report.
-
-matplotlib is imported inside the functions that draw, so importing this module (and
-the flow that uses it) stays cheap.
-"""
+map, and the Prefect UI's per-image table and markdown report."""
 
 from __future__ import annotations
 

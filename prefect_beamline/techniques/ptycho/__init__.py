@@ -8,9 +8,6 @@ SPEC = TechniqueSpec(
     # ISPyB has no experimentType for ptychography: this project's own value.
     experiment_types=(("Ptychography", "default"),),
     deployments=("ptycho-reconstruction",),
-    records="prefect_beamline.techniques.ptycho.records",
-    demo="prefect_beamline.techniques.ptycho.demo",
-    synth="prefect_beamline.techniques.ptycho.synth",
     benchmarks={
         "ptycho": Benchmark(
             "benchmarks.ptycho",

@@ -48,11 +48,16 @@ def positions_in_pixels(
     """
     pixels = positions_m / np.asarray(object_pixel_m)[None, :]
     corners = np.rint(pixels - pixels.min(axis=0)).astype(np.int64)
-    shape = (
+    return corners, object_grid_shape(corners, pattern_shape)
+
+
+def object_grid_shape(corners: np.ndarray, pattern_shape: tuple[int, int]) -> tuple[int, int]:
+    """The object grid a scan covers: its farthest patch corner plus one pattern, per axis
+    (corners are integer (row, column) offsets from the grid's first pixel)."""
+    return (
         int(corners[:, 0].max()) + pattern_shape[0],
         int(corners[:, 1].max()) + pattern_shape[1],
     )
-    return corners, shape
 
 
 def detector_to_fft_order(image: np.ndarray) -> np.ndarray:

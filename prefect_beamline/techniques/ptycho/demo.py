@@ -7,23 +7,12 @@ left in files and the LIMS, with the phase error against the known object.
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect_beamline.demo import (
-    announce_and_wait,
-    demo_stack,
-    demo_workdir,
-    new_collection_id,
-    print_run_footer,
-    print_run_header,
-    run_report,
-    stack_lims,
-)
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.demo import daq_event, new_collection_id, print_run, start_demo
+from prefect_beamline.events import CollectionEvent
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.ptycho import records
 from prefect_beamline.techniques.ptycho.results_file import read_reconstruction
@@ -39,14 +28,12 @@ def demo_event(
 ) -> CollectionEvent:
     """The `finished` announcement a DAQ would send for a synthetic scan (by default
     with the demo's iteration count)."""
-    return CollectionEvent(
-        event_id=f"demo-{uuid.uuid4()}",
-        kind=CollectionEventKind.finished,
-        technique="ptycho",
+    return daq_event(
+        "ptycho",
+        collection_id,
+        scan_file,
         beamline="i14",
         visit="cm12345-1",
-        collection_id=collection_id,
-        data_files=[str(scan_file)],
         processing_parameters={"iterations": DEMO_ITERATIONS} if parameters is None else parameters,
     )
 
@@ -56,37 +43,27 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo (on `stack`, else an embedded one) and return its report (`--json`);
     `n_images` = positions."""
-    workdir = demo_workdir(workdir)
-    started = time.monotonic()
-    with demo_stack(workdir, stack) as running:
+    with start_demo(workdir, stack) as demo:
         scan = write_ptycho_scan(
-            workdir / "data" / "i14" / "cm12345-1", n_positions=n_images or DEMO_POSITIONS, seed=7
+            demo.workdir / "data" / "i14" / "cm12345-1",
+            n_positions=n_images or DEMO_POSITIONS,
+            seed=7,
         )
-        collection_id = new_collection_id()
-        run = announce_and_wait(running, demo_event(scan.scan_file, collection_id), DEPLOYMENT)
-        report, _ = run_report(
-            running,
-            run,
-            collection_id=collection_id,
-            deployment=DEPLOYMENT,
-            started=started,
-            workdir=workdir,
-        )
+        event = demo_event(scan.scan_file, new_collection_id())
+        report, _ = demo.announce(event, DEPLOYMENT)
         summary = report["summary"]
         nrmse = None
         if summary:
             saved = read_reconstruction(Path(summary["reconstruction_file"]))
             nrmse = round(scan.phase_nrmse(saved.obj), 4)
-        lims = stack_lims(running)
+        results = records.ptycho_results(demo.lims, event.collection_id)
         report.update(
             {
                 "n_positions": summary.get("n_positions"),
                 "iterations": summary.get("iterations"),
                 "final_error": summary.get("final_error"),
                 "phase_nrmse_vs_truth": nrmse,
-                "lims_ptycho_results": [
-                    asdict(r) for r in records.ptycho_results(lims, collection_id)
-                ],
+                "lims_ptycho_results": [asdict(result) for result in results],
             }
         )
         return report
@@ -94,10 +71,9 @@ def run_demo(
 
 def print_report(report: dict[str, Any]) -> None:
     """The human-readable form of the report."""
-    print_run_header(report)
-    print(
-        f"\n{report['n_positions']} positions, {report['iterations']} iterations, "
+    line = (
+        f"{report['n_positions']} positions, {report['iterations']} iterations, "
         f"final error {report['final_error']}, "
         f"phase NRMSE vs truth {report['phase_nrmse_vs_truth']}"
     )
-    print_run_footer(report, report["lims_ptycho_results"])
+    print_run(report, [line], report["lims_ptycho_results"])

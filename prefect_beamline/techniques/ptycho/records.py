@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from prefect_beamline.lims import Lims
 from prefect_beamline.lims.schema import PATH_LENGTH, AutoProcProgram, Base
-from prefect_beamline.lims.transaction import check_length, lock_program, now, retrying
+from prefect_beamline.lims.transaction import check_length, now, program_result_row, retrying
 
 
 class PtychographyResult(Base):
@@ -86,13 +86,7 @@ def record_ptycho_result(
         str(result.reconstruction_file), PATH_LENGTH, "PtychographyResult.reconstructionFile"
     )
     with lims.transaction(write=True) as session:
-        lock_program(session, program_id, data_collection_id)
-        row = session.scalar(select(PtychographyResult).filter_by(autoProcProgramId=program_id))
-        if row is None:
-            row = PtychographyResult(
-                autoProcProgramId=program_id, dataCollectionId=data_collection_id
-            )
-            session.add(row)
+        row = program_result_row(session, PtychographyResult, program_id, data_collection_id)
         row.algorithm = result.algorithm
         row.iterations = result.iterations
         row.numberOfPositions = result.n_positions

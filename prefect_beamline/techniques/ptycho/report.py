@@ -1,9 +1,5 @@
 """What a ptychography job shows people: phase and amplitude images, the error curve,
-summary.json, and the Prefect UI's report and live error table.
-
-matplotlib is imported inside the functions that draw, so importing this module (and
-the flow that uses it) stays cheap.
-"""
+summary.json, and the Prefect UI's report and live error table."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from prefect_beamline.techniques.ptycho.analysis import scanned_area
+from prefect_beamline.techniques.ptycho.analysis import object_grid_shape, scanned_area
 
 _HC_EV_M = 1.239841984e-6
 MASK_DEAD = 2  # NeXus pixel_mask bit 1: dead pixel
@@ -138,7 +138,7 @@ def write_ptycho_scan(
     wavelength_m = _HC_EV_M / energy_ev
     object_pixel_m = wavelength_m * detector_distance_m / (n * detector_pixel_m)
     positions = scan_positions(n_positions, step_px, pattern, rng)
-    object_shape = (int(positions[:, 0].max()) + n, int(positions[:, 1].max()) + n)
+    object_shape = object_grid_shape(positions, (n, n))
     amplitude, phase = resolution_pattern(object_shape, rng)
     obj = ((1.0 - 0.5 * amplitude) * np.exp(1j * max_phase_rad * phase)).astype(np.complex64)
     probe = make_probe(n, probe_sigma_px, curvature_rad=2.5)
@@ -147,8 +147,7 @@ def write_ptycho_scan(
     valid = _detector_mask(n, beamstop_radius_px, n_dead_pixels, rng)
     pixel_mask = np.zeros((n, n), dtype=np.uint32)
     pixel_mask[~valid] = MASK_DEAD
-    centre = np.hypot(*(np.mgrid[0:n, 0:n] - n // 2)) <= beamstop_radius_px
-    pixel_mask[centre] = MASK_BEAMSTOP
+    pixel_mask[_radius_px(n) <= beamstop_radius_px] = MASK_BEAMSTOP
 
     path = folder / f"{name}.h5"
     # Motor positions: metres, about the scan centre, y up the rows, x along the columns.
@@ -203,10 +202,14 @@ def _detector_mask(
     n: int, beamstop_radius_px: float, n_dead: int, rng: np.random.Generator
 ) -> np.ndarray:
     """True where the detector measures: all but a central beamstop and a few dead pixels."""
-    yy, xx = np.mgrid[0:n, 0:n] - n // 2
-    valid = np.hypot(yy, xx) > beamstop_radius_px
+    valid = _radius_px(n) > beamstop_radius_px
     valid[rng.integers(0, n, n_dead), rng.integers(0, n, n_dead)] = False
     return valid
+
+
+def _radius_px(n: int) -> np.ndarray:
+    """Each pixel's distance from the beam of an n x n detector-order pattern, at (n//2, n//2)."""
+    return np.asarray(np.hypot(*(np.mgrid[0:n, 0:n] - n // 2)))
 
 
 def register_shift(reference: np.ndarray, moving: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -8,9 +8,6 @@ SPEC = TechniqueSpec(
     # ISPyB spells tomography 'tomo'; 'Tomo' is accepted when reading.
     experiment_types=(("tomo", "default"), ("Tomo", "default")),
     deployments=("tomo-reconstruction",),
-    records="prefect_beamline.techniques.tomo.records",
-    demo="prefect_beamline.techniques.tomo.demo",
-    synth="prefect_beamline.techniques.tomo.synth",
     benchmarks={
         "tomo": Benchmark(
             "benchmarks.tomo",

@@ -10,23 +10,12 @@ found against the true one, the LIMS rows and the run's UI address.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect_beamline.demo import (
-    announce_and_wait,
-    demo_stack,
-    demo_workdir,
-    new_collection_id,
-    print_run_footer,
-    print_run_header,
-    run_report,
-    stack_lims,
-)
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.demo import daq_event, new_collection_id, print_run, start_demo
+from prefect_beamline.events import CollectionEvent
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.tomo import records
 from prefect_beamline.techniques.tomo.synth import write_tomo_scan
@@ -37,15 +26,7 @@ DEFAULT_PROJECTIONS = 180
 
 def demo_event(scan_file: Path, collection_id: int) -> CollectionEvent:
     """The `finished` announcement a DAQ would send for the synthetic scan."""
-    return CollectionEvent(
-        event_id=f"demo-{uuid.uuid4()}",
-        kind=CollectionEventKind.finished,
-        technique="tomo",
-        beamline="i13",
-        visit="mg12345-1",
-        collection_id=collection_id,
-        data_files=[str(scan_file)],
-    )
+    return daq_event("tomo", collection_id, scan_file, beamline="i13", visit="mg12345-1")
 
 
 def run_demo(
@@ -55,27 +36,15 @@ def run_demo(
 
     `n_images` is the number of projections (default 180, over 0-180° inclusive).
     """
-    workdir = demo_workdir(workdir)
-    started = time.monotonic()
-    with demo_stack(workdir, stack) as running:
+    with start_demo(workdir, stack) as demo:
         scan = write_tomo_scan(
-            workdir / "data" / "i13" / "mg12345-1",
+            demo.workdir / "data" / "i13" / "mg12345-1",
             n_columns=160,
             n_rows=16,
             n_projections=n_images or DEFAULT_PROJECTIONS,
         )
-        collection_id = new_collection_id()
-        run = announce_and_wait(running, demo_event(scan.path, collection_id), DEPLOYMENT)
-        report, job = run_report(
-            running,
-            run,
-            collection_id=collection_id,
-            deployment=DEPLOYMENT,
-            started=started,
-            workdir=workdir,
-        )
-        lims = stack_lims(running)
-        tomogram = records.tomogram(lims, job.program_id) if job and job.program_id else None
+        report, job = demo.announce(demo_event(scan.path, new_collection_id()), DEPLOYMENT)
+        tomogram = records.tomogram(demo.lims, job.program_id) if job and job.program_id else None
         summary = report["summary"]
         report.update(
             {
@@ -92,15 +61,16 @@ def run_demo(
 
 def print_report(report: dict[str, Any]) -> None:
     """The human-readable form of the report."""
-    print_run_header(report)
-    print(f"\nprojections        {report['n_projections']}")
-    print(f"volume (z, y, x)   {report['shape']}")
+    lines = [
+        f"projections        {report['n_projections']}",
+        f"volume (z, y, x)   {report['shape']}",
+    ]
     centre, true = report["centre_of_rotation"], report["centre_of_rotation_true"]
     if centre is not None:
-        print(
+        lines.append(
             f"centre of rotation {centre:.2f} px ({report['centre_method']}); "
             f"true {true:.2f} px, off by {abs(centre - true):.2f} px"
         )
     if report["tomogram"]:
-        print(f"Tomogram   {json.dumps(report['tomogram'], default=str)}")
-    print_run_footer(report)
+        lines.append(f"Tomogram           {json.dumps(report['tomogram'], default=str)}")
+    print_run(report, lines)

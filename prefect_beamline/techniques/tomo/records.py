@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from prefect_beamline.lims import Lims
 from prefect_beamline.lims.schema import PATH_LENGTH, Base
-from prefect_beamline.lims.transaction import check_length, clip, lock_program, now, retrying
+from prefect_beamline.lims.transaction import check_length, clip, now, program_result_row, retrying
 from prefect_beamline.techniques.tomo.analysis import TomogramRecord
 
 
@@ -62,11 +62,7 @@ def record_tomogram(
         for image in (record.central_slice_image, record.xz_image, record.yz_image)
     ]
     with lims.transaction(write=True) as session:
-        lock_program(session, program_id, data_collection_id)
-        row = session.scalar(select(Tomogram).filter_by(autoProcProgramId=program_id))
-        if row is None:
-            row = Tomogram(autoProcProgramId=program_id, dataCollectionId=data_collection_id)
-            session.add(row)
+        row = program_result_row(session, Tomogram, program_id, data_collection_id)
         row.volumeFile = volume
         row.fileDirectory = check_length(
             str(Path(volume).parent), PATH_LENGTH, "Tomogram.fileDirectory"

@@ -1,9 +1,5 @@
 """What a tomography job shows people: previews of the volume's central planes,
-summary.json, and the Prefect UI's summary table and markdown report.
-
-matplotlib is imported inside the function that draws, so importing this module (and
-the flow that uses it) stays cheap.
-"""
+summary.json, and the Prefect UI's summary table and markdown report."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import numpy as np
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefect_beamline.lims import CollectionDescription
-from prefect_beamline.report import SUMMARY_FILE, figure_png, markdown_image, markdown_table
+from prefect_beamline.report import SUMMARY_FILE, figure_png, markdown_image, markdown_table, pyplot
 from prefect_beamline.techniques.tomo.analysis import TomogramRecord
 from prefect_beamline.techniques.tomo.volume import central_slices
 
@@ -31,14 +27,9 @@ PREVIEW_TITLES = {
 def tomo_slice_png(image: np.ndarray, title: str) -> bytes:
     """One plane of a reconstructed volume in grey, scaled to its 0.5-99.5 percentiles
     (a few hot ring or edge pixels must not wash out the sample)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     low, high = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
     height, width = image.shape
-    figure, axes = plt.subplots(figsize=(5, max(1.5, 5 * height / max(width, 1)) + 0.6))
+    figure, axes = pyplot().subplots(figsize=(5, max(1.5, 5 * height / max(width, 1)) + 0.6))
     shown = axes.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
     figure.colorbar(shown, ax=axes, label="attenuation (1/pixel)", shrink=0.8)
     axes.set_title(title)

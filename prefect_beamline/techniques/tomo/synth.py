@@ -118,6 +118,14 @@ def _rasterise(
     return np.asarray(image.mean(axis=(2, 3)))
 
 
+def _field_of_view(n_columns: int, centre: float) -> tuple[float, float]:
+    """(radius, scale): the radius (pixels) about the axis at detector column `centre`
+    that keeps 2 pixels clear of the detector's edges, and the pixels per phantom unit
+    that make the phantom's widest extent (0.92 of its half-size) fill 97 % of it."""
+    radius = min(centre, n_columns - 1 - centre) - 2.0
+    return radius, 0.97 * radius / 0.92
+
+
 def default_defective_columns(n_columns: int, centre: float) -> tuple[int, ...]:
     """Three columns at different distances from the axis: three rings of known radius."""
     return tuple(round(centre + f * n_columns / 2) for f in (-0.45, 0.2, 0.6))
@@ -132,9 +140,9 @@ def phantom_sinogram(
     phantom fills the detector as in `write_tomo_scan`; `centre` defaults to n // 2.
     """
     axis = n_columns // 2 if centre is None else centre
-    radius = min(axis, n_columns - 1 - axis) - 2.0
+    _, scale = _field_of_view(n_columns, axis)
     t = np.arange(n_columns, dtype=np.float64) - axis
-    ellipses = _slices_at(z, 0.97 * radius / 0.92)
+    ellipses = _slices_at(z, scale)
     sinogram = _line_integrals(ellipses, np.deg2rad(np.asarray(angles_deg)), t)
     return np.asarray(sinogram * (MAX_ABSORBANCE / max(sinogram.max(), 1e-12)), dtype=np.float32)
 
@@ -166,10 +174,9 @@ def write_tomo_scan(
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     centre = (n_columns - 1) / 2.0 + centre_offset
-    radius = min(centre, n_columns - 1 - centre) - 2.0
+    radius, scale = _field_of_view(n_columns, centre)
     if radius < 8:
         raise ValueError(f"centre_offset {centre_offset} leaves no field of view")
-    scale = 0.97 * radius / 0.92
     angles_deg = np.linspace(0.0, 180.0, n_projections, endpoint=include_180)
     angles_rad = np.deg2rad(angles_deg)
     columns = defective_columns or default_defective_columns(n_columns, centre)
@@ -211,11 +218,8 @@ def write_tomo_scan(
     )
     suffix = ".nxs" if layout == "nxtomo" else ".h5"
     path = directory / f"{name}{suffix}"
-    shape = (n_rows, n_columns)
-    if layout == "nxtomo":
-        _write_nxtomo(path, shape, darks, flats, projections, angles_deg)
-    else:
-        _write_dxchange(path, shape, darks, flats, projections, angles_deg)
+    write = _write_nxtomo if layout == "nxtomo" else _write_dxchange
+    write(path, _Frames((n_rows, n_columns), darks, flats, projections, angles_deg))
     return SyntheticTomoScan(
         path=path,
         layout=layout,
@@ -228,6 +232,18 @@ def write_tomo_scan(
     )
 
 
+@dataclass(frozen=True)
+class _Frames:
+    """What a scan recorded, as either layout's writer takes it: (row, column) frames,
+    the projections made one at a time as they are written, and their angles."""
+
+    shape: tuple[int, int]
+    darks: list[np.ndarray]
+    flats: list[np.ndarray]
+    projections: Iterable[np.ndarray]
+    angles_deg: np.ndarray
+
+
 def _frames_dataset(
     group: h5py.Group, name: str, n_frames: int, shape: tuple[int, int]
 ) -> h5py.Dataset:
@@ -236,15 +252,9 @@ def _frames_dataset(
     )
 
 
-def _write_nxtomo(
-    path: Path,
-    shape: tuple[int, int],
-    darks: list[np.ndarray],
-    flats: list[np.ndarray],
-    projections: Iterable[np.ndarray],
-    angles_deg: np.ndarray,
-) -> None:
+def _write_nxtomo(path: Path, scan: _Frames) -> None:
     """NXtomo as beamlines write it: one stack of frames told apart by image_key."""
+    darks, flats, angles_deg = scan.darks, scan.flats, scan.angles_deg
     n_projections = angles_deg.size
     before = len(flats) // 2
     keys = (
@@ -272,7 +282,7 @@ def _write_nxtomo(
         instrument.attrs["NX_class"] = "NXinstrument"
         detector = instrument.create_group("detector")
         detector.attrs["NX_class"] = "NXdetector"
-        data = _frames_dataset(detector, "data", len(keys), shape)
+        data = _frames_dataset(detector, "data", len(keys), scan.shape)
         detector.create_dataset("image_key", data=np.asarray(keys, dtype=np.int32))
         for axis in ("x_pixel_size", "y_pixel_size"):
             size = detector.create_dataset(axis, data=1.0e-6)
@@ -291,7 +301,7 @@ def _write_nxtomo(
         for index, frame in enumerate(frames):
             data[index] = frame
         index = len(frames)
-        for frame in projections:
+        for frame in scan.projections:
             data[index] = frame
             index += 1
         for frame in flats[before:]:
@@ -299,22 +309,15 @@ def _write_nxtomo(
             index += 1
 
 
-def _write_dxchange(
-    path: Path,
-    shape: tuple[int, int],
-    darks: list[np.ndarray],
-    flats: list[np.ndarray],
-    projections: Iterable[np.ndarray],
-    angles_deg: np.ndarray,
-) -> None:
+def _write_dxchange(path: Path, scan: _Frames) -> None:
     """APS Data Exchange: projections, flats (data_white), darks and theta apart."""
     with h5py.File(path, "w") as handle:
         handle.attrs["implements"] = "exchange:measurement:process"
         exchange = handle.create_group("exchange")
-        data = _frames_dataset(exchange, "data", angles_deg.size, shape)
-        for index, frame in enumerate(projections):
+        data = _frames_dataset(exchange, "data", scan.angles_deg.size, scan.shape)
+        for index, frame in enumerate(scan.projections):
             data[index] = frame
-        exchange.create_dataset("data_white", data=np.stack(flats))
-        exchange.create_dataset("data_dark", data=np.stack(darks))
-        theta = exchange.create_dataset("theta", data=angles_deg)
+        exchange.create_dataset("data_white", data=np.stack(scan.flats))
+        exchange.create_dataset("data_dark", data=np.stack(scan.darks))
+        theta = exchange.create_dataset("theta", data=scan.angles_deg)
         theta.attrs["units"] = "degrees"

@@ -11,9 +11,10 @@ from prefect_beamline.deployments import (
     load_runner_deployments,
     read_deployment_specs,
 )
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.events import CollectionEventKind
 from prefect_beamline.flows.common import merge_parameters
 from prefect_beamline.flows.em import MOVIE_DEPLOYMENT, EMParameters
+from tests.helpers import collection_event
 
 PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 
@@ -35,14 +36,10 @@ def test_em_movie_runs_per_movie_under_a_limit_and_summary_on_finished() -> None
 
 
 def test_announced_parameters_sit_under_the_runs_own() -> None:
-    event = CollectionEvent(
-        event_id="m1",
-        kind=CollectionEventKind.images_ready,
+    event = collection_event(
+        4200,
         technique="em",
-        beamline="m02",
-        visit="bi1-1",
-        collection_id=4200,
-        data_files=["/data/m.mrc"],
+        kind=CollectionEventKind.images_ready,
         processing_parameters={"dose_per_frame": 1.3, "pixel_size_angstrom": 0.83},
     )
     chosen = merge_parameters(EMParameters, event, EMParameters(dose_per_frame=2.0))

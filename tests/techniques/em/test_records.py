@@ -6,39 +6,35 @@ from pathlib import Path
 
 import pytest
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.events import CollectionEventKind
 from prefect_beamline.lims import Lims
 from prefect_beamline.techniques.em import records
 from prefect_beamline.techniques.em.records import CTFResult, EMMovieResult, MotionResult
+from tests.helpers import collection_event
+from tests.lims.helpers import new_job, start
 
 
 def announce(lims: Lims, collection_id: int, movie: str) -> None:
     lims.record_data_collection(
-        CollectionEvent(
-            event_id=f"e-{movie}",
-            kind=CollectionEventKind.images_ready,
+        collection_event(
+            collection_id,
             technique="em",
-            beamline="m02",
-            visit="bi23047-1",
-            collection_id=collection_id,
-            data_files=[movie],
+            kind=CollectionEventKind.images_ready,
+            data_file=movie,
         )
     )
 
 
 def program(lims: Lims, collection_id: int, run_key: str) -> int:
-    job = lims.record_processing_job(
-        data_collection_id=collection_id,
+    job = new_job(
+        lims,
+        run_key,
+        collection_id=collection_id,
         recipe="em-movie",
-        display_name="em",
-        automatic=True,
-        triggered_by="test",
         parameters={},
-        run_key=run_key,
+        record=False,
     )
-    return lims.start_program(
-        processing_job_id=job, programs="p", command_line="c", environment="e"
-    )
+    return start(lims, job, programs="motion correction, CTF")
 
 
 def motion() -> MotionResult:

@@ -8,23 +8,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import BAD_INPUT_ERRORS, merge_parameters
 from prefect_beamline.flows.mx import MXParameters, find_spots_in_images
+from tests.helpers import cache_key, collection_event
 
 
 def announcement(**parameters: object) -> CollectionEvent:
-    return CollectionEvent(
-        event_id="e1",
-        kind=CollectionEventKind.finished,
-        technique="mx",
-        experiment_type="rotation",
-        beamline="i03",
-        visit="mx1-1",
-        collection_id=1999,
-        data_files=["/data/xtal_1_master.h5"],
-        processing_parameters=dict(parameters),
-    )
+    return collection_event(1999, processing_parameters=parameters)
 
 
 def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
@@ -61,9 +52,7 @@ def chunk_key(**changes: Any) -> str | None:
         "n_threads": 1,
         **changes,
     }
-    policy = find_spots_in_images.cache_policy
-    assert policy is not None and not isinstance(policy, type)
-    return policy.compute_key(None, inputs, {})
+    return cache_key(find_spots_in_images, inputs)
 
 
 def test_kernel_threads_are_not_part_of_a_chunks_cache_key() -> None:

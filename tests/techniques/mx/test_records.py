@@ -13,15 +13,8 @@ from prefect_beamline.lims import Lims
 from prefect_beamline.techniques.mx import records
 from prefect_beamline.techniques.mx.analysis import GridResult, ImageQuality
 from prefect_beamline.techniques.mx.records import ImageQualityIndicators
-from tests.lims.helpers import (
-    DC,
-    all_at_once,
-    collection_event,
-    count,
-    new_job,
-    quality_rows,
-    start,
-)
+from tests.helpers import DC, collection_event
+from tests.lims.helpers import all_at_once, count, new_job, quality_rows, start
 
 GRID = GridScan(steps_x=4, steps_y=3, dx_um=10, dy_um=10)
 

@@ -24,6 +24,7 @@ from prefect_beamline.techniques.mx.synth import (
     resolution_radius_px,
     write_mx_collection,
 )
+from tests.helpers import mx_collection_with_frames
 
 SHAPE = (160, 200)
 
@@ -31,8 +32,7 @@ SHAPE = (160, 200)
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticCollection, np.ndarray]:
     """A small rotation collection over three data files, and its frames as written."""
-    frames: dict[int, np.ndarray] = {}
-    collection = write_mx_collection(
+    return mx_collection_with_frames(
         tmp_path_factory.mktemp("synth"),
         n_images=5,
         shape=SHAPE,
@@ -41,9 +41,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticCollecti
         d_min_true=15.0,
         detector_distance_mm=100.0,
         seed=4,
-        on_frame=lambda number, frame: frames.__setitem__(number, frame.copy()),
     )
-    return collection, np.stack([frames[number] for number in sorted(frames)])
 
 
 def test_master_is_an_nxmx_entry_linking_each_data_file(

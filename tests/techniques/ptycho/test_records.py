@@ -6,42 +6,29 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.lims import Lims
 from prefect_beamline.techniques.ptycho import records
 from prefect_beamline.techniques.ptycho.records import PtychoResult
+from tests.helpers import collection_event
+from tests.lims.helpers import new_job, start
 
 DC = 5900
 
 
 def ptycho_collection(lims: Lims) -> None:
-    lims.record_data_collection(
-        CollectionEvent(
-            event_id="ptycho-lims-test",
-            kind=CollectionEventKind.finished,
-            technique="ptycho",
-            beamline="i14",
-            visit="cm12345-1",
-            collection_id=DC,
-            data_files=["/data/i14/cm12345-1/scan_1.h5"],
-        )
-    )
+    lims.record_data_collection(collection_event(DC, technique="ptycho"))
 
 
 def new_program(lims: Lims, run_key: str) -> tuple[int, int]:
-    job = lims.record_processing_job(
-        data_collection_id=DC,
+    job = new_job(
+        lims,
+        run_key,
+        collection_id=DC,
         recipe="ptycho",
-        display_name="ptycho",
-        automatic=True,
-        triggered_by="automation:x",
         parameters={"iterations": 10},
-        run_key=run_key,
+        record=False,
     )
-    program = lims.start_program(
-        processing_job_id=job, programs="ptycho", command_line="", environment=""
-    )
-    return job, program
+    return job, start(lims, job, programs="ptycho")
 
 
 def result(algorithm: str = "epie", iterations: int = 100, error: float = 1e-3) -> PtychoResult:

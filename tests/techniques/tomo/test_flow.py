@@ -10,10 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_beamline.deployments import deployment_for_collection, read_deployment_specs
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
+from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import merge_parameters
 from prefect_beamline.flows.tomo import TomoParameters, reconstruct_rows, slice_range
 from prefect_beamline.techniques.tomo.analysis import ScanInfo
+from tests.helpers import cache_key, collection_event
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 SCAN = ScanInfo(
@@ -28,16 +29,7 @@ SCAN = ScanInfo(
 
 
 def announcement(**parameters: object) -> CollectionEvent:
-    return CollectionEvent(
-        event_id="e1",
-        kind=CollectionEventKind.finished,
-        technique="tomo",
-        beamline="i13",
-        visit="mg1-1",
-        collection_id=3999,
-        data_files=["/data/tomo_1.nxs"],
-        processing_parameters=dict(parameters),
-    )
+    return collection_event(3999, technique="tomo", processing_parameters=parameters)
 
 
 def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
@@ -77,9 +69,7 @@ def chunk_key(**changes: Any) -> str | None:
         "n_threads": 1,
         **changes,
     }
-    policy = reconstruct_rows.cache_policy
-    assert policy is not None and not isinstance(policy, type)
-    return policy.compute_key(None, inputs, {})
+    return cache_key(reconstruct_rows, inputs)
 
 
 def test_kernel_threads_are_not_part_of_a_chunks_cache_key() -> None:

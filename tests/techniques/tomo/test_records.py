@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind
 from prefect_beamline.lims import Lims
 from prefect_beamline.lims.schema import DataCollectionGroup
 from prefect_beamline.techniques.tomo import records
 from prefect_beamline.techniques.tomo.analysis import TomogramRecord
 from prefect_beamline.techniques.tomo.records import Tomogram
+from tests.helpers import collection_event
+from tests.lims.helpers import count, new_job, start
 
 DC = 3000
 SCAN = "/data/i13/mg12345-1/tomo_1.nxs"
@@ -20,29 +21,16 @@ RESULTS = "/data/i13/mg12345-1/processing/tomo-reconstruction/dc3000-job1"
 
 
 def tomo_program(lims: Lims, run_key: str) -> int:
-    lims.record_data_collection(
-        CollectionEvent(
-            event_id=f"evt-{DC}",
-            kind=CollectionEventKind.finished,
-            technique="tomo",
-            beamline="i13",
-            visit="mg12345-1",
-            collection_id=DC,
-            data_files=[SCAN],
-        )
-    )
-    job = lims.record_processing_job(
-        data_collection_id=DC,
+    lims.record_data_collection(collection_event(DC, technique="tomo", data_file=SCAN))
+    job = new_job(
+        lims,
+        run_key,
+        collection_id=DC,
         recipe="tomo-reconstruction",
-        display_name=f"tomo-reconstruction ({run_key})",
-        automatic=True,
-        triggered_by="automation:evt",
         parameters={"ring_filter": True},
-        run_key=run_key,
+        record=False,
     )
-    return lims.start_program(
-        processing_job_id=job, programs="fbp", command_line="cmd", environment="env"
-    )
+    return start(lims, job, programs="fbp")
 
 
 RECORD = TomogramRecord(
@@ -59,8 +47,7 @@ RECORD = TomogramRecord(
 
 
 def n_tomograms(lims: Lims) -> int:
-    with lims.engine.connect() as connection:
-        return int(connection.scalar(select(func.count()).select_from(Tomogram)) or 0)
+    return count(lims, Tomogram)
 
 
 def test_tomogram_round_trips_in_ispyb_columns(lims: Lims) -> None:

@@ -1,0 +1,74 @@
+"""What tests in every folder build: a DAQ's announcement of a collection, a synthetic MX
+collection with the frames its writer produced, a task's cache key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import Task
+
+from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan
+from prefect_beamline.techniques.mx.synth import SyntheticCollection, write_mx_collection
+
+DC = 42
+MASTER = "/data/i03/mx12345-3/xtal_1_master.h5"
+# Where each technique's test collections are taken: beamline, visit, first data file.
+SITES = {
+    "mx": ("i03", "mx12345-3", MASTER),
+    "tomo": ("i13", "mg12345-1", "/data/i13/mg12345-1/tomo_1.nxs"),
+    "em": ("m02", "bi23047-1", "/data/m02/bi23047-1/FoilHole_1_Data_0001.mrc"),
+    "ptycho": ("i14", "cm12345-1", "/data/i14/cm12345-1/scan_1.h5"),
+}
+
+
+def collection_event(
+    collection_id: int = DC,
+    *,
+    technique: str = "mx",
+    kind: CollectionEventKind = CollectionEventKind.finished,
+    grid: GridScan | None = None,
+    experiment_type: str | None = None,
+    beamline: str | None = None,
+    visit: str | None = None,
+    data_file: str | None = None,
+    processing_parameters: Mapping[str, object] | None = None,
+) -> CollectionEvent:
+    """The announcement of a collection at its technique's site (SITES) unless told
+    otherwise; an MX one is a rotation of 3600 images, or a grid scan given `grid`."""
+    site_beamline, site_visit, site_file = SITES[technique]
+    mx = technique == "mx"
+    return CollectionEvent(
+        event_id=f"evt-{collection_id}-{kind.value}",
+        kind=kind,
+        technique=technique,
+        experiment_type=experiment_type
+        or (("gridscan" if grid else "rotation") if mx else "default"),
+        beamline=beamline or site_beamline,
+        visit=visit or site_visit,
+        collection_id=collection_id,
+        data_files=[data_file or site_file],
+        image_range=(1, 3600) if mx and grid is None else None,
+        grid=grid,
+        processing_parameters=dict(processing_parameters or {}),
+    )
+
+
+def mx_collection_with_frames(
+    folder: Path, **options: Any
+) -> tuple[SyntheticCollection, np.ndarray]:
+    """`write_mx_collection(folder, **options)` and the frames it wrote, image 1 first."""
+    frames: dict[int, np.ndarray] = {}
+    collection = write_mx_collection(
+        folder, on_frame=lambda number, frame: frames.__setitem__(number, frame.copy()), **options
+    )
+    return collection, np.stack([frames[number] for number in sorted(frames)])
+
+
+def cache_key(task: Task[..., Any], inputs: Mapping[str, Any]) -> str | None:
+    """The key Prefect stores `task`'s result under for these inputs (its cache policy's)."""
+    policy = task.cache_policy
+    assert policy is not None and not isinstance(policy, type)
+    return policy.compute_key(None, dict(inputs), {})
