@@ -16,6 +16,12 @@ def configured_compute() -> Compute:
     name = get_settings().compute_block
     if not name:
         return Compute()
-    block = Compute.load(name)
+    try:
+        block = Compute.load(name)
+    except ValueError as error:
+        raise RuntimeError(
+            f"PREFECT_BEAMLINE_COMPUTE_BLOCK names the Beamline Compute block {name!r}, "
+            f"which cannot be loaded: {error}"
+        ) from error
     assert isinstance(block, Compute)
     return block

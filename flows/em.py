@@ -238,8 +238,8 @@ def process_em_movie(
         program="motion correction + CTF",
         data_file=movie,
     )
-    n_threads = configured_compute().threads_per_chunk
     with job.failure_recorded(what=Path(movie).name):
+        n_threads = configured_compute().threads_per_chunk
         movie_id = record_movie(job, movie)
         result = correct_movie(movie, Path(movie).stem, chosen, job.results_dir, n_threads)
         files = write_star_rows(job, result, chosen)

@@ -162,8 +162,8 @@ def process_ptycho(
         lims_block=lims_block,
         program=chosen.algorithm,
     )
-    n_threads = configured_compute().threads_per_chunk
     with job.failure_recorded():
+        n_threads = configured_compute().threads_per_chunk
         probe_file = resolve_probe_file(chosen.probe_from, lims_block)
         scan_file = scan_file_of(job.collection)
         result = reconstruct(job, scan_file, chosen, probe_file, n_threads)

@@ -26,3 +26,15 @@ def stack_computes_on(stack: LocalStack, compute: Compute) -> Iterator[None]:
         yield
     finally:
         save_compute_block(stack, Compute())
+
+
+@contextmanager
+def stack_compute_block_missing(stack: LocalStack) -> Iterator[None]:
+    """The block PREFECT_BEAMLINE_COMPUTE_BLOCK names is gone (an operator deleted or
+    misnamed it), then back on local threads."""
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        Compute.delete(E2E_COMPUTE_BLOCK)
+    try:
+        yield
+    finally:
+        save_compute_block(stack, Compute())
