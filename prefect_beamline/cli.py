@@ -111,8 +111,11 @@ def _outbox(args: argparse.Namespace) -> int:
 
 
 def _techniques(args: argparse.Namespace) -> int:
+    from prefect_beamline.deployments import deployments_of
+
     for spec in registry().values():
-        print(f"{spec.name:8} {spec.title}  (deployments: {', '.join(spec.deployments)})")
+        names = ", ".join(deployment.name for deployment in deployments_of(spec.name))
+        print(f"{spec.name:8} {spec.title}  (deployments: {names})")
     return 0
 
 

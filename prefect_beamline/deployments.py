@@ -111,6 +111,14 @@ def load_runner_deployments(
     return [runner_deployment(spec) for spec in selected_specs(path, only)]
 
 
+def deployments_of(technique: str, path: Path | None = None) -> list[DeploymentSpec]:
+    """The deployments of `prefect.yaml` that run a technique: those whose entrypoint is
+    in its flow module, `prefect_beamline.flows.<technique>`."""
+    module = f"prefect_beamline.flows.{technique}:"
+    specs = read_deployment_specs(find_prefect_yaml(path))
+    return [spec for spec in specs if spec.entrypoint.startswith(module)]
+
+
 def deployment_for_collection(
     technique: str, experiment_type: str, path: Path | None = None
 ) -> str:

@@ -11,7 +11,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 from pydantic import ValidationError
 
-from prefect_beamline.deployments import find_prefect_yaml, read_deployment_specs
+from prefect_beamline.deployments import deployments_of, find_prefect_yaml, read_deployment_specs
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.lims.schema import (
     Base,
@@ -30,17 +30,15 @@ def test_the_techniques_of_this_release_register_through_entry_points() -> None:
 
 @pytest.mark.parametrize("name", TECHNIQUES)
 def test_each_technique_has_its_folder_flow_module_and_deployments(name: str) -> None:
-    spec = technique(name)
     assert (REPOSITORY / "prefect_beamline" / "techniques" / name / "__init__.py").is_file()
     assert (REPOSITORY / "flows" / f"{name}.py").is_file()
-    deployments = {d.name: d for d in read_deployment_specs(find_prefect_yaml())}
-    for deployment in spec.deployments:
-        assert deployments[deployment].entrypoint.startswith(f"prefect_beamline.flows.{name}:")
-        assert deployment.startswith(f"{name}-")
+    deployments = deployments_of(name)
+    assert deployments, f"prefect.yaml has no deployment of prefect_beamline.flows.{name}"
+    assert all(deployment.name.startswith(f"{name}-") for deployment in deployments)
 
 
 def test_every_deployment_belongs_to_a_technique() -> None:
-    owned = {d for spec in registry().values() for d in spec.deployments}
+    owned = {d.name for name in TECHNIQUES for d in deployments_of(name)}
     assert {d.name for d in read_deployment_specs(find_prefect_yaml())} == owned
 
 

@@ -34,7 +34,9 @@ class TechniqueSpec:
 
     The technique's package holds, by convention, the modules `records` (its LIMS
     tables and writes), `demo` (`run_demo(workdir, **options) -> dict`, `print_report`)
-    and `synth` (synthetic data with known truth); `module(which)` imports one.
+    and `synth` (synthetic data with known truth); `module(which)` imports one. Its
+    deployments are those of `prefect.yaml` whose entrypoint is in its flow module
+    `prefect_beamline.flows.<name>` (`deployments.deployments_of`).
 
     Attributes:
         name: the short word used everywhere (modules, flows `<name>-processing`,
@@ -43,7 +45,6 @@ class TechniqueSpec:
         experiment_types: ISPyB DataCollectionGroup.experimentType -> this technique's
             experiment_type; the first entry for an experiment_type is the one written,
             the others are accepted when reading a database another program wrote.
-        deployments: the deployments of `prefect.yaml` that run this technique.
         benchmarks: benchmark name -> module and description.
         cli: optional `module:function` that adds subcommands to the CLI's subparsers.
         package: the technique's package; default `prefect_beamline.techniques.<name>`
@@ -53,7 +54,6 @@ class TechniqueSpec:
     name: str
     title: str
     experiment_types: tuple[tuple[str, str], ...]
-    deployments: tuple[str, ...]
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     cli: str | None = None
     package: str = ""

@@ -6,7 +6,6 @@ SPEC = TechniqueSpec(
     name="em",
     title="Cryo-EM on the fly: motion correction, dose weighting and CTF per movie",
     experiment_types=(("EM", "default"),),
-    deployments=("em-movie", "em-session-summary"),
     benchmarks={
         "em": Benchmark(
             "benchmarks.em",

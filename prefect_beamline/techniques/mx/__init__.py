@@ -6,7 +6,6 @@ SPEC = TechniqueSpec(
     name="mx",
     title="MX rotation and grid scan: spot finding, resolution, X-ray centre",
     experiment_types=(("OSC", "rotation"), ("Mesh", "gridscan")),
-    deployments=("mx-rotation", "mx-gridscan"),
     benchmarks={
         "spotfind": Benchmark(
             "benchmarks.spotfind",

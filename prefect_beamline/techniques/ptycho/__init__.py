@@ -7,7 +7,6 @@ SPEC = TechniqueSpec(
     title="Ptychography: ePIE / rPIE reconstruction of object and probe",
     # ISPyB has no experimentType for ptychography: this project's own value.
     experiment_types=(("Ptychography", "default"),),
-    deployments=("ptycho-reconstruction",),
     benchmarks={
         "ptycho": Benchmark(
             "benchmarks.ptycho",

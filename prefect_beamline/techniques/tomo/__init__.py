@@ -7,7 +7,6 @@ SPEC = TechniqueSpec(
     title="Tomography: NXtomo / Data Exchange scan to a reconstructed NeXus volume",
     # ISPyB spells tomography 'tomo'; 'Tomo' is accepted when reading.
     experiment_types=(("tomo", "default"), ("Tomo", "default")),
-    deployments=("tomo-reconstruction",),
     benchmarks={
         "tomo": Benchmark(
             "benchmarks.tomo",
