@@ -38,9 +38,7 @@ from prefect_beamline.techniques.em.ctf import Microscope
 from prefect_beamline.techniques.em.movie import MovieSettings, process_movie
 from prefect_beamline.techniques.em.records import EMMovieResult
 from prefect_beamline.techniques.em.results_files import write_movie_results, write_tables
-
-MOVIE_FLOW = "em-processing"
-MOVIE_DEPLOYMENT = f"{MOVIE_FLOW}/em-movie"
+from prefect_beamline.techniques.em.session import MOVIE_DEPLOYMENT, MOVIE_FLOW
 
 
 class EMParameters(BaseModel):

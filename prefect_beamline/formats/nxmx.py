@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle-LZ4 filter the data files need)
@@ -379,13 +378,3 @@ class NXmxCollection(FileReader):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         for start in range(first, last + 1, chunk_size):
             yield start, self.read_frames(start, min(start + chunk_size - 1, last))
-
-
-def describe(master_file: str | Path) -> dict[str, Any]:
-    """Geometry and size of a collection, for logs and the CLI."""
-    with NXmxCollection(master_file) as collection:
-        return {
-            "n_images": collection.n_images,
-            "data_files": [str(path) for path in collection.data_files],
-            **collection.geometry.__dict__,
-        }

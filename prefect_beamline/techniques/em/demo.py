@@ -34,10 +34,9 @@ from prefect_beamline.runs import (
 )
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.em import records
+from prefect_beamline.techniques.em.session import MOVIE_DEPLOYMENT, SUMMARY_DEPLOYMENT
 from prefect_beamline.techniques.em.synth import SyntheticSession, write_em_session
 
-MOVIE_DEPLOYMENT = "em-processing/em-movie"
-SUMMARY_DEPLOYMENT = "em-session-summary/em-session-summary"
 BEAMLINE, VISIT = "m02", "bi23047-1"
 
 

@@ -17,6 +17,10 @@ import numpy as np
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.techniques.em.records import RecordedMovieResult
 
+# The per-movie flow and its deployment (prefect.yaml), whose runs a session is made of.
+MOVIE_FLOW = "em-processing"
+MOVIE_DEPLOYMENT = f"{MOVIE_FLOW}/em-movie"
+SUMMARY_DEPLOYMENT = "em-session-summary/em-session-summary"
 STATISTICS_FILE = "session_statistics.json"
 HISTOGRAMS_FILE = "session_histograms.png"
 MOTION_STAR = "corrected_micrographs.star"

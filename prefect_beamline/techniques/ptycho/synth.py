@@ -50,10 +50,6 @@ class SyntheticScan:
     def n_positions(self) -> int:
         return int(self.positions_px.shape[0])
 
-    @property
-    def phase_true(self) -> np.ndarray:
-        return np.angle(self.object_true)
-
     def phase_nrmse(self, reconstructed_object: np.ndarray) -> float:
         """The phase error of a reconstructed object inside the scanned area."""
         region = scanned_area(self.probe_true, self.positions_px, self.object_true.shape)
