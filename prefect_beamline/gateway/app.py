@@ -43,6 +43,7 @@ from prefect_beamline.gateway.auth import (
     AuthError,
     Forbidden,
     GatewayAccess,
+    Role,
     check_signature,
 )
 from prefect_beamline.gateway.emitter import Drainer
@@ -211,7 +212,7 @@ def build_app(
         headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
         return JSONResponse(content, status_code=error.status_code, headers=headers)
 
-    def authenticate(request: Request, role: str = "daq") -> None:
+    def authenticate(request: Request, role: Role = "daq") -> None:
         """The DAQ's token for announcements, the operator's for the operator endpoints."""
         check = access.check_operator if role == "operator" else access.check_daq
         try:
