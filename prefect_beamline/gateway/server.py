@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from prefect_beamline.gateway.app import build_app
+from prefect_beamline.gateway.auth import GatewayAccess
 from prefect_beamline.gateway.emitter import Backoff, Drainer, PrefectEmitter, prefect_auth_headers
 from prefect_beamline.gateway.mapping import CollectionLookup
 from prefect_beamline.gateway.outbox import Outbox
@@ -46,11 +47,16 @@ def create_app(
     lookup: CollectionLookup | None = None,
     api_url: str | None = None,
     backoff: Backoff | None = None,
+    host: str | None = None,
 ) -> FastAPI:
     """The gateway as configured: outbox at `settings.resolved_outbox_url`, events to
     `api_url` (default PREFECT_API_URL), Zocalo ids resolved by `lookup` (default the LIMS).
+
+    Its authentication is checked first, for `host` (default `settings.gateway_host`):
+    GatewayConfigError before anything is opened or created.
     """
     settings = settings or get_settings()
+    access = GatewayAccess.from_settings(settings, host or settings.gateway_host)
     settings.home.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(settings.resolved_outbox_url)
     emitter = PrefectEmitter(api_url or prefect_api_url(), headers=prefect_auth_headers())
@@ -59,12 +65,14 @@ def create_app(
         outbox=outbox,
         drainer=Drainer(outbox, emitter, backoff=backoff),
         lookup=lookup or lims_lookup(settings),
+        access=access,
     )
 
 
 def run_gateway(host: str, port: int, settings: BeamlineSettings | None = None) -> None:
-    """Serve the gateway with uvicorn until interrupted."""
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    """Serve the gateway with uvicorn until interrupted; GatewayConfigError, before it
+    listens, when nothing would authenticate the DAQ on `host`."""
+    uvicorn.run(create_app(settings, host=host), host=host, port=port, log_level="info")
 
 
 def outbox_list(status: str | None = None) -> list[dict[str, Any]]:

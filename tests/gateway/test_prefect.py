@@ -23,7 +23,16 @@ from prefect_beamline.gateway.outbox import EMITTED, PENDING, StoredEvent
 from prefect_beamline.gateway.server import create_app
 from prefect_beamline.settings import BeamlineSettings
 from prefect_beamline.stack import ManagedProcess, free_port, start_prefect_server
-from tests.gateway.test_app import TOKEN, event_body, no_lookup, stored
+from tests.gateway.test_app import (
+    OPERATOR_TOKEN,
+    TOKEN,
+    event_body,
+    make_settings,
+    no_lookup,
+    stored,
+)
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 pytestmark = pytest.mark.e2e
 WAIT_S = 30.0
@@ -117,12 +126,12 @@ def all_emitted(settings: BeamlineSettings) -> list[StoredEvent] | None:
 def test_accepted_event_reaches_prefects_event_store(
     running_server: PrefectServer, tmp_path: Path
 ) -> None:
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN)
+    settings = make_settings(tmp_path)
     app = create_app(settings, lookup=no_lookup, api_url=running_server.api_url)
     with TestClient(app) as client:
         receipt = announce(client, 42)
         wait_for(lambda: all_emitted(settings), "the event was not emitted", 10.0)
-        health = client.get("/health").json()
+        health = client.get("/health", headers=OPERATOR).json()
     assert health["prefect_reachable"] is True and health["pending"] == 0
 
     (event,) = wait_for(
@@ -139,7 +148,7 @@ def test_events_accepted_while_prefect_is_down_arrive_in_order_when_it_returns(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     prefect_server.stop()
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN)
+    settings = make_settings(tmp_path)
     app = create_app(
         settings,
         lookup=no_lookup,
@@ -154,7 +163,7 @@ def test_events_accepted_while_prefect_is_down_arrive_in_order_when_it_returns(
         )
         assert [row.status for row in rows] == [PENDING] * 3
         assert "unreachable" in (rows[0].last_error or "")
-        health = client.get("/health").json()
+        health = client.get("/health", headers=OPERATOR).json()
         assert health["pending"] == 3 and health["prefect_reachable"] is False
 
         prefect_server.start()  # the same server and database, back on the same port
