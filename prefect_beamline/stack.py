@@ -137,6 +137,18 @@ class LocalStack:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
 
+    @property
+    def runner_metrics_url(self) -> str | None:
+        """The runner's Prometheus endpoint, when the stack was started with `observe`."""
+        port = self.env.get("PREFECT_BEAMLINE_METRICS_PORT")
+        return f"http://127.0.0.1:{port}/metrics" if port else None
+
+    @property
+    def trace_file(self) -> Path | None:
+        """The JSON-lines file every process writes its spans to, with `observe`."""
+        path = self.env.get("PREFECT_BEAMLINE_TRACE_FILE")
+        return Path(path) if path else None
+
 
 def stack_environment(workdir: Path, api_url: str, token: str, gateway_port: int) -> dict[str, str]:
     """Environment shared by every process of the stack (one LIMS, one outbox)."""
@@ -194,13 +206,15 @@ def embedded_stack(
     gateway: bool = True,
     api_url: str | None = None,
     compute_block: str | None = None,
+    observe: bool = False,
 ) -> Iterator[LocalStack]:
     """Start what is missing of server, gateway and runner; stop all of it on exit.
 
     An existing server is used when `api_url` (or PREFECT_API_URL) names one. With
     `compute_block`, the runner's flows compute where that Beamline Compute block says
     (saved as local threads when it does not exist yet), so an operator, or a test, can
-    move them to a Dask cluster by editing the block.
+    move them to a Dask cluster by editing the block. With `observe`, the runner exposes
+    its metrics on a free port and every process writes its spans to `traces.jsonl`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     api_url = api_url or os.environ.get("PREFECT_API_URL")
@@ -212,6 +226,9 @@ def embedded_stack(
     env = stack_environment(workdir, api_url, token, gateway_port)
     if compute_block:
         env["PREFECT_BEAMLINE_COMPUTE_BLOCK"] = compute_block
+    if observe:
+        env["PREFECT_BEAMLINE_METRICS_PORT"] = str(free_port())
+        env["PREFECT_BEAMLINE_TRACE_FILE"] = str(workdir / "traces.jsonl")
     Path(env["PREFECT_BEAMLINE_HOME"]).mkdir(parents=True, exist_ok=True)
     stack = LocalStack(workdir, api_url, f"http://127.0.0.1:{gateway_port}", token, env)
     try:
