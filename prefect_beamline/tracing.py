@@ -78,13 +78,14 @@ def configure_tracing(service_name: str) -> bool:
             provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(Path(trace_file))))
         if otlp_endpoint:
             provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
-            os.register_at_fork(
-                after_in_child=lambda: multiprocessing.util.Finalize(
-                    None, provider.force_flush, exitpriority=100
-                )
-            )
+            multiprocessing.util.register_after_fork(provider, _flush_at_process_exit)
         trace.set_tracer_provider(provider)
         return True
+
+
+def _flush_at_process_exit(provider: Any) -> None:
+    """In a multiprocessing child: send buffered spans before it exits (`os._exit`)."""
+    multiprocessing.util.Finalize(provider, provider.force_flush, exitpriority=100)
 
 
 def _otlp_exporter() -> Any:
