@@ -303,6 +303,12 @@ def start_runner_metrics(port: int | None, host: str) -> Path | None:
     prints where. None (nothing exposed, nothing written) otherwise."""
     if port is None:
         return None
-    folder = serve_runner_metrics(host, port)
+    try:
+        folder = serve_runner_metrics(host, port)
+    except OSError as error:
+        raise RuntimeError(
+            f"cannot expose metrics on {host}:{port} (PREFECT_BEAMLINE_METRICS_HOST/_PORT): "
+            f"{error.strerror or error}"
+        ) from error
     print(f"metrics on http://{host}:{port}/metrics (samples in {folder})")
     return folder
