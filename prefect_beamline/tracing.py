@@ -29,8 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace import SpanKind
 
 TRACER_NAME = "prefect_beamline"
@@ -46,8 +52,6 @@ def tracer() -> trace.Tracer:
 
 def tracing_enabled() -> bool:
     """Whether this process records spans (an exporter was configured)."""
-    from opentelemetry.sdk.trace import TracerProvider
-
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
@@ -66,10 +70,6 @@ def configure_tracing(service_name: str) -> bool:
         otlp_endpoint = os.environ.get(OTLP_ENDPOINT_VARIABLE)
         if not trace_file and not otlp_endpoint:
             return False
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-
         resource = Resource.create(
             {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service_name}
         )
