@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.mx.demo import demo_event
 from prefect_beamline.techniques.mx.synth import write_mx_collection
-from tests.e2e.helpers import completed_run, next_collection_id
+from tests.e2e.helpers import completed_run, final_run, next_collection_id
 
 pytestmark = pytest.mark.e2e
 ROTATION = "mx-processing/mx-rotation"
@@ -198,3 +198,27 @@ def test_one_trace_from_the_daq_webhook_to_the_lims_job(stack: LocalStack, tmp_p
     # The LIMS job names the trace.
     (job,) = stack.lims.jobs_for_collection(collection_id)
     assert job.trace_id == trace_id
+
+
+def test_failed_run_is_counted_as_failed(stack: LocalStack, tmp_path: Path) -> None:
+    assert stack.runner_metrics_url is not None
+    failed = {"flow": "mx-processing", "state": "failed"}
+    before = sample(scrape(stack.runner_metrics_url), "beamline_flow_runs_total", **failed)
+    collection_id = next_collection_id()
+    synthetic = write_mx_collection(tmp_path / "data", n_images=4, seed=41)
+    broken = synthetic.data_files[0]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 3])
+    announce_traced(
+        stack,
+        synthetic.master_file,
+        collection_id,
+        f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
+    )
+    assert final_run(stack, ROTATION, collection_id).state == "FAILED"
+    eventually(
+        lambda: (
+            sample(scrape(stack.runner_metrics_url or ""), "beamline_flow_runs_total", **failed)
+            == before + 1
+        ),
+        "the failed run in the runner's metrics",
+    )
