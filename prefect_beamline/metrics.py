@@ -48,6 +48,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from prefect_beamline.tracing import record_emission_spans
+
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds: from a few ms (Prefect up, drainer woken at once) to an hour (Prefect down).
@@ -111,8 +113,6 @@ def observe_emission_lag(source: str, received_at: datetime, emitted_at: datetim
 
 def record_emitted(rows: Iterable[Any]) -> None:
     """Outbox rows (`StoredEvent`) Prefect just took: counts and lags, and their spans."""
-    from prefect_beamline.tracing import record_emission_spans
-
     now = datetime.now(UTC)
     emitted = list(rows)
     for row in emitted:
