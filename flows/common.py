@@ -45,7 +45,12 @@ from prefect_beamline.events import (
 )
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.lims import CollectionDescription, Lims
+from prefect_beamline.metrics import count_run_states
 from prefect_beamline.settings import get_settings
+from prefect_beamline.tracing import configure_tracing, job_trace_id
+
+# Every flow-run process (forked by `serve`, started by a worker) traces as configured.
+configure_tracing("prefect-beamline-flows")
 
 # Bad input never gets better by retrying: fail fast and name it.
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
@@ -186,6 +191,7 @@ def record_processing_job(
     triggered_by: str,
     lims_block: str | None,
     program: str,
+    traceparent: str | None = None,
 ) -> Job:
     """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run)."""
     automatic, who = describe_trigger(triggered_by)
@@ -199,6 +205,7 @@ def record_processing_job(
         triggered_by=who,
         parameters=parameters,
         run_key=run_id,
+        trace_id=job_trace_id(traceparent),
     )
     command = rerun_command(collection.collection_id, recipe)
     program_id = lims.start_program(
@@ -391,6 +398,7 @@ def open_job(
         triggered_by=triggered_by,
         lims_block=lims_block,
         program=program,
+        traceparent=announced.traceparent if announced else None,
     )
 
 
@@ -419,6 +427,6 @@ def technique_flow(
     def decorate(function: Callable[..., Any]) -> Flow[..., Any]:
         summary = inspect.cleandoc(function.__doc__ or "")
         function.__doc__ = f"{summary}\n\n{FLOW_ARGUMENTS}{extra}"
-        return flow(name=name, log_prints=True)(function)
+        return count_run_states(flow(name=name, log_prints=True)(function))
 
     return decorate

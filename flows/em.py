@@ -33,6 +33,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.lims import CollectionDescription
+from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.em import records, report, session
 from prefect_beamline.techniques.em.ctf import Microscope
 from prefect_beamline.techniques.em.movie import MovieSettings, process_movie
@@ -111,6 +112,7 @@ def record_movie(job: Job, movie: str) -> int:
 
 
 @task(task_run_name="motioncor-ctf-{movie_name}")
+@timed_chunk("em")
 def correct_movie(
     movie: str, movie_name: str, parameters: EMParameters, results_dir: Path, n_threads: int
 ) -> EMMovieResult:

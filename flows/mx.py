@@ -31,6 +31,7 @@ from prefect_beamline.flows.common import (
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.nxmx import NXmxCollection
 from prefect_beamline.lims import CollectionDescription
+from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.mx import records, report
 from prefect_beamline.techniques.mx.analysis import (
     GridResult,
@@ -109,6 +110,7 @@ def count_images(collection: CollectionDescription) -> tuple[int, int]:
     persist_result=True,
     **infrastructure_retries(),
 )
+@timed_chunk("mx")
 def find_spots_in_images(
     master_file: str,
     signature: str,

@@ -30,6 +30,7 @@ from prefect_beamline.flows.common import (
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.lims import CollectionDescription
+from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.ptycho import records, report
 from prefect_beamline.techniques.ptycho.analysis import Reconstruction
 from prefect_beamline.techniques.ptycho.reconstruct import reconstruct_scan
@@ -90,6 +91,7 @@ def scan_file_of(collection: CollectionDescription) -> str:
 
 
 @task(task_run_name="reconstruct-{parameters.algorithm}", **infrastructure_retries())
+@timed_chunk("ptycho")
 def reconstruct(
     job: Job,
     scan_file: str,

@@ -31,6 +31,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.nxtomo import TomoScan
+from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.tomo import records, report
 from prefect_beamline.techniques.tomo.analysis import (
     CentreEstimate,
@@ -167,6 +168,7 @@ def find_centre(
     persist_result=True,
     **infrastructure_retries(),
 )
+@timed_chunk("tomo")
 def reconstruct_rows(
     scan_file: str,
     signature: str,

@@ -21,6 +21,8 @@ LABEL_TECHNIQUE = "beamline.technique"
 LABEL_EXPERIMENT_TYPE = "beamline.experiment_type"
 LABEL_BEAMLINE = "beamline.name"
 LABEL_VISIT = "beamline.visit"
+TRACE_RESOURCE_PREFIX = "beamline.trace"
+TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 # Prefect drops a repeated event id, so re-emitting from the outbox after a crash
 # must produce the same id: derive it from the DAQ's own event id.
@@ -98,6 +100,12 @@ class CollectionEvent(BaseModel):
     )
     source: str = Field("daq", max_length=40, description="daq, zocalo or bluesky")
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    traceparent: str | None = Field(
+        None,
+        pattern=TRACEPARENT_PATTERN,
+        description="W3C trace context (`00-<trace id>-<span id>-<flags>`) this collection's "
+        "processing is traced in; set by the gateway from the `traceparent` header",
+    )
 
     @model_validator(mode="after")
     def _check_ranges(self) -> CollectionEvent:
@@ -136,6 +144,18 @@ class CollectionEvent(BaseModel):
             LABEL_VISIT: self.visit,
         }
 
+    def trace_resources(self) -> list[dict[str, str]]:
+        """The trace as a related resource, so Prefect's event feed finds it by trace id."""
+        if self.traceparent is None:
+            return []
+        trace_id = self.traceparent.split("-")[1]
+        return [
+            {
+                "prefect.resource.id": f"{TRACE_RESOURCE_PREFIX}.{trace_id}",
+                "prefect.resource.role": "trace",
+            }
+        ]
+
     def to_prefect_event(self) -> dict[str, Any]:
         """The JSON body Prefect's `POST /api/events` takes for this announcement."""
         return {
@@ -143,7 +163,7 @@ class CollectionEvent(BaseModel):
             "occurred": self.timestamp.isoformat(),
             "event": self.event_name,
             "resource": self.resource(),
-            "related": [],
+            "related": self.trace_resources(),
             "payload": {"collection": self.model_dump(mode="json")},
         }
 

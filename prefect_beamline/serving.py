@@ -36,6 +36,9 @@ from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.runner import Runner
 
 from prefect_beamline.deployments import DeploymentSpec, deployment_arguments, selected_specs
+from prefect_beamline.metrics import start_runner_metrics
+from prefect_beamline.settings import get_settings
+from prefect_beamline.tracing import trace_served_runs
 
 DEFAULT_POLL_SECONDS = 0.25
 WARM_START_VARIABLE = "PREFECT_BEAMLINE_WARM_START"
@@ -137,6 +140,9 @@ def serve(
     for module in {flow_module(spec) for spec in specs}:
         importlib.import_module(module)  # fail here, loudly, on a broken entrypoint
     runner = build_runner(specs, limit=limit, poll_seconds=poll_seconds)
+    settings = get_settings()  # metrics first: flow-run processes must inherit the folder
+    start_runner_metrics(settings.metrics_port, settings.metrics_host)
+    trace_served_runs()
     if warm_start_enabled():
         warm_start(sorted({flow_module(spec) for spec in specs}))
     names = ", ".join(spec.name for spec in specs)

@@ -56,6 +56,14 @@ class BeamlineSettings(BaseSettings):
     gateway_max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
     gateway_host: str = Field("127.0.0.1", description="Address the gateway binds")
     gateway_port: int = Field(8787, description="Port the gateway listens on")
+    metrics_port: int | None = Field(
+        None,
+        description="Port on which `prefect-beamline serve` exposes Prometheus metrics; "
+        "None: no endpoint",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint of `serve` binds"
+    )
     compute_block: str | None = Field(
         None,
         description="Name of the Beamline Compute block flows run their chunks on; "

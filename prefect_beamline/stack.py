@@ -142,6 +142,18 @@ class LocalStack:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
 
+    @property
+    def runner_metrics_url(self) -> str | None:
+        """The runner's Prometheus endpoint, when the stack was started with `observe`."""
+        port = self.env.get("PREFECT_BEAMLINE_METRICS_PORT")
+        return f"http://127.0.0.1:{port}/metrics" if port else None
+
+    @property
+    def trace_file(self) -> Path | None:
+        """The JSON-lines file every process writes its spans to, with `observe`."""
+        path = self.env.get("PREFECT_BEAMLINE_TRACE_FILE")
+        return Path(path) if path else None
+
 
 def stack_environment(
     workdir: Path,
@@ -215,6 +227,7 @@ def embedded_stack(
     api_url: str | None = None,
     compute_block: str | None = None,
     data_roots: Sequence[Path] | None = None,
+    observe: bool = False,
 ) -> Iterator[LocalStack]:
     """Start what is missing of server, gateway and runner; stop all of it on exit.
 
@@ -222,7 +235,8 @@ def embedded_stack(
     `compute_block`, the runner's flows compute where that Beamline Compute block says
     (saved as local threads when it does not exist yet), so an operator, or a test, can
     move them to a Dask cluster by editing the block. Data is accepted under
-    `data_roots` (default `<workdir>/data`).
+    `data_roots` (default `<workdir>/data`). With `observe`, the runner exposes its
+    metrics on a free port and every process writes its spans to `traces.jsonl`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     api_url = api_url or os.environ.get("PREFECT_API_URL")
@@ -234,6 +248,9 @@ def embedded_stack(
     env = stack_environment(workdir, api_url, token, gateway_port, data_roots=data_roots)
     if compute_block:
         env["PREFECT_BEAMLINE_COMPUTE_BLOCK"] = compute_block
+    if observe:
+        env["PREFECT_BEAMLINE_METRICS_PORT"] = str(free_port())
+        env["PREFECT_BEAMLINE_TRACE_FILE"] = str(workdir / "traces.jsonl")
     Path(env["PREFECT_BEAMLINE_HOME"]).mkdir(parents=True, exist_ok=True)
     stack = LocalStack(workdir, api_url, f"http://127.0.0.1:{gateway_port}", token, env)
     try:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from prefect_beamline import metrics, tracing
 from prefect_beamline.data_roots import OutsideDataRoots, require_data_files
 from prefect_beamline.events import CollectionEvent, prefect_event_id
 from prefect_beamline.gateway.auth import (
@@ -64,6 +65,7 @@ from prefect_beamline.gateway.mapping import (
     summarize_errors,
     zocalo_to_event,
 )
+from prefect_beamline.gateway.metrics_endpoint import add_metrics_endpoint
 from prefect_beamline.gateway.outbox import PENDING, SKIPPED, Outbox, OutboxStatus
 from prefect_beamline.settings import BeamlineSettings
 
@@ -200,12 +202,16 @@ def build_app(
         "is emitted in order, and kept while Prefect is unreachable.",
         version="1",
         lifespan=lifespan,
+        telemetry={"exclude": tracing.not_an_announcement},
     )
     app.state.outbox = outbox
     app.state.drainer = drainer
+    app.add_middleware(tracing.PropagateTraceContext)
+    add_metrics_endpoint(app, access=access, outbox=outbox, drainer=drainer)
 
     @app.exception_handler(RequestError)
-    async def _refused(_: Request, error: RequestError) -> JSONResponse:
+    async def _refused(request: Request, error: RequestError) -> JSONResponse:
+        metrics.record_refused(request.url.path, error.status_code)
         content: dict[str, Any] = {"detail": error.detail}
         if error.message is not None:
             content["message"] = error.message
@@ -260,6 +266,7 @@ def build_app(
             )
         except OutsideDataRoots as error:
             raise RequestError(422, str(error)) from None
+        event = tracing.stamp_trace(event)
         try:
             sequence, is_new = await run_in_threadpool(
                 partial(
@@ -279,6 +286,7 @@ def build_app(
             status=("accepted" if status == PENDING else "skipped") if is_new else "duplicate",
             sequence=sequence,
         )
+        metrics.record_accepted(event.source, receipt.status)
         return JSONResponse(receipt.model_dump(), status_code=202 if is_new else 200)
 
     @app.post(

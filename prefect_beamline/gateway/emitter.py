@@ -26,6 +26,7 @@ from typing import Any, Literal
 import httpx
 from starlette.concurrency import run_in_threadpool
 
+from prefect_beamline import metrics
 from prefect_beamline.gateway.outbox import Outbox, StoredEvent
 
 logger = logging.getLogger("prefect_beamline.gateway")
@@ -210,6 +211,7 @@ class Drainer:
         sequences = [row.sequence for row in batch]
         if result.outcome == "emitted":
             await run_in_threadpool(self.outbox.mark_emitted, sequences)
+            metrics.record_emitted(batch)
             self.status.prefect_reachable = True
             self.status.consecutive_failures = 0
             self.status.emitted += len(batch)
@@ -235,6 +237,7 @@ class Drainer:
         await run_in_threadpool(
             lambda: self.outbox.record_failure(sequences, result.message, give_up=True)
         )
+        metrics.record_dead_lettered(batch)
         return True
 
     def _failed(self, message: str) -> None:

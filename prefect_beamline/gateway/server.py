@@ -15,6 +15,7 @@ from prefect_beamline.gateway.emitter import Backoff, Drainer, PrefectEmitter, p
 from prefect_beamline.gateway.mapping import CollectionLookup
 from prefect_beamline.gateway.outbox import Outbox
 from prefect_beamline.settings import BeamlineSettings, get_settings
+from prefect_beamline.tracing import configure_tracing
 
 
 def prefect_api_url() -> str:
@@ -58,6 +59,7 @@ def create_app(
     settings = settings or get_settings()
     access = GatewayAccess.from_settings(settings, host or settings.gateway_host)
     settings.home.mkdir(parents=True, exist_ok=True)
+    configure_tracing("prefect-beamline-gateway")
     outbox = Outbox(settings.resolved_outbox_url)
     emitter = PrefectEmitter(api_url or prefect_api_url(), headers=prefect_auth_headers())
     return build_app(

@@ -71,7 +71,9 @@ from prefect_beamline.lims.transaction import (
 # ProcessingJobParameter keys the writer reserves for itself.
 RUN_KEY_PARAMETER = "prefect_flow_run_id"
 TRIGGERED_BY_PARAMETER = "triggered_by"
-_RESERVED_PARAMETERS = (RUN_KEY_PARAMETER, TRIGGERED_BY_PARAMETER)
+# ISPyB's ProcessingJob has no column for it: the OpenTelemetry trace id of the run.
+TRACE_ID_PARAMETER = "trace_id"
+_RESERVED_PARAMETERS = (RUN_KEY_PARAMETER, TRIGGERED_BY_PARAMETER, TRACE_ID_PARAMETER)
 # GDA's DataCollection.runStatus at the end of a good collection.
 RUN_STATUS_SUCCESSFUL = "DataCollection Successful"
 
@@ -98,6 +100,7 @@ class ProcessingJobSummary:
     program_start: datetime | None = None
     program_end: datetime | None = None
     attachments: list[str] = field(default_factory=list)
+    trace_id: str | None = None
 
     @property
     def results_dir(self) -> str | None:
@@ -273,12 +276,14 @@ class Lims:
         triggered_by: str,
         parameters: Mapping[str, object],
         run_key: str,
+        trace_id: str | None = None,
     ) -> int:
         """The ProcessingJob of one flow run on one collection, created once per run_key.
 
         `run_key` is the Prefect flow-run id: a retried task gets the same job back, a
         rerun (a new flow run) gets a new one. Parameters are stored JSON-encoded, with
-        `triggered_by` and the run key, as ProcessingJobParameter rows.
+        `triggered_by`, the run key and the trace id (`trace_id`, to find the run's
+        trace), as ProcessingJobParameter rows.
         """
         if not run_key:
             raise ValueError("run_key must not be empty: pass the Prefect flow-run id")
@@ -288,6 +293,8 @@ class Lims:
             run_key, PARAMETER_VALUE_LENGTH, "ProcessingJobParameter.parameterValue of run_key"
         )
         values[TRIGGERED_BY_PARAMETER] = clip(triggered_by, PARAMETER_VALUE_LENGTH)
+        if trace_id:
+            values[TRACE_ID_PARAMETER] = trace_id
         with self.transaction(write=True) as session:
             collection = session.get(
                 DataCollection, data_collection_id, with_for_update={"key_share": True}
@@ -467,6 +474,7 @@ class Lims:
             }
             triggered_by = values.pop(TRIGGERED_BY_PARAMETER, None)
             run_key = values.pop(RUN_KEY_PARAMETER, None)
+            trace_id = values.pop(TRACE_ID_PARAMETER, None)
             job_program = programs.get(job.processingJobId)
             job_program_id = job_program.autoProcProgramId if job_program else None
             summaries.append(
@@ -490,6 +498,7 @@ class Lims:
                         str(Path(directory) / name)
                         for directory, name in attachments.get(job_program_id or -1, [])
                     ],
+                    trace_id=trace_id,
                 )
             )
         return summaries
