@@ -270,7 +270,7 @@ def reconstruct_on_compute(
     chunks, its kernel threads."""
     compute = configured_compute()
     on_compute = reconstruct_volume.with_options(task_runner=compute.task_runner())
-    in_flight = IN_FLIGHT_PER_PARALLEL_CHUNK * compute.parallel_chunks
+    in_flight = IN_FLIGHT_PER_PARALLEL_CHUNK * compute.chunks_at_once
     return on_compute(
         scan, rows, centre, parameters, job.results_dir, in_flight, compute.threads_per_chunk
     )

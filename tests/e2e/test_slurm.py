@@ -1,0 +1,125 @@
+"""Chunks as Slurm jobs: the server's Compute block names a Slurm cluster (dask-jobqueue),
+an MX collection is announced, and its chunks run on Dask workers that Slurm started.
+
+Needs a running Slurm (`.ci/slurm-up` makes a one-node one; CI runs it and sets
+PREFECT_BEAMLINE_TEST_SLURM=1). Skipped only on a machine without Slurm's commands and
+without that variable; a Slurm that is installed or expected but not running fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.logging import disable_run_logger
+
+from prefect_beamline.blocks.compute import Compute
+from prefect_beamline.blocks.slurm import SlurmJobs
+from prefect_beamline.flows.mx import MXParameters, data_signature, find_spots_in_images
+from prefect_beamline.stack import LocalStack
+from prefect_beamline.techniques.mx import records
+from prefect_beamline.techniques.mx.synth import write_mx_collection
+from tests.e2e.compute import stack_computes_on
+from tests.e2e.helpers import completed_run, next_collection_id
+from tests.e2e.test_mx import ROTATION, announce_mx
+
+pytestmark = pytest.mark.e2e
+SLURM_EXPECTED = "PREFECT_BEAMLINE_TEST_SLURM"
+CHUNK_LOG = re.compile(r"images (\d+)-(\d+) on .*, slurm job (\d+)")
+
+
+def require_slurm() -> None:
+    """A node that takes jobs, else skip (no Slurm here, none expected) or fail."""
+    expected = os.environ.get(SLURM_EXPECTED) == "1"
+    if shutil.which("sinfo") is None:
+        if expected:
+            pytest.fail(f"{SLURM_EXPECTED}=1 but Slurm is not installed: run .ci/slurm-up")
+        pytest.skip("Slurm is not installed on this machine (no sinfo): run .ci/slurm-up as root")
+    states = subprocess.run(
+        ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=30
+    )
+    if not {"idle", "mixed"} & set(states.stdout.split()):
+        pytest.fail(
+            "Slurm is installed but has no node taking jobs (run .ci/slurm-up): "
+            f"sinfo said {states.stdout.strip() or states.stderr.strip()!r}"
+        )
+
+
+def slurm_jobs(job_name: str) -> dict[str, str]:
+    """Job id -> state of every job of that name slurmctld still knows (finished ones too)."""
+    listed = subprocess.run(
+        ["squeue", "--states=all", f"--name={job_name}", "--noheader", "--format=%i %T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return dict(line.split() for line in listed.stdout.splitlines() if line.strip())
+
+
+def chunks_run_by_jobs(log_directory: Path) -> dict[tuple[int, int], tuple[str, str]]:
+    """(first, last) image of each chunk -> (the job whose output file holds the chunk's
+    log line, the SLURM_JOB_ID the chunk saw in its environment)."""
+    ran: dict[tuple[int, int], tuple[str, str]] = {}
+    for output in log_directory.glob("*.err"):
+        job_id = output.stem.rsplit("-", 1)[1]
+        for match in CHUNK_LOG.finditer(output.read_text()):
+            ran[int(match[1]), int(match[2])] = (job_id, match[3])
+    return ran
+
+
+def test_chunks_run_as_slurm_jobs_the_compute_block_describes(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    require_slurm()
+    job_name = f"beamline-test-{uuid.uuid4().hex[:8]}"
+    slurm_logs = tmp_path / "slurm-logs"
+    slurm = SlurmJobs(
+        cores=1,
+        memory="1GiB",
+        walltime="00:10:00",
+        python=sys.executable,  # the test's virtualenv, on this one node
+        job_name=job_name,
+        log_directory=str(slurm_logs),
+        maximum_jobs=2,
+    )
+    collection_id = next_collection_id()
+    synthetic = write_mx_collection(tmp_path / "data", n_images=6, seed=29)
+    try:
+        with stack_computes_on(stack, Compute(slurm=slurm)):
+            announce_mx(stack, synthetic.master_file, collection_id, images_per_chunk=2)
+            completed_run(stack, ROTATION, collection_id)
+        jobs = slurm_jobs(job_name)
+    finally:
+        subprocess.run(["scancel", f"--name={job_name}"], check=False, timeout=30)
+
+    # Slurm ran the workers: jobs of this block's name, ended when the run's chunks were done.
+    assert jobs, f"no Slurm job named {job_name}"
+    assert len(jobs) <= slurm.maximum_jobs
+    assert set(jobs.values()) <= {"COMPLETED", "CANCELLED"}, jobs
+    # Every chunk ran in one of those jobs: its log line is in that job's output file
+    # (Slurm names it by job id) and names the job Slurm set in the chunk's environment.
+    ran = chunks_run_by_jobs(slurm_logs)
+    assert set(ran) == {(1, 2), (3, 4), (5, 6)}, ran
+    assert all(file_job == environment_job for file_job, environment_job in ran.values()), ran
+    assert {job_id for job_id, _ in ran.values()} <= set(jobs), (ran, jobs)
+
+    # The same numbers as the flow's chunk computed here, on the test's own thread.
+    job = stack.lims.jobs_for_collection(collection_id)[0]
+    stored = records.image_quality(stack.lims, job.program_id or -1)
+    master = str(synthetic.master_file)
+    with disable_run_logger():
+        expected = find_spots_in_images.fn(master, data_signature(master), 1, 6, MXParameters())
+    assert [(q.image_number, q.n_spots) for q in stored] == [
+        (q.image_number, q.n_spots) for q in expected
+    ]
+    assert [q.total_intensity for q in stored] == pytest.approx(
+        [q.total_intensity for q in expected]
+    )
+    assert all(q.n_spots > 20 for q in stored)  # the synthetic images hold ~40 spots each
