@@ -84,24 +84,23 @@ class Compute(Block):
         return self.parallel_chunks
 
     def task_runner(self) -> TaskRunner:
-        """A prefect-dask runner on the scheduler or on Slurm jobs, else a thread pool."""
-        if self.slurm:
-            from prefect_dask import DaskTaskRunner
+        """A thread pool, else a prefect-dask runner on the scheduler or on Slurm jobs."""
+        if not (self.scheduler_address or self.slurm):
+            return ThreadPoolTaskRunner(max_workers=self.parallel_chunks)
+        from prefect_beamline.blocks.dask_runner import DrainingDaskTaskRunner
 
-            try:
-                from dask_jobqueue import SLURMCluster
-            except ImportError as error:
-                raise RuntimeError(
-                    "the Compute block's slurm needs dask-jobqueue on the flow's machine: "
-                    "pip install 'prefect-beamline[slurm]'"
-                ) from error
-            return DaskTaskRunner(
-                cluster_class=SLURMCluster,
-                cluster_kwargs=self.slurm.cluster_kwargs(self.threads_per_chunk),
-                adapt_kwargs=self.slurm.adapt_kwargs(),
-            )
         if self.scheduler_address:
-            from prefect_dask import DaskTaskRunner
-
-            return DaskTaskRunner(address=self.scheduler_address)
-        return ThreadPoolTaskRunner(max_workers=self.parallel_chunks)
+            return DrainingDaskTaskRunner(address=self.scheduler_address)
+        assert self.slurm is not None
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as error:
+            raise RuntimeError(
+                "the Compute block's slurm needs dask-jobqueue on the flow's machine: "
+                "pip install 'prefect-beamline[slurm]'"
+            ) from error
+        return DrainingDaskTaskRunner(
+            cluster_class=SLURMCluster,
+            cluster_kwargs=self.slurm.cluster_kwargs(self.threads_per_chunk),
+            adapt_kwargs=self.slurm.adapt_kwargs(),
+        )

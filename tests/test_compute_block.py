@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from dask_jobqueue import SLURMCluster
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 from pydantic import ValidationError
 
 from prefect_beamline.blocks.compute import Compute
+from prefect_beamline.blocks.dask_runner import DrainingDaskTaskRunner
 from prefect_beamline.blocks.slurm import SlurmJobs
 
 
@@ -81,7 +81,7 @@ def test_slurm_jobs_reserve_the_kernels_cores_and_run_whole_chunks() -> None:
     compute = Compute(slurm=slurm, threads_per_chunk=2)
     runner = compute.task_runner()
 
-    assert isinstance(runner, DaskTaskRunner)
+    assert isinstance(runner, DrainingDaskTaskRunner)
     assert runner.cluster_class is SLURMCluster
     assert runner.adapt_kwargs == {"minimum_jobs": 1, "maximum_jobs": 3}
     # 8 cores = 2 processes x 2 chunks x 2 kernel threads: Dask sees 4 chunk slots.

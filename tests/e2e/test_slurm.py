@@ -13,9 +13,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from prefect.logging import disable_run_logger
 
@@ -31,7 +33,7 @@ from tests.e2e.test_mx import ROTATION, announce_mx
 
 pytestmark = pytest.mark.e2e
 SLURM_EXPECTED = "PREFECT_BEAMLINE_TEST_SLURM"
-CHUNK_LOG = re.compile(r"images (\d+)-(\d+) on .*, slurm job (\d+)")
+CHUNK_LOG = re.compile(r"images (\d+)-(\d+) on .*, slurm job (\d+)$", re.MULTILINE)
 
 
 def require_slurm() -> None:
@@ -63,15 +65,38 @@ def slurm_jobs(job_name: str) -> dict[str, str]:
     return dict(line.split() for line in listed.stdout.splitlines() if line.strip())
 
 
-def chunks_run_by_jobs(log_directory: Path) -> dict[tuple[int, int], tuple[str, str]]:
+def chunks_run_by_jobs(log_directory: Path) -> dict[tuple[int, int], tuple[str, str, str]]:
     """(first, last) image of each chunk -> (the job whose output file holds the chunk's
-    log line, the SLURM_JOB_ID the chunk saw in its environment)."""
-    ran: dict[tuple[int, int], tuple[str, str]] = {}
+    log line, the SLURM_JOB_ID the chunk saw in its environment, the line)."""
+    ran: dict[tuple[int, int], tuple[str, str, str]] = {}
     for output in log_directory.glob("*.err"):
         job_id = output.stem.rsplit("-", 1)[1]
         for match in CHUNK_LOG.finditer(output.read_text()):
-            ran[int(match[1]), int(match[2])] = (job_id, match[3])
+            ran[int(match[1]), int(match[2])] = (job_id, match[3], match[0])
     return ran
+
+
+def logged_in_prefect(stack: LocalStack, flow_run_id: str, wanted: set[str]) -> set[str]:
+    """Which of the `wanted` log lines the run and its subflows stored in Prefect (what the
+    UI shows); the log handler sends in batches, so poll a while."""
+    flows = httpx.post(
+        f"{stack.api_url}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}},
+        timeout=10.0,
+    )
+    flows.raise_for_status()
+    run_ids = [flow_run_id, *(run["id"] for run in flows.json())]
+    deadline = time.monotonic() + 15.0
+    while True:
+        response = httpx.post(
+            f"{stack.api_url}/logs/filter",
+            json={"logs": {"flow_run_id": {"any_": run_ids}}, "limit": 200},
+            timeout=10.0,
+        )
+        response.raise_for_status()
+        found = wanted & {log["message"] for log in response.json()}
+        if found == wanted or time.monotonic() > deadline:
+            return found
 
 
 def test_chunks_run_as_slurm_jobs_the_compute_block_describes(
@@ -94,7 +119,7 @@ def test_chunks_run_as_slurm_jobs_the_compute_block_describes(
     try:
         with stack_computes_on(stack, Compute(slurm=slurm)):
             announce_mx(stack, synthetic.master_file, collection_id, images_per_chunk=2)
-            completed_run(stack, ROTATION, collection_id)
+            flow_run_id = completed_run(stack, ROTATION, collection_id)
         jobs = slurm_jobs(job_name)
     finally:
         subprocess.run(["scancel", f"--name={job_name}"], check=False, timeout=30)
@@ -107,8 +132,11 @@ def test_chunks_run_as_slurm_jobs_the_compute_block_describes(
     # (Slurm names it by job id) and names the job Slurm set in the chunk's environment.
     ran = chunks_run_by_jobs(slurm_logs)
     assert set(ran) == {(1, 2), (3, 4), (5, 6)}, ran
-    assert all(file_job == environment_job for file_job, environment_job in ran.values()), ran
-    assert {job_id for job_id, _ in ran.values()} <= set(jobs), (ran, jobs)
+    assert all(file_job == environment_job for file_job, environment_job, _ in ran.values()), ran
+    assert {job_id for job_id, _, _ in ran.values()} <= set(jobs), (ran, jobs)
+    # and the UI shows those lines: the workers sent them before their jobs were cancelled.
+    lines = {line for _, _, line in ran.values()}
+    assert logged_in_prefect(stack, flow_run_id, lines) == lines
 
     # The same numbers as the flow's chunk computed here, on the test's own thread.
     job = stack.lims.jobs_for_collection(collection_id)[0]
