@@ -141,6 +141,8 @@ class SlurmJobs(BaseModel):
             "walltime": self.walltime,
             "job_name": self.job_name,
             "job_extra_directives": list(self.job_extra_directives),
+            # One scheduler per run: runs at the same time must not fight over port 8787.
+            "scheduler_options": {"dashboard_address": ":0"},
         }
         optional = {
             "queue": self.queue,
