@@ -36,8 +36,10 @@ SLURM_EXPECTED = "PREFECT_BEAMLINE_TEST_SLURM"
 CHUNK_LOG = re.compile(r"images (\d+)-(\d+) on .*, slurm job (\d+)$", re.MULTILINE)
 
 
-def require_slurm() -> None:
-    """A node that takes jobs, else skip (no Slurm here, none expected) or fail."""
+@pytest.fixture
+def slurm_node() -> None:
+    """A node that takes jobs, else skip (no Slurm here, none expected) or fail; checked
+    before the stack starts."""
     expected = os.environ.get(SLURM_EXPECTED) == "1"
     if shutil.which("sinfo") is None:
         if expected:
@@ -100,9 +102,8 @@ def logged_in_prefect(stack: LocalStack, flow_run_id: str, wanted: set[str]) -> 
 
 
 def test_chunks_run_as_slurm_jobs_the_compute_block_describes(
-    stack: LocalStack, tmp_path: Path
+    slurm_node: None, stack: LocalStack, tmp_path: Path
 ) -> None:
-    require_slurm()
     job_name = f"beamline-test-{uuid.uuid4().hex[:8]}"
     slurm_logs = tmp_path / "slurm-logs"
     slurm = SlurmJobs(
