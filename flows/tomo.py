@@ -29,7 +29,7 @@ from prefect_beamline.flows.common import (
     open_job,
     technique_flow,
 )
-from prefect_beamline.flows.compute import configured_compute
+from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.formats.nxtomo import TomoScan
 from prefect_beamline.techniques.tomo import records, report
 from prefect_beamline.techniques.tomo.analysis import (
@@ -178,6 +178,7 @@ def reconstruct_rows(
 ) -> np.ndarray:
     """Slices (row, y, x) of detector rows first_row..stop_row-1: normalise, remove
     rings, filter and back-project. Reads only those rows' sinograms."""
+    get_run_logger().info("rows %d-%d on %s", first_row, stop_row - 1, where_this_runs())
     with TomoScan(scan_file) as scan:
         flat, dark = scan.flat_and_dark(first_row, stop_row)
         sinograms = normalise(scan.read_rows(first_row, stop_row), flat, dark, n_threads=n_threads)
