@@ -114,6 +114,10 @@ def test_chunks_run_as_slurm_jobs_the_compute_block_describes(
         job_name=job_name,
         log_directory=str(slurm_logs),
         maximum_jobs=2,
+        # The workers hold their Prefect logs for a minute, longer than the run lasts:
+        # only the runner's asking them to send before it cancels the jobs gets the chunks'
+        # log lines to the UI.
+        job_extra_directives=["--export=ALL,PREFECT_LOGGING_TO_API_BATCH_INTERVAL=60"],
     )
     collection_id = next_collection_id()
     synthetic = write_mx_collection(tmp_path / "data", n_images=6, seed=29)
