@@ -19,6 +19,7 @@ SPINE = {
     "latency": Benchmark(
         "benchmarks.latency", "webhook to flow-run RUNNING through the embedded stack"
     ),
+    "slurm": Benchmark("benchmarks.slurm", "what a run pays to compute on Slurm jobs"),
 }
 
 

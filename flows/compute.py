@@ -25,3 +25,21 @@ def configured_compute() -> Compute:
         ) from error
     assert isinstance(block, Compute)
     return block
+
+
+def where_this_runs() -> str:
+    """Host, Dask worker and Slurm job of the calling chunk, for its log: an operator (and
+    the tests) can tell which compute did the work."""
+    import os
+    import socket
+
+    place = socket.gethostname()
+    try:
+        from distributed import get_worker
+
+        place += f", dask worker {get_worker().name}"
+    except ValueError:
+        place += ", local thread"
+    if job_id := os.environ.get("SLURM_JOB_ID"):
+        place += f", slurm job {job_id}"
+    return place

@@ -28,7 +28,7 @@ from prefect_beamline.flows.common import (
     open_job,
     technique_flow,
 )
-from prefect_beamline.flows.compute import configured_compute
+from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.formats.nxmx import NXmxCollection
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
@@ -123,6 +123,7 @@ def find_spots_in_images(
 
     Streams one frame at a time, so memory stays at one frame whatever the chunk size.
     """
+    get_run_logger().info("images %d-%d on %s", first, last, where_this_runs())
     dispersion = parameters.dispersion()
     results: list[ImageQuality] = []
     with NXmxCollection(master_file) as collection:

@@ -29,7 +29,7 @@ from prefect_beamline.flows.common import (
     open_job,
     technique_flow,
 )
-from prefect_beamline.flows.compute import configured_compute
+from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.formats.nxtomo import TomoScan
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.tomo import records, report
@@ -180,6 +180,7 @@ def reconstruct_rows(
 ) -> np.ndarray:
     """Slices (row, y, x) of detector rows first_row..stop_row-1: normalise, remove
     rings, filter and back-project. Reads only those rows' sinograms."""
+    get_run_logger().info("rows %d-%d on %s", first_row, stop_row - 1, where_this_runs())
     with TomoScan(scan_file) as scan:
         flat, dark = scan.flat_and_dark(first_row, stop_row)
         sinograms = normalise(scan.read_rows(first_row, stop_row), flat, dark, n_threads=n_threads)
@@ -272,7 +273,7 @@ def reconstruct_on_compute(
     chunks, its kernel threads."""
     compute = configured_compute()
     on_compute = reconstruct_volume.with_options(task_runner=compute.task_runner())
-    in_flight = IN_FLIGHT_PER_PARALLEL_CHUNK * compute.parallel_chunks
+    in_flight = IN_FLIGHT_PER_PARALLEL_CHUNK * compute.chunks_at_once
     return on_compute(
         scan, rows, centre, parameters, job.results_dir, in_flight, compute.threads_per_chunk
     )

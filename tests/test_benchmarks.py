@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,12 @@ def test_kernel_benchmark_times_kernel_reference_and_memory_pass(
     assert all(value > 0 for value in timings.values()), timings
     key, tolerance = agreement
     assert result[key] < tolerance
+
+
+def test_slurm_benchmark_reports_what_a_slurm_run_pays_or_why_not() -> None:
+    result = run_quick("slurm")
+    if "skipped" in result:  # no Slurm on this machine: fine only where none is expected
+        assert os.environ.get("PREFECT_BEAMLINE_TEST_SLURM") != "1", result["skipped"]
+        return
+    assert result["slurm_first_result_s"] > 0 and result["local_first_result_s"] > 0
+    assert result["slurm_task_round_trip_ms"] > 0

@@ -34,6 +34,8 @@ def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
         {"compute_block": "cluster"},
         {"parallel_chunks": 64},
         {"threads_per_chunk": 64},
+        {"slurm": {"queue": "debug", "maximum_jobs": 100}},
+        {"queue": "debug"},
     ],
 )
 def test_a_daq_naming_compute_is_refused_as_bad_input(infrastructure: dict[str, Any]) -> None:
