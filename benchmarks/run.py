@@ -19,6 +19,10 @@ SPINE = {
     "latency": Benchmark(
         "benchmarks.latency", "webhook to flow-run RUNNING through the embedded stack"
     ),
+    "gateway": Benchmark(
+        "benchmarks.gateway",
+        "gateway accepted events/s, p99, burst integrity and drain lag; Zocalo's transport",
+    ),
 }
 
 

@@ -320,51 +320,75 @@ class Outbox:
             room = None
             if max_pending is not None:
                 room = max_pending - _count(connection, PENDING)
-            admissions: builtins.list[Admission] = []
+            judged: builtins.list[tuple[Outcome, str]] = []  # sequences looked up last
+            new: builtins.list[Submission] = []
             for submission in submissions:
-                event = submission.event
-                if event.event_id in known:
-                    sequence, stored_hash = known[event.event_id]
+                event_id = submission.event.event_id
+                if event_id in known:
+                    stored_hash = known[event_id][1]
                     same = stored_hash is None or stored_hash == submission.body_hash
-                    admissions.append(Admission("duplicate" if same else "conflict", sequence))
-                    continue
-                if submission.status == PENDING and room is not None:
-                    if room <= 0:
-                        admissions.append(Admission("full", None))
-                        continue
-                    room -= 1
-                sequence = self._insert(connection, submission, now)
-                known[event.event_id] = (sequence, submission.body_hash)
-                admissions.append(Admission("accepted", sequence))
-        return admissions
+                    judged.append(("duplicate" if same else "conflict", event_id))
+                elif submission.status == PENDING and room is not None and room <= 0:
+                    judged.append(("full", event_id))
+                else:
+                    if submission.status == PENDING and room is not None:
+                        room -= 1
+                    known[event_id] = (0, submission.body_hash)
+                    judged.append(("accepted", event_id))
+                    new.append(submission)
+            inserted = self._insert(connection, new, now)
+            for submission, sequence in zip(new, inserted, strict=True):
+                known[submission.event.event_id] = (sequence, submission.body_hash)
+        return [
+            Admission(outcome, None if outcome == "full" else known[event_id][0])
+            for outcome, event_id in judged
+        ]
 
-    def _insert(self, connection: Connection, submission: Submission, now: datetime) -> int:
-        event = submission.event
-        inserted = connection.execute(
-            insert(OutboxRow).values(
-                event_id=event.event_id,
-                source=event.source,
-                received_at=now,
-                event=event.model_dump(mode="json"),
-                raw_body=submission.raw_body,
-                status=submission.status,
-                attempts=0,
-                note=submission.note,
-                collection_id=event.collection_id,
-                body_hash=submission.body_hash,
+    def _insert(
+        self, connection: Connection, submissions: Sequence[Submission], now: datetime
+    ) -> builtins.list[int]:
+        """Insert the rows in one statement; their sequences, in order."""
+        if not submissions:
+            return []
+        rows = [
+            {
+                "event_id": submission.event.event_id,
+                "source": submission.event.source,
+                "received_at": now,
+                "event": submission.event.model_dump(mode="json"),
+                "raw_body": submission.raw_body,
+                "status": submission.status,
+                "attempts": 0,
+                "note": submission.note,
+                "collection_id": submission.event.collection_id,
+                "body_hash": submission.body_hash,
+            }
+            for submission in submissions
+        ]
+        if connection.dialect.insert_executemany_returning_sort_by_parameter_order:
+            statement = insert(OutboxRow).returning(
+                OutboxRow.sequence, sort_by_parameter_order=True
             )
-        )
-        key = inserted.inserted_primary_key
-        if key is None:
-            raise RuntimeError(f"{self!r}: the database returned no sequence number")
-        if submission.bluesky_start is not None:
-            connection.execute(delete(BlueskyStartRow).filter_by(uid=event.event_id))
-            connection.execute(
-                insert(BlueskyStartRow).values(
-                    uid=event.event_id, document=submission.bluesky_start, received_at=now
-                )
-            )
-        return int(key[0])
+            sequences = [
+                int(sequence) for sequence in connection.execute(statement, rows).scalars()
+            ]
+        else:  # one INSERT per row; each returns its key
+            sequences = []
+            for row in rows:
+                key = connection.execute(insert(OutboxRow).values(**row)).inserted_primary_key
+                if key is None:
+                    raise RuntimeError(f"{self!r}: the database returned no sequence number")
+                sequences.append(int(key[0]))
+        starts = [
+            {"uid": s.event.event_id, "document": s.bluesky_start, "received_at": now}
+            for s in submissions
+            if s.bluesky_start is not None
+        ]
+        if starts:
+            uids = [start["uid"] for start in starts]
+            connection.execute(delete(BlueskyStartRow).where(BlueskyStartRow.uid.in_(uids)))
+            connection.execute(insert(BlueskyStartRow), starts)
+        return sequences
 
     def get(self, event_id: str) -> StoredEvent | None:
         with self.engine.connect() as connection:
