@@ -76,3 +76,17 @@ def test_kernel_benchmark_times_kernel_reference_and_memory_pass(
     assert all(value > 0 for value in timings.values()), timings
     key, tolerance = agreement
     assert result[key] < tolerance
+
+
+def test_gateway_benchmark_reports_throughput_integrity_lag_and_the_zocalo_peer() -> None:
+    result = run_quick("gateway")
+    assert result["accepted_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["burst_accepted"] == result["burst_events"]
+    assert result["burst_lost"] == 0 and result["burst_duplicated"] == 0
+    assert result["burst_in_prefect"] == result["burst_accepted"]
+    assert result["drain_lag_s"] is not None and result["drain_lag_s"] >= 0
+    assert len(result["load_avg"]) == 2
+    if result["zocalo_per_s"] is None:
+        assert result["zocalo_note"]  # the reason it was not measured
+    else:
+        assert result["zocalo_per_s"] > 0

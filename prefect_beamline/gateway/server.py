@@ -13,7 +13,13 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from prefect_beamline.gateway.app import build_app
-from prefect_beamline.gateway.emitter import Backoff, Drainer, PrefectEmitter, prefect_auth_headers
+from prefect_beamline.gateway.emitter import (
+    EVENT_BACKOFF,
+    Backoff,
+    Drainer,
+    PrefectEmitter,
+    prefect_auth_headers,
+)
 from prefect_beamline.gateway.mapping import CollectionLookup
 from prefect_beamline.gateway.outbox import Outbox, Page
 from prefect_beamline.settings import BeamlineSettings, get_settings
@@ -49,6 +55,7 @@ def create_app(
     lookup: CollectionLookup | None = None,
     api_url: str | None = None,
     backoff: Backoff | None = None,
+    event_backoff: Backoff = EVENT_BACKOFF,
 ) -> FastAPI:
     """The gateway as configured: outbox at `settings.resolved_outbox_url`, events to
     `api_url` (default PREFECT_API_URL), Zocalo ids resolved by `lookup` (default the LIMS).
@@ -64,6 +71,7 @@ def create_app(
             outbox,
             emitter,
             backoff=backoff,
+            event_backoff=event_backoff,
             max_attempts=settings.outbox_max_attempts,
             retention=timedelta(hours=settings.outbox_retention_hours),
         ),
