@@ -45,7 +45,11 @@ DRAIN_WAIT_S = 300.0
 
 def _load(stack: LocalStack, **config: Any) -> dict[str, Any]:
     """Run the load generator in its own process; its JSON result."""
-    config.update(gateway_url=stack.gateway_url, token=stack.gateway_token)
+    config.update(
+        gateway_url=stack.gateway_url,
+        token=stack.gateway_token,
+        data_root=str(stack.workdir / "data"),  # the stack's data root: paths must lie under it
+    )
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.http_load", json.dumps(config)],
         cwd=REPOSITORY,

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 
-def announcement(prefix: str, visit: str, index: int) -> bytes:
+def announcement(prefix: str, visit: str, index: int, data_root: str = "/data") -> bytes:
     """A valid project-schema announcement; collections cycle so some share one."""
     return json.dumps(
         {
@@ -32,7 +32,7 @@ def announcement(prefix: str, visit: str, index: int) -> bytes:
             "beamline": "i03",
             "visit": visit,
             "collection_id": 1 + index % 997,
-            "data_files": [f"/data/bench/{prefix}/{index}_master.h5"],
+            "data_files": [f"{data_root}/bench/{prefix}/{index}_master.h5"],
             "timestamp": datetime.now(UTC).isoformat(),
         }
     ).encode()
@@ -84,7 +84,7 @@ async def load(config: dict[str, Any]) -> dict[str, Any]:
                 delay = started + index / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                body = announcement(config["prefix"], config["visit"], index)
+                body = announcement(config["prefix"], config["visit"], index, config["data_root"])
                 tasks.append(asyncio.create_task(post_with_a_free_client(index, body)))
             await asyncio.gather(*tasks)
         else:
@@ -92,7 +92,9 @@ async def load(config: dict[str, Any]) -> dict[str, Any]:
 
             async def worker(client: httpx.AsyncClient) -> None:
                 for index in indices:
-                    body = announcement(config["prefix"], config["visit"], index)
+                    body = announcement(
+                        config["prefix"], config["visit"], index, config["data_root"]
+                    )
                     await _post(client, url, body, index, result)
 
             await asyncio.gather(*(worker(client) for client in clients))

@@ -33,6 +33,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ValidationError
 
+from prefect_beamline.data_roots import require_data_files, resolve_under_roots
 from prefect_beamline.events import (
     COMPLETED_EVENT,
     FAILED_EVENT,
@@ -44,6 +45,7 @@ from prefect_beamline.events import (
 )
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.lims import CollectionDescription, Lims
+from prefect_beamline.settings import get_settings
 
 # Bad input never gets better by retrying: fail fast and name it.
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
@@ -215,6 +217,11 @@ def rerun_command(collection_id: int, recipe: str) -> str:
     return f"prefect-beamline rerun {collection_id} --deployment {recipe}"
 
 
+def require_results_under_roots(results_dir: Path) -> None:
+    """The results folder lies under a data root, symlinks resolved (OutsideDataRoots)."""
+    resolve_under_roots(results_dir, get_settings().data_roots, what="results folder")
+
+
 def results_directory(collection: CollectionDescription, recipe: str, job_id: int) -> Path:
     """`<data folder>/processing/<recipe>/dc<id>-job<id>`: beside the data, one per job."""
     data_folder = Path(collection.data_files[0]).parent
@@ -230,6 +237,7 @@ def write_job_folder(
     flow_run_id: str,
 ) -> None:
     """Leave inputs and the rerun command beside the results, readable without a server."""
+    require_results_under_roots(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     inputs = {
         "parameters": dict(parameters),
@@ -362,14 +370,23 @@ def open_job(
 
     Every flow opens its job here, whatever started it, so automatic and manual runs
     leave the same rows. `data_file` narrows the collection to one file (a movie).
+
+    Data files outside PREFECT_BEAMLINE_DATA_ROOTS, or missing, fail the run here, before
+    the LIMS or any folder is written.
     """
+    roots = get_settings().data_roots
+    announced_files = [*(announced.data_files if announced else []), *filter(None, [data_file])]
+    require_data_files(announced_files, roots, must_exist=True)
     collection = load_collection(collection_id, announced, lims_block)
     if data_file is not None:
         collection = replace(collection, data_files=[data_file])
+    require_data_files(collection.data_files, roots, must_exist=True)  # a rerun's LIMS row
+    recipe = current_recipe(collection)
+    require_results_under_roots(results_directory(collection, recipe, 0).parent)
     values = parameters.model_dump() if isinstance(parameters, BaseModel) else dict(parameters)
     return record_processing_job(
         collection,
-        recipe=current_recipe(collection),
+        recipe=recipe,
         parameters=values,
         triggered_by=triggered_by,
         lims_block=lims_block,

@@ -38,11 +38,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    from prefect_beamline.gateway.auth import GatewayConfigError
     from prefect_beamline.gateway.server import run_gateway
     from prefect_beamline.settings import get_settings
 
     settings = get_settings()
-    run_gateway(args.host or settings.gateway_host, args.port or settings.gateway_port, settings)
+    try:
+        run_gateway(
+            args.host or settings.gateway_host, args.port or settings.gateway_port, settings
+        )
+    except GatewayConfigError as error:
+        print(f"prefect-beamline gateway: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from prefect_beamline.data_roots import parse_data_roots
 
 
 class BeamlineSettings(BaseSettings):
@@ -28,7 +31,24 @@ class BeamlineSettings(BaseSettings):
         None, description="SQLAlchemy URL of the gateway outbox; default: SQLite in `home`"
     )
     gateway_token: SecretStr | None = Field(
-        None, description="Bearer token the DAQ must send; None disables token checks"
+        None,
+        description="Bearer token the DAQ sends to post announcements; required (or the "
+        "HMAC secret) unless unauthenticated loopback is allowed; empty is an error",
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the operator endpoints (outbox listing, detailed "
+        "health); unset: they are refused",
+    )
+    gateway_allow_unauthenticated_loopback: bool = Field(
+        False,
+        description="Local development only: a gateway bound to a loopback address may run "
+        "without tokens (a token that is set is still required)",
+    )
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders data files must lie under (os.pathsep-separated like PATH, "
+        "or a JSON list); unset: every file-bearing announcement is refused",
     )
     gateway_hmac_secret: SecretStr | None = Field(
         None, description="When set, requests must carry X-Beamline-Signature: sha256=<hex>"
@@ -59,6 +79,11 @@ class BeamlineSettings(BaseSettings):
         description="Most events waiting for Prefect; past it the gateway answers 503 with "
         "Retry-After instead of growing the outbox",
     )
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> list[Path]:
+        return parse_data_roots(value)
 
     @cached_property
     def resolved_lims_url(self) -> str:

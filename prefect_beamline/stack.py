@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,6 +121,11 @@ class LocalStack:
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @property
+    def operator_token(self) -> str:
+        """The token of the gateway's operator endpoints (outbox, detailed health)."""
+        return self.env["PREFECT_BEAMLINE_OPERATOR_TOKEN"]
+
+    @property
     def ui_url(self) -> str:
         return self.api_url.removesuffix("/api")
 
@@ -138,8 +143,19 @@ class LocalStack:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in self.processes)
 
 
-def stack_environment(workdir: Path, api_url: str, token: str, gateway_port: int) -> dict[str, str]:
-    """Environment shared by every process of the stack (one LIMS, one outbox)."""
+def stack_environment(
+    workdir: Path,
+    api_url: str,
+    token: str,
+    gateway_port: int,
+    *,
+    data_roots: Sequence[Path] | None = None,
+) -> dict[str, str]:
+    """Environment shared by every process of the stack (one LIMS, one outbox).
+
+    Closed like a facility's: a random operator token beside the DAQ's `token`, and data
+    accepted only under `data_roots` (default `<workdir>/data`, where the demos write).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_BEAMLINE_")}
     env.update(FAST_POLLING)
     env.update(
@@ -152,6 +168,10 @@ def stack_environment(workdir: Path, api_url: str, token: str, gateway_port: int
             "PREFECT_BEAMLINE_LIMS_URL": f"sqlite:///{workdir / 'beamline' / 'lims.db'}",
             "PREFECT_BEAMLINE_OUTBOX_URL": f"sqlite:///{workdir / 'beamline' / 'gateway.db'}",
             "PREFECT_BEAMLINE_GATEWAY_TOKEN": token,
+            "PREFECT_BEAMLINE_OPERATOR_TOKEN": secrets.token_urlsafe(16),
+            "PREFECT_BEAMLINE_DATA_ROOTS": os.pathsep.join(
+                str(root) for root in (data_roots or [workdir / "data"])
+            ),
             "PREFECT_BEAMLINE_GATEWAY_PORT": str(gateway_port),
             "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             "PREFECT_LOCAL_STORAGE_PATH": str(workdir / "prefect-home" / "storage"),
@@ -194,13 +214,15 @@ def embedded_stack(
     gateway: bool = True,
     api_url: str | None = None,
     compute_block: str | None = None,
+    data_roots: Sequence[Path] | None = None,
 ) -> Iterator[LocalStack]:
     """Start what is missing of server, gateway and runner; stop all of it on exit.
 
     An existing server is used when `api_url` (or PREFECT_API_URL) names one. With
     `compute_block`, the runner's flows compute where that Beamline Compute block says
     (saved as local threads when it does not exist yet), so an operator, or a test, can
-    move them to a Dask cluster by editing the block.
+    move them to a Dask cluster by editing the block. Data is accepted under
+    `data_roots` (default `<workdir>/data`).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     api_url = api_url or os.environ.get("PREFECT_API_URL")
@@ -209,7 +231,7 @@ def embedded_stack(
     token = secrets.token_urlsafe(16)
     own_server = api_url is None
     api_url = api_url or f"http://127.0.0.1:{server_port}/api"
-    env = stack_environment(workdir, api_url, token, gateway_port)
+    env = stack_environment(workdir, api_url, token, gateway_port, data_roots=data_roots)
     if compute_block:
         env["PREFECT_BEAMLINE_COMPUTE_BLOCK"] = compute_block
     Path(env["PREFECT_BEAMLINE_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -90,8 +90,12 @@ def lims(lims_url: str) -> Iterator[Lims]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """One embedded stack (own Prefect server on SQLite, `serve` of every deployment in
     prefect.yaml, gateway) shared by the end-to-end tests of every technique; its flows
-    compute where the block E2E_COMPUTE_BLOCK says."""
+    compute where the block E2E_COMPUTE_BLOCK says. Its data root is the session's temporary
+    folder, which holds every test's tmp_path."""
     with embedded_stack(
-        tmp_path_factory.mktemp("stack"), api_url=None, compute_block=E2E_COMPUTE_BLOCK
+        tmp_path_factory.mktemp("stack"),
+        api_url=None,
+        compute_block=E2E_COMPUTE_BLOCK,
+        data_roots=[tmp_path_factory.getbasetemp()],
     ) as running:
         yield running

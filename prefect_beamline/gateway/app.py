@@ -2,14 +2,16 @@
 
 Every POST goes through the same steps, and each refusal names what was wrong:
 
-1. bearer token (401), when `gateway_token` is set;
+1. the DAQ's bearer token (401; the operator's token: 403), when `gateway_token` is set
+   (`auth.GatewayAccess` refuses to start a gateway that nothing authenticates);
 2. body size, by Content-Length and by the bytes actually read (413);
 3. HMAC-SHA256 of the raw body in `X-Beamline-Signature` (401), when
    `gateway_hmac_secret` is set;
 4. JSON parsing (400, with the position);
 5. validation (422, naming each field);
 6. mapping Zocalo/Bluesky messages onto a collection event (404 unknown collection, 409
-   stop without its start, 422, 503 when the LIMS cannot be read);
+   stop without its start, 422, 503 when the LIMS cannot be read), and every data file
+   under `PREFECT_BEAMLINE_DATA_ROOTS` (422 naming the path and the roots);
 7. commit to the outbox (with other requests' events: group commit), then 202
    `accepted`; 200 `duplicate` for a known event id with the same body, 409 for a known
    id with a different body, 503 with `Retry-After` when the pending backlog is at
@@ -28,6 +30,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Query, Request
@@ -36,8 +39,16 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from prefect_beamline.data_roots import OutsideDataRoots, require_data_files
 from prefect_beamline.events import CollectionEvent, prefect_event_id
-from prefect_beamline.gateway.auth import SIGNATURE_HEADER, AuthError, check_signature, check_token
+from prefect_beamline.gateway.auth import (
+    SIGNATURE_HEADER,
+    AuthError,
+    Forbidden,
+    GatewayAccess,
+    Role,
+    check_signature,
+)
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
@@ -104,6 +115,7 @@ class RequestError(Exception):
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": Refusal, "description": "Body is not JSON (position named)"},
     401: {"model": Refusal, "description": "Token or signature missing or wrong"},
+    403: {"model": Refusal, "description": "A valid token of the other role (DAQ/operator)"},
     409: {"model": Refusal, "description": "Event id accepted before with a different body"},
     413: {"model": Refusal, "description": "Body larger than gateway_max_body_bytes"},
     422: {"model": Refusal, "description": "A field is missing or invalid (fields named)"},
@@ -169,19 +181,25 @@ def build_app(
     outbox: Outbox,
     drainer: Drainer,
     lookup: CollectionLookup,
+    access: GatewayAccess | None = None,
 ) -> FastAPI:
-    """The gateway app; the drainer runs as a background task of its lifespan."""
-    token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
-    secret = (
-        settings.gateway_hmac_secret.get_secret_value() if settings.gateway_hmac_secret else None
-    )
+    """The gateway app; the drainer runs as a background task of its lifespan.
+
+    `access` defaults to the settings' tokens on `settings.gateway_host`; a configuration
+    that would leave the gateway open raises GatewayConfigError here.
+    """
+    access = access or GatewayAccess.from_settings(settings, settings.gateway_host)
+    secret = access.hmac_secret
+    data_roots = settings.data_roots
     limit = settings.gateway_max_body_bytes
     writer = GroupCommitWriter(outbox, max_pending=settings.outbox_max_pending)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if token is None and secret is None:
-            logger.warning("gateway accepts unauthenticated requests: set a token or secret")
+        if access.open_without_tokens:
+            logger.warning("gateway accepts unauthenticated requests (loopback opt-in)")
+        if not data_roots:
+            logger.warning("PREFECT_BEAMLINE_DATA_ROOTS is not set: announcements are refused")
         task = asyncio.create_task(drainer.run(), name="outbox-drainer")
         drainer.wake()  # emit what was pending before a restart
         try:
@@ -213,9 +231,13 @@ def build_app(
         headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else error.headers
         return JSONResponse(content, status_code=error.status_code, headers=headers)
 
-    def authenticate(request: Request) -> None:
+    def authenticate(request: Request, role: Role = "daq") -> None:
+        """The DAQ's token for announcements, the operator's for the operator endpoints."""
+        check = access.check_operator if role == "operator" else access.check_daq
         try:
-            check_token(request.headers.get("authorization"), token)
+            check(request.headers.get("authorization"))
+        except Forbidden as error:
+            raise RequestError(403, str(error)) from None
         except AuthError as error:
             raise RequestError(401, str(error)) from None
 
@@ -249,8 +271,15 @@ def build_app(
         note: str | None = None,
         bluesky_start: dict[str, Any] | None = None,
     ) -> JSONResponse:
-        """Commit, then answer; 503 (retry) if the outbox cannot be written or is full,
-        409 if the event id was accepted before with a different body."""
+        """Data files under a root (422), commit, then answer; 503 (retry) if the outbox
+        cannot be written or is full, 409 if the event id was accepted before with a
+        different body."""
+        try:
+            await run_in_threadpool(
+                partial(require_data_files, event.data_files, data_roots, must_exist=False)
+            )
+        except OutsideDataRoots as error:
+            raise RequestError(422, str(error)) from None
         try:
             admission = await writer.submit(Submission(event, body, status, note, bluesky_start))
         except SQLAlchemyError as error:
@@ -356,13 +385,32 @@ def build_app(
             return await accept(event, body, status=SKIPPED, note=note)
         return await accept(event, body)
 
-    @app.get("/health", summary="Gateway alive, outbox backlog, last emit error, Prefect up?")
-    async def health() -> JSONResponse:
+    @app.get(
+        "/health",
+        summary="Gateway up, outbox counts; with the operator token also Prefect and errors",
+        description="Without an Authorization header: status and counts only. With the "
+        "operator token: also the Prefect URL, its reachability and the last emit error.",
+        responses={401: _REFUSALS[401], 403: _REFUSALS[403]},
+    )
+    async def health(request: Request) -> JSONResponse:
+        detailed = access.operator_open or "authorization" in request.headers
+        if detailed:
+            authenticate(request, "operator")
         try:
             counts = await run_in_threadpool(outbox.counts)
         except SQLAlchemyError as error:
+            down: dict[str, Any] = {"status": "error"}
+            if detailed:
+                down["detail"] = f"outbox unreadable: {error!r}"
+            return JSONResponse(down, status_code=503)
+        if not detailed:
             return JSONResponse(
-                {"status": "error", "detail": f"outbox unreadable: {error!r}"}, status_code=503
+                {
+                    "status": "ok",
+                    "pending": counts[PENDING],
+                    "outbox": counts,
+                    "emitted_since_start": drainer.status.emitted,
+                }
             )
         if drainer.emitter.is_open:
             reachable: bool | None = await drainer.emitter.reachable()
@@ -385,8 +433,8 @@ def build_app(
 
     @app.get(
         "/api/v1/outbox",
-        summary="Stored events, oldest first (token required)",
-        responses={401: _REFUSALS[401]},
+        summary="Stored events, oldest first (operator token required)",
+        responses={401: _REFUSALS[401], 403: _REFUSALS[403]},
     )
     async def list_outbox(
         request: Request,
@@ -396,7 +444,7 @@ def build_app(
         ] = None,
         limit: Annotated[int, Query(ge=1, le=100_000, description="Most rows to return")] = 1000,
     ) -> JSONResponse:
-        authenticate(request)
+        authenticate(request, "operator")
         rows = await run_in_threadpool(outbox.list, status, limit)
         return JSONResponse([row.as_dict() for row in rows])
 

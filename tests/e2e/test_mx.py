@@ -199,7 +199,7 @@ def test_event_accepted_while_prefect_is_down_is_processed_when_it_returns(
         pending = httpx.get(
             f"{facility.gateway_url}/api/v1/outbox",
             params={"status": "pending"},
-            headers={"Authorization": "Bearer secret-token"},
+            headers={"Authorization": f"Bearer {facility.operator_token}"},
             timeout=10.0,
         ).json()
         assert len(pending) == 1

@@ -22,6 +22,7 @@ from prefect_beamline.gateway.server import create_app
 from prefect_beamline.settings import BeamlineSettings
 
 TOKEN = "daq-token"
+OPERATOR_TOKEN = "operator-token"
 SECRET = "hmac-secret"
 CLOSED_PORT_API = "http://127.0.0.1:9/api"  # nothing listens: events stay pending
 LIMIT = 4096
@@ -50,6 +51,8 @@ def make_settings(tmp_path: Path, **changes: Any) -> BeamlineSettings:
     values: dict[str, Any] = {
         "home": tmp_path,
         "gateway_token": TOKEN,
+        "operator_token": OPERATOR_TOKEN,
+        "data_roots": ["/data"],
         "gateway_max_body_bytes": LIMIT,
     }
     values.update(changes)
@@ -320,7 +323,7 @@ def test_outbox_that_cannot_be_written_is_503_never_202(settings: BeamlineSettin
 
 def test_health_reports_backlog_and_an_unreachable_prefect(client: TestClient) -> None:
     post(client, event_body())
-    health = client.get("/health")
+    health = client.get("/health", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
     assert health.status_code == 200
     report = health.json()
     assert report["status"] == "ok" and report["pending"] == 1
@@ -332,7 +335,7 @@ def test_health_reports_backlog_and_an_unreachable_prefect(client: TestClient) -
 def test_outbox_listing_needs_the_token_and_filters_by_status(client: TestClient) -> None:
     post(client, event_body())
     assert client.get("/api/v1/outbox").status_code == 401
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     pending = client.get("/api/v1/outbox", params={"status": "pending"}, headers=auth).json()
     assert [row["event_id"] for row in pending] == ["i03-0042-end"]
     assert client.get("/api/v1/outbox", params={"status": "emitted"}, headers=auth).json() == []

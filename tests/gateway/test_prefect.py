@@ -23,8 +23,17 @@ from prefect_beamline.gateway.outbox import EMITTED, FAILED, PENDING, Outbox, St
 from prefect_beamline.gateway.server import create_app
 from prefect_beamline.settings import BeamlineSettings
 from prefect_beamline.stack import ManagedProcess, free_port, start_prefect_server
-from tests.gateway.test_app import TOKEN, event_body, no_lookup, stored
+from tests.gateway.test_app import (
+    OPERATOR_TOKEN,
+    TOKEN,
+    event_body,
+    make_settings,
+    no_lookup,
+    stored,
+)
 from tests.gateway.test_outbox import POISON_PATH, announcement
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 pytestmark = pytest.mark.e2e
 WAIT_S = 30.0
@@ -118,12 +127,12 @@ def all_emitted(settings: BeamlineSettings) -> list[StoredEvent] | None:
 def test_accepted_event_reaches_prefects_event_store(
     running_server: PrefectServer, tmp_path: Path
 ) -> None:
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN)
+    settings = make_settings(tmp_path)
     app = create_app(settings, lookup=no_lookup, api_url=running_server.api_url)
     with TestClient(app) as client:
         receipt = announce(client, 42)
         wait_for(lambda: all_emitted(settings), "the event was not emitted", 10.0)
-        health = client.get("/health").json()
+        health = client.get("/health", headers=OPERATOR).json()
     assert health["prefect_reachable"] is True and health["pending"] == 0
 
     (event,) = wait_for(
@@ -140,7 +149,7 @@ def test_events_accepted_while_prefect_is_down_arrive_in_order_when_it_returns(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     prefect_server.stop()
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN)
+    settings = make_settings(tmp_path)
     app = create_app(
         settings,
         lookup=no_lookup,
@@ -156,7 +165,7 @@ def test_events_accepted_while_prefect_is_down_arrive_in_order_when_it_returns(
         assert [row.status for row in rows] == [PENDING] * 3
         assert [row.attempts for row in rows] == [0, 0, 0]  # Prefect's fault, not theirs
         assert "unreachable" in (rows[0].last_error or "")
-        health = client.get("/health").json()
+        health = client.get("/health", headers=OPERATOR).json()
         assert health["pending"] == 3 and health["prefect_reachable"] is False
 
         prefect_server.start()  # the same server and database, back on the same port
@@ -183,7 +192,7 @@ def test_poison_event_is_dead_lettered_while_later_events_reach_prefect(
     """Reported: one accepted event stopped all processing. A stored event that cannot
     be emitted is tried `outbox_max_attempts` times, then dead-lettered; events accepted
     after it reach Prefect's event store within seconds."""
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN, outbox_max_attempts=2)
+    settings = make_settings(tmp_path, outbox_max_attempts=2)
     outbox = Outbox(settings.resolved_outbox_url)
     outbox.add(announcement(1, collection_id=500, data_files=[POISON_PATH]), b"{}")
     outbox.close()
