@@ -75,6 +75,8 @@ logger = logging.getLogger("prefect_beamline.gateway")
 # What a DAQ refused for a full backlog is told to wait (the drainer empties hundreds of
 # events a second once Prefect takes them again).
 BACKLOG_RETRY_AFTER_S = 5
+# On a listing with more rows than returned: the `after` of the next page.
+NEXT_PAGE_HEADER = "X-Outbox-Next-After"
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -443,10 +445,14 @@ def build_app(
             Query(description="pending, emitted, failed or skipped; default all"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=100_000, description="Most rows to return")] = 1000,
+        after: Annotated[
+            int, Query(ge=0, description="Only rows after this sequence (the next page)")
+        ] = 0,
     ) -> JSONResponse:
         authenticate(request, "operator")
-        rows = await run_in_threadpool(outbox.list, status, limit)
-        return JSONResponse([row.as_dict() for row in rows])
+        page = await run_in_threadpool(outbox.page, status, limit, after)
+        headers = {NEXT_PAGE_HEADER: str(page.next_after)} if page.more else None
+        return JSONResponse([row.as_dict() for row in page.rows], headers=headers)
 
     return app
 

@@ -343,6 +343,18 @@ def test_outbox_listing_needs_the_token_and_filters_by_status(client: TestClient
     assert unknown.status_code == 422
 
 
+def test_outbox_listing_pages_and_names_the_next_page(client: TestClient) -> None:
+    for number in range(3):
+        post(client, event_body(event_id=f"e{number}"))
+    auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    first = client.get("/api/v1/outbox", params={"limit": 2}, headers=auth)
+    assert [row["event_id"] for row in first.json()] == ["e0", "e1"]
+    after = first.headers["X-Outbox-Next-After"]
+    rest = client.get("/api/v1/outbox", params={"limit": 2, "after": after}, headers=auth)
+    assert [row["event_id"] for row in rest.json()] == ["e2"]
+    assert "X-Outbox-Next-After" not in rest.headers
+
+
 def test_openapi_documents_every_endpoint_and_its_body(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/v1/collections", "/api/v1/zocalo", "/api/v1/bluesky"):
