@@ -122,6 +122,9 @@ def _burst(stack: LocalStack, n: int) -> dict[str, Any]:
     emitted = {event_id for event_id, status, _, _ in rows if status == "emitted"}
     in_prefect = _prefect_count(stack, visit, len(accepted))
     latencies = result["latencies_ms"]
+    emitted_times = [_seconds(at) for _, status, _, at in rows if status == "emitted" and at]
+    received_times = [_seconds(received_at) for _, _, received_at, _ in rows]
+    drain_span_s = max(emitted_times, default=0.0) - min(received_times, default=0.0)
     return {
         "accepted_per_s": round(len(accepted) / result["wall_s"], 1),
         "p50_ms": round(statistics.median(latencies), 2),
@@ -132,6 +135,11 @@ def _burst(stack: LocalStack, n: int) -> dict[str, Any]:
         "burst_lost": len(accepted - emitted) + max(0, len(accepted) - in_prefect),
         "burst_duplicated": max(0, in_prefect - len(accepted)),
         "burst_in_prefect": in_prefect,
+        # From the first event accepted to the last taken by Prefect: the drainer's pace
+        # while the burst competes with it (it starved to ~43/s before issue 10).
+        "burst_drained_per_s": round(len(emitted_times) / drain_span_s, 1)
+        if drain_span_s
+        else None,
     }
 
 

@@ -254,6 +254,8 @@ class Drainer:
                     logger.exception("draining the outbox failed")
                     self._unavailable(f"outbox drain failed: {error!r}")
                     drained = False
+                if drained and self._wake.is_set():
+                    continue  # accepted while draining: go again without waiting
                 if drained:
                     idle_s = await self._idle_s()
                     with contextlib.suppress(TimeoutError):
