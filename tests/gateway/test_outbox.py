@@ -540,3 +540,24 @@ def test_old_outbox_table_gets_the_new_columns(tmp_path: Path) -> None:
     assert upgraded.add(announcement(1), b"{}").is_new
     assert [r.collection_id for r in upgraded.due(10)] == [1]
     upgraded.close()
+
+
+def test_running_drainer_prunes_what_is_past_retention(sqlite_outbox: Outbox) -> None:
+    fill(sqlite_outbox, 3)
+    sqlite_outbox.add(announcement(4), b"{}", status=SKIPPED)
+
+    async def go() -> None:
+        transport = httpx.MockTransport(accept_all([]))
+        emitter = PrefectEmitter("http://prefect/api", transport=transport)
+        drainer = Drainer(
+            sqlite_outbox, emitter, retention=timedelta(seconds=0.2), prune_every_s=0.05
+        )
+        task = asyncio.create_task(drainer.run())
+        started = time.monotonic()
+        while sqlite_outbox.list() and time.monotonic() - started < 5:
+            drainer.wake()
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(go())
+    assert sqlite_outbox.list() == []  # emitted and skipped rows, raw bodies with them
