@@ -20,6 +20,10 @@ SPINE = {
         "benchmarks.latency", "webhook to flow-run RUNNING through the embedded stack"
     ),
     "slurm": Benchmark("benchmarks.slurm", "what a run pays to compute on Slurm jobs"),
+    "gateway": Benchmark(
+        "benchmarks.gateway",
+        "gateway accepted events/s, p99, burst integrity and drain lag; Zocalo's transport",
+    ),
 }
 
 

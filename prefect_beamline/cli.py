@@ -101,20 +101,29 @@ def _rerun(args: argparse.Namespace) -> int:
 
 
 def _outbox(args: argparse.Namespace) -> int:
-    from prefect_beamline.gateway.server import outbox_list, outbox_requeue
+    from prefect_beamline.gateway import outbox_cli
 
-    if args.action == "list":
-        try:
-            rows = outbox_list(args.status)
-        except ValueError as error:
-            print(error, file=sys.stderr)
-            return 2
-        for row in rows:
-            print(json.dumps(row, default=str))
-        return 0
-    count = outbox_requeue(args.event_id or None)
-    print(f"requeued {count} event(s)")
-    return 0
+    return outbox_cli.run(args)
+
+
+def _add_outbox_commands(outbox: argparse.ArgumentParser) -> None:
+    actions = outbox.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="stored events, oldest first, a page at a time")
+    listing.add_argument(
+        "--status", default=None, help="pending, emitted, failed (dead letters) or skipped"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="events per page (default 100)")
+    listing.add_argument(
+        "--after", type=int, default=0, help="start after this sequence (the next page)"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    show = actions.add_parser("show", help="everything stored about one event, raw body too")
+    show.add_argument("event_id")
+    for name, what in (("requeue", "send again"), ("discard", "delete")):
+        action = actions.add_parser(name, help=f"{what} dead letters (failed events)")
+        chosen = action.add_mutually_exclusive_group(required=name == "discard")
+        chosen.add_argument("--event-id", action="append", help=f"event to {what} (repeatable)")
+        chosen.add_argument("--all", action="store_true", help=f"{what} every failed event")
 
 
 def _techniques(args: argparse.Namespace) -> int:
@@ -174,10 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     rerun.set_defaults(handler=_rerun)
 
-    outbox = commands.add_parser("outbox", help="inspect or re-inject the gateway's outbox")
-    outbox.add_argument("action", choices=["list", "requeue"])
-    outbox.add_argument("--status", default=None, help="pending, emitted or failed")
-    outbox.add_argument("--event-id", action="append", help="event to requeue (default: failed)")
+    outbox = commands.add_parser("outbox", help="inspect, requeue or discard outbox events")
+    _add_outbox_commands(outbox)
     outbox.set_defaults(handler=_outbox)
 
     techniques = commands.add_parser("techniques", help="list the installed techniques")

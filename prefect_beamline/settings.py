@@ -69,6 +69,24 @@ class BeamlineSettings(BaseSettings):
         description="Name of the Beamline Compute block flows run their chunks on; "
         "empty: local threads",
     )
+    outbox_max_attempts: int = Field(
+        10,
+        ge=1,
+        description="Attempts of an event Prefect refuses (or that cannot be built) before "
+        "it is dead-lettered as `failed`; Prefect being down counts no attempt",
+    )
+    outbox_retention_hours: float = Field(
+        168.0,
+        gt=0,
+        description="Emitted and skipped events (raw bodies too) are deleted this long after; "
+        "dead letters stay until discarded. Also the window in which a replayed id is a duplicate",
+    )
+    outbox_max_pending: int = Field(
+        100_000,
+        ge=1,
+        description="Most events waiting for Prefect; past it the gateway answers 503 with "
+        "Retry-After instead of growing the outbox",
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -86,3 +86,17 @@ def test_slurm_benchmark_reports_what_a_slurm_run_pays_or_why_not() -> None:
         return
     assert result["slurm_first_result_s"] > 0 and result["local_first_result_s"] > 0
     assert result["slurm_task_round_trip_ms"] > 0
+
+
+def test_gateway_benchmark_reports_throughput_integrity_lag_and_the_zocalo_peer() -> None:
+    result = run_quick("gateway")
+    assert result["accepted_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["burst_accepted"] == result["burst_events"]
+    assert result["burst_lost"] == 0 and result["burst_duplicated"] == 0
+    assert result["burst_in_prefect"] == result["burst_accepted"]
+    assert result["drain_lag_s"] is not None and result["drain_lag_s"] >= 0
+    assert len(result["load_avg"]) == 2
+    if result["zocalo_per_s"] is None:
+        assert result["zocalo_note"]  # the reason it was not measured
+    else:
+        assert result["zocalo_per_s"] > 0

@@ -19,6 +19,11 @@ from prefect_beamline.cli import build_parser, main
         ["rerun", "42", "--set", "sigma_strong=4", "--set", "images_per_chunk=50", "--wait"],
         ["outbox", "list", "--status", "pending"],
         ["outbox", "requeue", "--event-id", "i03-0042-end"],
+        ["outbox", "list", "--status", "failed", "--limit", "50", "--after", "1200", "--json"],
+        ["outbox", "show", "i03-0042-end"],
+        ["outbox", "requeue", "--all"],
+        ["outbox", "discard", "--event-id", "i03-0042-end"],
+        ["outbox", "discard", "--all"],
     ],
 )
 def test_documented_commands_parse(argv: list[str]) -> None:

@@ -12,8 +12,11 @@ Every POST goes through the same steps, and each refusal names what was wrong:
 6. mapping Zocalo/Bluesky messages onto a collection event (404 unknown collection, 409
    stop without its start, 422, 503 when the LIMS cannot be read), and every data file
    under `PREFECT_BEAMLINE_DATA_ROOTS` (422 naming the path and the roots);
-7. commit to the outbox, then 202 `accepted`, or 200 `duplicate` for a known event id.
-   Nothing is written before this step, so a refused request leaves no trace.
+7. commit to the outbox (with other requests' events: group commit), then 202
+   `accepted`; 200 `duplicate` for a known event id with the same body, 409 for a known
+   id with a different body, 503 with `Retry-After` when the pending backlog is at
+   `outbox_max_pending`. Nothing is written before this step, so a refused request
+   leaves no trace.
 
 Bodies are read raw (to bound and sign them) and validated here, not by FastAPI, so the
 OpenAPI schemas are declared explicitly.
@@ -66,10 +69,16 @@ from prefect_beamline.gateway.mapping import (
     zocalo_to_event,
 )
 from prefect_beamline.gateway.metrics_endpoint import add_metrics_endpoint
-from prefect_beamline.gateway.outbox import PENDING, SKIPPED, Outbox, OutboxStatus
+from prefect_beamline.gateway.outbox import PENDING, SKIPPED, Outbox, OutboxStatus, Submission
+from prefect_beamline.gateway.writer import GroupCommitWriter
 from prefect_beamline.settings import BeamlineSettings
 
 logger = logging.getLogger("prefect_beamline.gateway")
+# What a DAQ refused for a full backlog is told to wait (the drainer empties hundreds of
+# events a second once Prefect takes them again).
+BACKLOG_RETRY_AFTER_S = 5
+# On a listing with more rows than returned: the `after` of the next page.
+NEXT_PAGE_HEADER = "X-Outbox-Next-After"
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -94,21 +103,30 @@ class RequestError(Exception):
     """A refused request: HTTP status and a detail naming the problem."""
 
     def __init__(
-        self, status_code: int, detail: str | list[dict[str, Any]], message: str | None = None
+        self,
+        status_code: int,
+        detail: str | list[dict[str, Any]],
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message or str(detail))
         self.status_code = status_code
         self.detail = detail
         self.message = message
+        self.headers = headers
 
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": Refusal, "description": "Body is not JSON (position named)"},
     401: {"model": Refusal, "description": "Token or signature missing or wrong"},
     403: {"model": Refusal, "description": "A valid token of the other role (DAQ/operator)"},
+    409: {"model": Refusal, "description": "Event id accepted before with a different body"},
     413: {"model": Refusal, "description": "Body larger than gateway_max_body_bytes"},
     422: {"model": Refusal, "description": "A field is missing or invalid (fields named)"},
-    503: {"model": Refusal, "description": "Outbox or LIMS unavailable; retry"},
+    503: {
+        "model": Refusal,
+        "description": "Outbox or LIMS unavailable, or outbox backlog full (Retry-After); retry",
+    },
 }
 
 
@@ -178,6 +196,7 @@ def build_app(
     secret = access.hmac_secret
     data_roots = settings.data_roots
     limit = settings.gateway_max_body_bytes
+    writer = GroupCommitWriter(outbox, max_pending=settings.outbox_max_pending)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -193,6 +212,7 @@ def build_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await writer.stop()
 
     app = FastAPI(
         title="prefect-beamline gateway",
@@ -208,6 +228,7 @@ def build_app(
     app.state.drainer = drainer
     app.add_middleware(tracing.PropagateTraceContext)
     add_metrics_endpoint(app, access=access, outbox=outbox, drainer=drainer)
+    app.state.writer = writer
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, error: RequestError) -> JSONResponse:
@@ -215,7 +236,7 @@ def build_app(
         content: dict[str, Any] = {"detail": error.detail}
         if error.message is not None:
             content["message"] = error.message
-        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else error.headers
         return JSONResponse(content, status_code=error.status_code, headers=headers)
 
     def authenticate(request: Request, role: Role = "daq") -> None:
@@ -259,7 +280,8 @@ def build_app(
         bluesky_start: dict[str, Any] | None = None,
     ) -> JSONResponse:
         """Data files under a root (422), commit, then answer; 503 (retry) if the outbox
-        cannot be written."""
+        cannot be written or is full, 409 if the event id was accepted before with a
+        different body."""
         try:
             await run_in_threadpool(
                 partial(require_data_files, event.data_files, data_roots, must_exist=False)
@@ -268,16 +290,29 @@ def build_app(
             raise RequestError(422, str(error)) from None
         event = tracing.stamp_trace(event)
         try:
-            sequence, is_new = await run_in_threadpool(
-                partial(
-                    outbox.add, event, body, status=status, note=note, bluesky_start=bluesky_start
-                )
-            )
+            admission = await writer.submit(Submission(event, body, status, note, bluesky_start))
         except SQLAlchemyError as error:
             logger.exception("outbox write failed for event %s", event.event_id)
             raise RequestError(
                 503, f"outbox unavailable, nothing stored; retry: {error.__class__.__name__}"
             ) from None
+        if admission.outcome == "full":
+            raise RequestError(
+                503,
+                f"outbox backlog full: {settings.outbox_max_pending} events wait for Prefect "
+                f"(outbox_max_pending); nothing stored, retry after {BACKLOG_RETRY_AFTER_S} s",
+                headers={"Retry-After": str(BACKLOG_RETRY_AFTER_S)},
+            )
+        if admission.outcome == "conflict":
+            raise RequestError(
+                409,
+                f"event_id {event.event_id!r} was accepted before (sequence "
+                f"{admission.sequence}) with a different body; a new announcement needs a "
+                "new event_id",
+            )
+        is_new = admission.is_new
+        sequence = admission.sequence
+        assert sequence is not None
         if is_new and status == PENDING:
             drainer.wake()
         receipt = Receipt(
@@ -418,10 +453,14 @@ def build_app(
             Query(description="pending, emitted, failed or skipped; default all"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=100_000, description="Most rows to return")] = 1000,
+        after: Annotated[
+            int, Query(ge=0, description="Only rows after this sequence (the next page)")
+        ] = 0,
     ) -> JSONResponse:
         authenticate(request, "operator")
-        rows = await run_in_threadpool(outbox.list, status, limit)
-        return JSONResponse([row.as_dict() for row in rows])
+        page = await run_in_threadpool(outbox.page, status, limit, after)
+        headers = {NEXT_PAGE_HEADER: str(page.next_after)} if page.more else None
+        return JSONResponse([row.as_dict() for row in page.rows], headers=headers)
 
     return app
 

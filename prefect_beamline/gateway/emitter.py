@@ -1,12 +1,22 @@
 """Getting outbox events to Prefect: `PrefectEmitter` sends, `Drainer` decides what and when.
 
-Events go to Prefect's `POST {PREFECT_API_URL}/events` (a JSON list; 204), a few at a
-time in sequence order. A connection error, a 5xx (a busy SQLite server answers 503
-"database is locked") or a 4xx that says nothing about the event (401/403 credentials, 404
-wrong URL, 408, 429) leaves the events pending: the drainer stops, backs off (0.2 s
-doubling to 10 s) and retries from the same event, never skipping ahead. Any other 4xx
-means Prefect will never take the event: a refused batch is retried one event at a time,
-and the refused event is marked failed for an operator to inspect and requeue.
+Events go to Prefect's `POST {PREFECT_API_URL}/events` (a JSON list; 204) in batches of
+up to `batch_size`, by sequence. (Prefect's `/api/events/in` websocket is faster but
+acknowledges nothing, so an event sent there could be lost in a crash: the outbox keeps
+an event until a POST carrying it succeeded.) Two kinds of failure, told apart:
+
+- **Prefect cannot take events now**: connection error, 502/503/504 (a busy SQLite
+  server answers 503 "database is locked"), or a 4xx about the connection rather than
+  the event (401/403 credentials, 404 wrong URL, 408, 429). Not the events' fault: the
+  drainer backs off globally (0.2 s doubling to 10 s), notes the error on the events,
+  and counts no attempt.
+- **An event is at fault**: it cannot be built or serialised (e.g. a lone surrogate
+  that UTF-8 cannot encode), Prefect refuses it (another 4xx), or a 500 that only it
+  provokes while Prefect's `/health` answers. A failing batch is split in halves until
+  the faulty event is alone; that event's attempt is counted with its error, it is
+  retried after its own backoff (1 s doubling to 5 min), and after `max_attempts` it is
+  dead-lettered (`failed`). Every other event goes on, except later events of the same
+  collection, which wait for it (order is kept per collection).
 
 The Prefect event id is derived from the DAQ's event id, so re-sending after a crash
 between send and mark is harmless: Prefect drops the repeated id.
@@ -17,42 +27,54 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
-from starlette.concurrency import run_in_threadpool
 
 from prefect_beamline import metrics
 from prefect_beamline.gateway.outbox import Outbox, StoredEvent
 
 logger = logging.getLogger("prefect_beamline.gateway")
+T = TypeVar("T")
 
-# 4xx answers that are about the connection (credentials, URL, rate), not the event.
-RETRYABLE_CLIENT_ERRORS = frozenset({401, 403, 404, 408, 429})
+# Answers that say Prefect cannot take events now, whatever they are.
+UNAVAILABLE_STATUSES = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
 MAX_ERROR_TEXT = 500
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """Delay before the next attempt after Prefect could not take an event, seconds."""
+    """Delay before the next attempt after `failures` consecutive failures, seconds."""
 
     start_s: float = 0.2
     max_s: float = 10.0
 
     def after(self, failures: int) -> float:
         """Delay after `failures` consecutive failed attempts (>= 1)."""
-        return min(self.start_s * 2 ** (failures - 1), self.max_s)
+        return min(self.start_s * 2 ** (max(failures, 1) - 1), self.max_s)
+
+
+# An event at fault: retried after 1 s, 2 s, 4 s, ... up to 5 min between attempts.
+EVENT_BACKOFF = Backoff(start_s=1.0, max_s=300.0)
+DEFAULT_MAX_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
 class EmitResult:
-    """What Prefect made of one POST: taken, retry later, or refused for good."""
+    """What Prefect made of one POST.
 
-    outcome: Literal["emitted", "retry", "refused"]
+    emitted: taken; unavailable: Prefect cannot take events now; server_error: a 500
+    that may be about the events sent; refused: a 4xx about the events sent.
+    """
+
+    outcome: Literal["emitted", "unavailable", "server_error", "refused"]
     message: str = ""
 
 
@@ -70,6 +92,13 @@ def prefect_auth_headers() -> dict[str, str]:
     return {}
 
 
+def encode_event(row: StoredEvent) -> bytes:
+    """The Prefect event of an outbox row as UTF-8 JSON (raises if it cannot be built)."""
+    return json.dumps(
+        row.event.to_prefect_event(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode("utf-8")
+
+
 class PrefectEmitter:
     """HTTP client of Prefect's events API; use as `async with emitter: ...`."""
 
@@ -82,7 +111,7 @@ class PrefectEmitter:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
-        self._headers = headers or {}
+        self._headers = {**(headers or {}), "Content-Type": "application/json"}
         self._timeout_s = timeout_s
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -113,20 +142,22 @@ class PrefectEmitter:
             raise RuntimeError("PrefectEmitter used outside `async with`")
         return self._client
 
-    async def send(self, events: list[dict[str, Any]]) -> EmitResult:
-        """POST a batch of Prefect events (in order) and classify the answer."""
+    async def send(self, events: list[bytes]) -> EmitResult:
+        """POST a batch of encoded Prefect events (in order) and classify the answer."""
         url = f"{self.api_url}/events"
         try:
-            response = await self.client.post(url, json=events)
+            response = await self.client.post(url, content=b"[" + b",".join(events) + b"]")
         except httpx.HTTPError as error:
-            return EmitResult("retry", f"Prefect API {url} unreachable: {error!r}")
+            return EmitResult("unavailable", f"Prefect API {url} unreachable: {error!r}")
         if response.is_success:
             return EmitResult("emitted")
         message = (
             f"Prefect API {url} answered {response.status_code}: {response.text[:MAX_ERROR_TEXT]}"
         )
-        if response.status_code >= 500 or response.status_code in RETRYABLE_CLIENT_ERRORS:
-            return EmitResult("retry", message)
+        if response.status_code in UNAVAILABLE_STATUSES:
+            return EmitResult("unavailable", message)
+        if response.status_code >= 500:
+            return EmitResult("server_error", message)
         return EmitResult("refused", message)
 
     async def reachable(self, timeout_s: float = 1.0) -> bool:
@@ -148,15 +179,31 @@ class DrainerStatus:
     last_emitted_at: datetime | None = None
     emitted: int = 0
     consecutive_failures: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass
+class _Round:
+    """One pass over the due events: collections held back behind a failed event."""
+
+    held: set[int | None] = field(default_factory=set)
+
+    def admits(self, row: StoredEvent) -> bool:
+        return row.collection_id is None or row.collection_id not in self.held
+
+    def hold(self, row: StoredEvent) -> None:
+        if row.collection_id is not None:
+            self.held.add(row.collection_id)
 
 
 class Drainer:
-    """Background task of the gateway: emits pending events, in order, until stopped.
+    """Background task of the gateway: emits due events until stopped.
 
     `wake()` after each accepted event, so the happy path emits at once instead of on a
-    poll. While idle it still looks at the outbox every `idle_poll_s`, which picks up
-    events requeued from another process (the CLI). During a backoff it does not wake
-    early: new events wait behind the pending ones anyway.
+    poll. Otherwise it sleeps until the next backed-off event is due or `idle_poll_s`,
+    which also picks up events requeued from another process (the CLI). Every
+    `prune_every_s` it deletes what is older than `retention`. Its database calls run
+    on a thread of its own, so a burst of requests cannot starve it.
     """
 
     def __init__(
@@ -164,83 +211,155 @@ class Drainer:
         outbox: Outbox,
         emitter: PrefectEmitter,
         *,
-        batch_size: int = 20,
+        batch_size: int = 500,
         backoff: Backoff | None = None,
+        event_backoff: Backoff = EVENT_BACKOFF,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         idle_poll_s: float = 5.0,
+        retention: timedelta | None = None,
+        prune_every_s: float = 60.0,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         self.outbox = outbox
         self.emitter = emitter
         self.batch_size = batch_size
         self.backoff = backoff or Backoff()
+        self.event_backoff = event_backoff
+        self.max_attempts = max_attempts
         self.idle_poll_s = idle_poll_s
+        self.retention = retention
+        self.prune_every_s = prune_every_s
         self.status = DrainerStatus()
         self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-drainer")
+        self._pruned_at: float | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
+    async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
     async def run(self) -> None:
-        """Drain, then wait for a wake-up (or the idle poll); back off after failures."""
+        """Drain, prune now and then, then wait for a wake-up, the next due event or the
+        idle poll; back off while Prefect cannot take events."""
         async with self.emitter:
             while True:
                 self._wake.clear()
                 try:
                     drained = await self.drain_once()
+                    await self._prune_if_due()
                 except Exception as error:  # the outbox database failed: keep trying
                     logger.exception("draining the outbox failed")
-                    self._failed(f"outbox drain failed: {error!r}")
+                    self._unavailable(f"outbox drain failed: {error!r}")
                     drained = False
+                if drained and self._wake.is_set():
+                    continue  # accepted while draining: go again without waiting
                 if drained:
+                    idle_s = await self._idle_s()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
+                        await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
                 else:
                     await asyncio.sleep(self.backoff.after(self.status.consecutive_failures))
 
+    async def _idle_s(self) -> float:
+        """Seconds until the next backed-off event is due, at most `idle_poll_s`."""
+        due = await self._db(self.outbox.next_attempt_at)
+        if due is None:
+            return self.idle_poll_s
+        return min(max((due - datetime.now(UTC)).total_seconds(), 0.01), self.idle_poll_s)
+
     async def drain_once(self) -> bool:
-        """Emit pending events in order until none is left (True) or Prefect cannot take
-        one now (False: retry later from the same event)."""
+        """Emit due events until none is left (True) or Prefect cannot take events now
+        (False: retry after a global backoff). Events at fault are counted and put off."""
         while True:
-            batch = await run_in_threadpool(self.outbox.pending, self.batch_size)
+            batch = await self._db(self.outbox.due, self.batch_size)
             if not batch:
                 return True
-            if not await self._emit(batch):
+            if not await self._emit(batch, _Round()):
                 return False
 
-    async def _emit(self, batch: list[StoredEvent]) -> bool:
-        result = await self.emitter.send([row.event.to_prefect_event() for row in batch])
-        sequences = [row.sequence for row in batch]
+    async def _emit(self, batch: list[StoredEvent], round_: _Round) -> bool:
+        """Build and send `batch`; False when Prefect cannot take events now."""
+        encoded: list[tuple[StoredEvent, bytes]] = []
+        for row in batch:
+            if not round_.admits(row):
+                continue
+            try:
+                encoded.append((row, encode_event(row)))
+            except Exception as error:
+                await self._event_failed(row, f"could not build the Prefect event: {error!r}")
+                round_.hold(row)
+        return await self._send(encoded, round_)
+
+    async def _send(self, encoded: list[tuple[StoredEvent, bytes]], round_: _Round) -> bool:
+        encoded = [(row, body) for row, body in encoded if round_.admits(row)]
+        if not encoded:
+            return True
+        rows = [row for row, _ in encoded]
+        result = await self.emitter.send([body for _, body in encoded])
         if result.outcome == "emitted":
-            await run_in_threadpool(self.outbox.mark_emitted, sequences)
-            metrics.record_emitted(batch)
+            await self._db(self.outbox.mark_emitted, [row.sequence for row in rows])
+            metrics.record_emitted(rows)
             self.status.prefect_reachable = True
             self.status.consecutive_failures = 0
-            self.status.emitted += len(batch)
+            self.status.emitted += len(rows)
             self.status.last_emitted_at = datetime.now(UTC)
             return True
-        if result.outcome == "retry":
+        if result.outcome == "unavailable" or (
+            result.outcome == "server_error" and not await self.emitter.reachable()
+        ):
             self.status.prefect_reachable = False
-            self._failed(result.message)
-            logger.warning("%d event(s) kept pending: %s", len(batch), result.message)
-            await run_in_threadpool(
-                lambda: self.outbox.record_failure(sequences, result.message, give_up=False)
-            )
+            self._unavailable(result.message)
+            logger.warning("Prefect cannot take events now: %s", result.message)
+            await self._db(self.outbox.note_unavailable, [rows[0].sequence], result.message)
             return False
         self.status.prefect_reachable = True
-        if len(batch) > 1:  # find the event Prefect refuses; emit the others in order
-            for row in batch:
-                if not await self._emit([row]):
-                    return False
+        if len(encoded) == 1:
+            await self._event_failed(rows[0], result.message)
+            round_.hold(rows[0])
             return True
-        logger.error("event %s refused by Prefect: %s", batch[0].event_id, result.message)
-        self.status.last_error = result.message
-        self.status.last_error_at = datetime.now(UTC)
-        await run_in_threadpool(
-            lambda: self.outbox.record_failure(sequences, result.message, give_up=True)
+        middle = len(encoded) // 2  # find the faulty event; the others go on in order
+        return await self._send(encoded[:middle], round_) and await self._send(
+            encoded[middle:], round_
         )
-        metrics.record_dead_lettered(batch)
-        return True
 
-    def _failed(self, message: str) -> None:
+    async def _event_failed(self, row: StoredEvent, message: str) -> None:
+        """Count a failed attempt of `row`; retry it later, or dead-letter it."""
+        attempts = row.attempts + 1
+        give_up = attempts >= self.max_attempts
+        retry_at = datetime.now(UTC) + timedelta(seconds=self.event_backoff.after(attempts))
+        error = f"attempt {attempts} of {self.max_attempts}: {message}"
+        if give_up:
+            logger.error("event %s dead-lettered: %s", row.event_id, error)
+            self.status.dead_lettered += 1
+            metrics.record_dead_lettered([row])
+        else:
+            logger.warning("event %s failed, retry at %s: %s", row.event_id, retry_at, error)
+        self.status.last_error = error
+        self.status.last_error_at = datetime.now(UTC)
+        await self._db(
+            self.outbox.record_failure,
+            [row.sequence],
+            error,
+            give_up=give_up,
+            next_attempt_at=retry_at,
+        )
+
+    async def _prune_if_due(self) -> None:
+        if self.retention is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._pruned_at is not None and now - self._pruned_at < self.prune_every_s:
+            return
+        self._pruned_at = now
+        deleted = await self._db(self.outbox.prune, datetime.now(UTC) - self.retention)
+        if deleted:
+            logger.info("pruned %d emitted or skipped event(s) past retention", deleted)
+
+    def _unavailable(self, message: str) -> None:
         self.status.consecutive_failures += 1
         self.status.last_error = message
         self.status.last_error_at = datetime.now(UTC)

@@ -1,9 +1,12 @@
 """Entry points of the gateway: the app from settings, uvicorn, and the outbox tools the
-CLI wires up (`prefect-beamline gateway`, `prefect-beamline outbox list|requeue`)."""
+CLI wires up (`prefect-beamline gateway`, `prefect-beamline outbox list|show|requeue|discard`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -11,9 +14,15 @@ from sqlalchemy.engine import make_url
 
 from prefect_beamline.gateway.app import build_app
 from prefect_beamline.gateway.auth import GatewayAccess
-from prefect_beamline.gateway.emitter import Backoff, Drainer, PrefectEmitter, prefect_auth_headers
+from prefect_beamline.gateway.emitter import (
+    EVENT_BACKOFF,
+    Backoff,
+    Drainer,
+    PrefectEmitter,
+    prefect_auth_headers,
+)
 from prefect_beamline.gateway.mapping import CollectionLookup
-from prefect_beamline.gateway.outbox import Outbox
+from prefect_beamline.gateway.outbox import Outbox, Page
 from prefect_beamline.settings import BeamlineSettings, get_settings
 from prefect_beamline.tracing import configure_tracing
 
@@ -49,6 +58,7 @@ def create_app(
     api_url: str | None = None,
     backoff: Backoff | None = None,
     host: str | None = None,
+    event_backoff: Backoff = EVENT_BACKOFF,
 ) -> FastAPI:
     """The gateway as configured: outbox at `settings.resolved_outbox_url`, events to
     `api_url` (default PREFECT_API_URL), Zocalo ids resolved by `lookup` (default the LIMS).
@@ -65,32 +75,67 @@ def create_app(
     return build_app(
         settings=settings,
         outbox=outbox,
-        drainer=Drainer(outbox, emitter, backoff=backoff),
+        drainer=Drainer(
+            outbox,
+            emitter,
+            backoff=backoff,
+            event_backoff=event_backoff,
+            max_attempts=settings.outbox_max_attempts,
+            retention=timedelta(hours=settings.outbox_retention_hours),
+        ),
         lookup=lookup or lims_lookup(settings),
         access=access,
     )
 
 
+def uvicorn_options() -> dict[str, Any]:
+    """uvloop and httptools when installed (less CPU per request than asyncio and h11),
+    and no per-request access log line (the gateway logs refusals and failures)."""
+    installed = importlib.util.find_spec
+    return {
+        "loop": "uvloop" if installed("uvloop") else "asyncio",
+        "http": "httptools" if installed("httptools") else "h11",
+        "access_log": False,
+        "log_level": "info",
+    }
+
+
 def run_gateway(host: str, port: int, settings: BeamlineSettings | None = None) -> None:
     """Serve the gateway with uvicorn until interrupted; GatewayConfigError, before it
     listens, when nothing would authenticate the DAQ on `host`."""
-    uvicorn.run(create_app(settings, host=host), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, host=host), host=host, port=port, **uvicorn_options())
 
 
-def outbox_list(status: str | None = None) -> list[dict[str, Any]]:
-    """Stored events (of one status: pending, emitted, failed, skipped), oldest first."""
+T = TypeVar("T")
+
+
+def _with_outbox(action: Callable[[Outbox], T]) -> T:
+    """`action` on the configured outbox, closed afterwards."""
     outbox = Outbox(get_settings().resolved_outbox_url)
     try:
-        return [row.as_dict() for row in outbox.list(status)]
+        return action(outbox)
     finally:
         outbox.close()
+
+
+def outbox_list(status: str | None = None, limit: int = 100, after: int = 0) -> Page:
+    """One page of stored events (of one status: pending, emitted, failed, skipped),
+    oldest first, after sequence `after`."""
+    return _with_outbox(lambda outbox: outbox.page(status, limit, after))
+
+
+def outbox_show(event_id: str) -> dict[str, Any] | None:
+    """Everything stored about one event, raw body included."""
+    row = _with_outbox(lambda outbox: outbox.get(event_id))
+    return row.as_dict() if row is not None else None
 
 
 def outbox_requeue(event_ids: list[str] | None = None) -> int:
-    """Make the named events (default: every failed one) pending again; returns how many.
-    A running gateway emits them within its idle poll (5 s)."""
-    outbox = Outbox(get_settings().resolved_outbox_url)
-    try:
-        return outbox.requeue(event_ids)
-    finally:
-        outbox.close()
+    """Make the named events (default: every failed one) pending again, attempts reset;
+    returns how many. A running gateway emits them within its idle poll (5 s)."""
+    return _with_outbox(lambda outbox: outbox.requeue(event_ids))
+
+
+def outbox_discard(event_ids: list[str] | None = None) -> int:
+    """Delete the named dead letters (default: every failed event); returns how many."""
+    return _with_outbox(lambda outbox: outbox.discard(event_ids))

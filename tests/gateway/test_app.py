@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.exc import OperationalError
 
 from prefect_beamline.gateway.auth import SIGNATURE_HEADER, body_signature
@@ -125,12 +126,65 @@ def test_duplicate_delivery_is_accepted_once(
     client: TestClient, settings: BeamlineSettings
 ) -> None:
     first = post(client, event_body())
-    again = post(client, event_body(beamline="i04"))
+    reordered = json.dumps(dict(reversed(event_body().items())), indent=1).encode()
+    again = post(client, reordered)
     assert first.status_code == 202
     assert again.status_code == 200 and again.json()["status"] == "duplicate"
     assert again.json()["sequence"] == first.json()["sequence"]
+    assert len(stored(settings)) == 1
+
+
+def test_replayed_event_id_with_another_body_is_409(
+    client: TestClient, settings: BeamlineSettings
+) -> None:
+    first = post(client, event_body())
+    changed = post(client, event_body(beamline="i04"))
+    assert first.status_code == 202
+    assert changed.status_code == 409, changed.text
+    detail = changed.json()["detail"]
+    assert "i03-0042-end" in detail and "different body" in detail
     (row,) = stored(settings)
     assert row.event.beamline == "i03"
+
+
+def test_full_backlog_is_503_with_retry_after_and_stores_nothing(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, outbox_max_pending=2)
+    with TestClient(make_app(settings)) as client:  # Prefect is down: nothing drains
+        answers = [post(client, event_body(event_id=f"e{n}")) for n in range(3)]
+        again = post(client, event_body(event_id="e0"))
+    assert [a.status_code for a in answers] == [202, 202, 503]
+    assert answers[2].headers["Retry-After"].isdigit()
+    assert "outbox_max_pending" in answers[2].json()["detail"]
+    assert again.status_code == 200  # a redelivery of a stored event is still answered
+    assert [row.event_id for row in stored(settings)] == ["e0", "e1"]
+
+
+def test_concurrent_requests_are_committed_together(settings: BeamlineSettings) -> None:
+    app = make_app(settings)
+    outbox: Outbox = app.state.outbox
+    commits: list[int] = []
+    sqlalchemy_event.listen(outbox.engine, "commit", lambda connection: commits.append(1))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def deliver_many() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/api/v1/collections",
+                        content=json.dumps(event_body(event_id=f"e{n}")),
+                        headers=headers,
+                    )
+                    for n in range(64)
+                )
+            )
+
+    responses = asyncio.run(deliver_many())
+    assert [r.status_code for r in responses] == [202] * 64
+    assert len({r.json()["sequence"] for r in responses}) == 64
+    assert len(stored(settings)) == 64
+    assert len(commits) < 64 / 4  # grouped, not one transaction per request
 
 
 def test_concurrent_duplicate_deliveries_store_one_row(settings: BeamlineSettings) -> None:
@@ -261,7 +315,7 @@ def test_outbox_that_cannot_be_written_is_503_never_202(settings: BeamlineSettin
     def broken_add(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("INSERT", {}, Exception("disk I/O error"))
 
-    app.state.outbox.add = broken_add
+    app.state.outbox.add_many = broken_add
     with TestClient(app) as client:
         response = post(client, event_body())
     assert response.status_code == 503 and "retry" in response.json()["detail"]
@@ -287,6 +341,18 @@ def test_outbox_listing_needs_the_token_and_filters_by_status(client: TestClient
     assert client.get("/api/v1/outbox", params={"status": "emitted"}, headers=auth).json() == []
     unknown = client.get("/api/v1/outbox", params={"status": "done"}, headers=auth)
     assert unknown.status_code == 422
+
+
+def test_outbox_listing_pages_and_names_the_next_page(client: TestClient) -> None:
+    for number in range(3):
+        post(client, event_body(event_id=f"e{number}"))
+    auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    first = client.get("/api/v1/outbox", params={"limit": 2}, headers=auth)
+    assert [row["event_id"] for row in first.json()] == ["e0", "e1"]
+    after = first.headers["X-Outbox-Next-After"]
+    rest = client.get("/api/v1/outbox", params={"limit": 2, "after": after}, headers=auth)
+    assert [row["event_id"] for row in rest.json()] == ["e2"]
+    assert "X-Outbox-Next-After" not in rest.headers
 
 
 def test_openapi_documents_every_endpoint_and_its_body(client: TestClient) -> None:

@@ -134,8 +134,10 @@ def test_drainer_counts_emitted_and_dead_lettered_events_with_their_lag(
 
     before = scrape(local_client)
     outbox = Outbox(settings.resolved_outbox_url)
-    drainer = Drainer(
-        outbox, PrefectEmitter("http://prefect/api", transport=httpx.MockTransport(prefect))
+    drainer = Drainer(  # one refusal dead-letters the event
+        outbox,
+        PrefectEmitter("http://prefect/api", transport=httpx.MockTransport(prefect)),
+        max_attempts=1,
     )
 
     async def drain() -> bool:

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefect_beamline.gateway.emitter import Backoff
-from prefect_beamline.gateway.outbox import EMITTED, PENDING, StoredEvent
+from prefect_beamline.gateway.outbox import EMITTED, FAILED, PENDING, Outbox, StoredEvent
 from prefect_beamline.gateway.server import create_app
 from prefect_beamline.settings import BeamlineSettings
 from prefect_beamline.stack import ManagedProcess, free_port, start_prefect_server
@@ -31,6 +31,7 @@ from tests.gateway.test_app import (
     no_lookup,
     stored,
 )
+from tests.gateway.test_outbox import POISON_PATH, announcement
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -158,10 +159,11 @@ def test_events_accepted_while_prefect_is_down_arrive_in_order_when_it_returns(
     with TestClient(app) as client:
         receipts = [announce(client, number) for number in (101, 102, 103)]
         rows = wait_for(
-            lambda: [r for r in stored(settings) if r.attempts >= 1] and stored(settings),
+            lambda: [r for r in stored(settings) if r.last_error] and stored(settings),
             "the drainer did not try to emit",
         )
         assert [row.status for row in rows] == [PENDING] * 3
+        assert [row.attempts for row in rows] == [0, 0, 0]  # Prefect's fault, not theirs
         assert "unreachable" in (rows[0].last_error or "")
         health = client.get("/health", headers=OPERATOR).json()
         assert health["pending"] == 3 and health["prefect_reachable"] is False
@@ -182,3 +184,40 @@ def test_events_accepted_while_prefect_is_down_arrive_in_order_when_it_returns(
         "beamline.collection.102",
         "beamline.collection.103",
     ]
+
+
+def test_poison_event_is_dead_lettered_while_later_events_reach_prefect(
+    running_server: PrefectServer, tmp_path: Path
+) -> None:
+    """Reported: one accepted event stopped all processing. A stored event that cannot
+    be emitted is tried `outbox_max_attempts` times, then dead-lettered; events accepted
+    after it reach Prefect's event store within seconds."""
+    settings = make_settings(tmp_path, outbox_max_attempts=2)
+    outbox = Outbox(settings.resolved_outbox_url)
+    outbox.add(announcement(1, collection_id=500, data_files=[POISON_PATH]), b"{}")
+    outbox.close()
+    app = create_app(
+        settings,
+        lookup=no_lookup,
+        api_url=running_server.api_url,
+        event_backoff=Backoff(start_s=0.2, max_s=0.2),
+    )
+    with TestClient(app) as client:
+        accepted_at = time.monotonic()
+        receipts = [announce(client, number) for number in (201, 202)]
+        ids = [receipt["prefect_event_id"] for receipt in receipts]
+        wait_for(
+            lambda: len(running_server.events(ids)) == 2, "later events did not reach Prefect", 10
+        )
+        reached_s = time.monotonic() - accepted_at
+        poison = wait_for(
+            lambda: (
+                (row := next(r for r in stored(settings) if r.event_id == "evt-1"))
+                and row.status == FAILED
+                and row
+            ),
+            "the poison event was not dead-lettered",
+            10,
+        )
+    assert reached_s < 5.0
+    assert poison.attempts == 2 and "UnicodeEncodeError" in (poison.last_error or "")
