@@ -22,6 +22,13 @@ LABEL_EXPERIMENT_TYPE = "beamline.experiment_type"
 LABEL_BEAMLINE = "beamline.name"
 LABEL_VISIT = "beamline.visit"
 
+# LIMS ids and image numbers are SQL INTEGER columns (prefect_beamline.lims.schema), signed
+# 32-bit in PostgreSQL and MariaDB: a larger value could never be looked up or recorded.
+LIMS_INTEGER_MAX = 2**31 - 1
+LimsId = Annotated[int, Field(ge=1, le=LIMS_INTEGER_MAX)]
+"""A LIMS row id (dataCollectionId, ...): 1 to 2**31 - 1."""
+ImageNumber = Annotated[int, Field(le=LIMS_INTEGER_MAX)]
+
 # Prefect drops a repeated event id, so re-emitting from the outbox after a crash
 # must produce the same id: derive it from the DAQ's own event id.
 _EVENT_ID_NAMESPACE = uuid.UUID("5b7f3c1e-9a41-4d8e-8c1f-2f0b7d6a9e10")
@@ -84,11 +91,11 @@ class CollectionEvent(BaseModel):
     )
     beamline: str = Field(min_length=1, max_length=45, description="Beamline name, e.g. i03")
     visit: str = Field(min_length=1, max_length=45, description="Visit, e.g. mx12345-1")
-    collection_id: int = Field(ge=1, description="LIMS dataCollectionId")
+    collection_id: LimsId = Field(description="LIMS dataCollectionId (1 to 2**31 - 1)")
     data_files: list[str] = Field(
         min_length=1, description="Absolute paths of the data (for NXmx: the master file)"
     )
-    image_range: tuple[int, int] | None = Field(
+    image_range: tuple[ImageNumber, ImageNumber] | None = Field(
         None, description="First and last image number (1-based, inclusive); None for all"
     )
     grid: GridScan | None = Field(None, description="Grid geometry of a grid scan")

@@ -7,13 +7,15 @@ Every POST goes through the same steps, and each refusal names what was wrong:
 2. body size, by Content-Length and by the bytes actually read (413);
 3. HMAC-SHA256 of the raw body in `X-Beamline-Signature` (401), when
    `gateway_hmac_secret` is set;
-4. JSON parsing (400, with the position);
+4. JSON parsing (400, with the position), and every value Prefect could not take later
+   (422, naming its path; see `emittable`);
 5. validation (422, naming each field);
 6. mapping Zocalo/Bluesky messages onto a collection event (404 unknown collection, 409
    stop without its start, 422, 503 when the LIMS cannot be read), and every data file
    under `PREFECT_BEAMLINE_DATA_ROOTS` (422 naming the path and the roots);
-7. commit to the outbox, then 202 `accepted`, or 200 `duplicate` for a known event id.
-   Nothing is written before this step, so a refused request leaves no trace.
+7. the Prefect event's size (413); commit to the outbox, then 202 `accepted`, or 200
+   `duplicate` for a known event id. Nothing is written before this step, so a refused
+   request leaves no trace.
 
 Bodies are read raw (to bound and sign them) and validated here, not by FastAPI, so the
 OpenAPI schemas are declared explicitly.
@@ -46,6 +48,7 @@ from prefect_beamline.gateway.auth import (
     Role,
     check_signature,
 )
+from prefect_beamline.gateway.emittable import event_size_problem, flaws, too_deep
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
@@ -104,8 +107,16 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": Refusal, "description": "Body is not JSON (position named)"},
     401: {"model": Refusal, "description": "Token or signature missing or wrong"},
     403: {"model": Refusal, "description": "A valid token of the other role (DAQ/operator)"},
-    413: {"model": Refusal, "description": "Body larger than gateway_max_body_bytes"},
-    422: {"model": Refusal, "description": "A field is missing or invalid (fields named)"},
+    413: {
+        "model": Refusal,
+        "description": "Body larger than gateway_max_body_bytes, or its event larger than "
+        "Prefect takes",
+    },
+    422: {
+        "model": Refusal,
+        "description": "A field is missing or invalid, or a value Prefect could not take "
+        "(fields named)",
+    },
     503: {"model": Refusal, "description": "Outbox or LIMS unavailable; retry"},
 }
 
@@ -129,13 +140,10 @@ def _post_docs(
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON document, or 400 naming the position (NaN and Infinity are refused)."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
+    """The JSON document, or 400 naming the position, or 422 naming each value Prefect
+    could not take (non-finite numbers, unpaired surrogates, too deep: see `emittable`)."""
     try:
-        return json.loads(body, parse_constant=refuse_constant)
+        document = json.loads(body, parse_constant=float)  # NaN, Infinity: refused below
     except json.JSONDecodeError as error:
         raise RequestError(
             400,
@@ -146,8 +154,18 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(
             400, f"body is not UTF-8 JSON: {error.reason} at byte {error.start}"
         ) from None
+    except RecursionError:
+        raise _not_emittable([too_deep()]) from None
     except ValueError as error:
         raise RequestError(400, f"body is not valid JSON: {error}") from None
+    if found := flaws(document):
+        raise _not_emittable(found)
+    return document
+
+
+def _not_emittable(found: list[dict[str, str]]) -> RequestError:
+    errors: list[dict[str, Any]] = list(found)
+    return RequestError(422, errors, summarize_errors(errors))
 
 
 def validate(model: type[Model], document: Any) -> Model:
@@ -252,14 +270,16 @@ def build_app(
         note: str | None = None,
         bluesky_start: dict[str, Any] | None = None,
     ) -> JSONResponse:
-        """Data files under a root (422), commit, then answer; 503 (retry) if the outbox
-        cannot be written."""
+        """Data files under a root (422), the event's size (413 if Prefect would drop it),
+        commit, then answer; 503 (retry) if the outbox cannot be written."""
         try:
             await run_in_threadpool(
                 partial(require_data_files, event.data_files, data_roots, must_exist=False)
             )
         except OutsideDataRoots as error:
             raise RequestError(422, str(error)) from None
+        if problem := event_size_problem(event):
+            raise RequestError(413, problem)
         try:
             sequence, is_new = await run_in_threadpool(
                 partial(
