@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 EVENT_PREFIX = "beamline.collection"
 COMPLETED_EVENT = "beamline.processing.completed"
@@ -105,6 +112,19 @@ class CollectionEvent(BaseModel):
     )
     source: str = Field("daq", max_length=40, description="daq, zocalo or bluesky")
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("timestamp")
+    @classmethod
+    def _representable_in_utc(cls, value: datetime) -> datetime:
+        """Prefect stores `occurred` in UTC and silently loses an event whose time has no
+        UTC form (0001-01-01T00:00+05:00, 9999-12-31T23:59-05:00). No offset means UTC."""
+        try:
+            (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError(
+                f"timestamp {value.isoformat()} lies outside the years 1 to 9999 in UTC"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _check_ranges(self) -> CollectionEvent:

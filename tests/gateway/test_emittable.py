@@ -234,3 +234,12 @@ def test_many_flaws_are_refused_naming_the_first_few(client: TestClient) -> None
     response = post_raw(client, with_field("processing_parameters", f'{{"v": [{values}]}}'))
     fields = refused_fields(response)
     assert 1 <= len(fields) <= 20 and fields[0] == "processing_parameters.v.0"
+
+
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_timestamp_without_a_utc_form_is_422(
+    client: TestClient, settings: BeamlineSettings, timestamp: str
+) -> None:
+    response = post_raw(client, json.dumps(event_body(timestamp=timestamp)))
+    assert refused_fields(response) == ["timestamp"]
+    assert stored(settings) == []
