@@ -86,6 +86,13 @@ class Receipt(BaseModel):
     sequence: int = Field(description="Position in the outbox; events reach Prefect in order")
 
 
+class Ignored(BaseModel):
+    """The answer to a Bluesky document other than start or stop (200, nothing stored)."""
+
+    status: Literal["ignored"] = Field(description="Not a start or stop document")
+    name: str = Field(description="The document's name")
+
+
 class Refusal(BaseModel):
     detail: str | list[dict[str, Any]] = Field(description="What is wrong; 422: one per field")
     message: str | None = Field(None, description="422: every field and why, in one line")
@@ -133,10 +140,31 @@ def _post_docs(
         "openapi_extra": {
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": model.model_json_schema()}},
+                "content": {"application/json": {"schema": self_contained_schema(model)}},
             }
         },
     }
+
+
+def self_contained_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` written in place: pydantic's `#/$defs/...`
+    references would not resolve inside the OpenAPI document (our models never nest
+    themselves, so inlining ends)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        inlined = {key: inline(value) for key, value in node.items() if key != "$ref"}
+        if "$ref" in node:
+            name = node["$ref"].removeprefix("#/$defs/")
+            return inline(definitions[name]) | inlined
+        return inlined
+
+    return dict(inline(schema))
 
 
 def parse_json(body: bytes) -> Any:
@@ -345,14 +373,18 @@ def build_app(
         "fail is stored as `skipped` and not emitted. Other document names: 200 ignored.",
         **_post_docs(
             BlueskyDocument,
-            {409: {"model": Refusal, "description": "Stop document of an unknown start"}},
+            {
+                200: {"model": Receipt | Ignored, "description": "Duplicate, or ignored"},
+                409: {"model": Refusal, "description": "Stop document of an unknown start"},
+            },
         ),
     )
     async def post_bluesky(request: Request) -> JSONResponse:
         body = await authenticated_body(request)
         document = validate(BlueskyDocument, parse_json(body))
         if document.name in BLUESKY_IGNORED_DOCUMENTS:
-            return JSONResponse({"status": "ignored", "name": document.name}, status_code=200)
+            ignored = Ignored(status="ignored", name=document.name)
+            return JSONResponse(ignored.model_dump(), status_code=200)
         try:
             if document.name == "start":
                 start = parse_bluesky_start(document.doc)
