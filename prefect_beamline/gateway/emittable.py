@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prefect_beamline.events import CollectionEvent
@@ -84,30 +85,47 @@ def event_size_problem(event: CollectionEvent) -> str | None:
 
 def _walk(document: Any, max_depth: int) -> Iterator[tuple[str, str, str]]:
     """(path, message, type) of each flaw, depth first, without recursion (a body may be
-    deep)."""
-    stack: list[tuple[Any, str, int]] = [(document, "", 1)]
+    deep). Paths are kept as tuples and written out only for a flaw."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
     while stack:
-        value, path, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > max_depth:
-                yield path, _depth_message(max_depth), "json_depth"
-                continue
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            children = []
-            for key, child in items:
-                key_problem = _text_problem(str(key))
-                if key_problem:
-                    yield _join(path, key), f"key {key_problem[0]}", key_problem[1]
-                children.append((child, _join(path, key), depth + 1))
-            stack.extend(reversed(children))
-        elif isinstance(value, str):
-            problem = _text_problem(value)
+        container, path = stack.pop()
+        if not isinstance(container, dict | list):
+            problem = _scalar_problem(container)
             if problem:
-                yield path, *problem
-        elif isinstance(value, float) and not math.isfinite(value):
-            yield path, _NOT_FINITE.format(value=value), "finite_number"
-        elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-            yield path, _NOT_INT64.format(value=_short(value)), "int64_range"
+                yield _path(path), *problem
+            continue
+        if len(path) >= max_depth:
+            yield _path(path), _depth_message(max_depth), "json_depth"
+            continue
+        if isinstance(container, dict):
+            for key in container:
+                key_problem = _text_problem(key)
+                if key_problem:
+                    yield _path((*path, key)), f"key {key_problem[0]}", key_problem[1]
+            items: Iterable[tuple[Any, Any]] = container.items()
+        else:
+            items = enumerate(container)
+        nested = []
+        for key, value in items:
+            if isinstance(value, dict | list):
+                nested.append((value, (*path, key)))
+            else:
+                problem = _scalar_problem(value)
+                if problem:
+                    yield _path((*path, key)), *problem
+        stack.extend(reversed(nested))
+
+
+def _scalar_problem(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        return _text_problem(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return _NOT_FINITE.format(value=value), "finite_number"
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return _NOT_INT64.format(value=_short(value)), "int64_range"
+    return None
 
 
 _NOT_FINITE = (
@@ -119,22 +137,24 @@ _NOT_FINITE = (
 _NOT_INT64 = "integer out of range: must lie in [-2**63, 2**63 - 1], got {value}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _text_problem(text: str) -> tuple[str, str] | None:
     """(message, type) when a key or string value cannot be stored and sent."""
     if "\x00" in text:
         return "contains U+0000 (NUL), which PostgreSQL cannot store", "nul_character"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if _SURROGATE.search(text):
         return "contains an unpaired UTF-16 surrogate (not encodable as UTF-8)", "unicode_surrogate"
     return None
 
 
-def _join(path: str, key: Any) -> str:
-    """`path.key`, with a key that cannot be shown as UTF-8 escaped (the answer must
-    itself be encodable)."""
-    name = str(key).encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-    return f"{path}.{name}" if path else name
+def _path(parts: tuple[Any, ...]) -> str:
+    """`a.b.0`, each part escaped so the answer itself is valid UTF-8 JSON."""
+    return ".".join(
+        str(part).encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        for part in parts
+    )
 
 
 def _short(value: int) -> str:
