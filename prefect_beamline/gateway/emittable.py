@@ -19,9 +19,9 @@ make the trip:
 
 Field-level bounds live with their fields: LIMS ids and image numbers fit SQL INTEGER
 (`prefect_beamline.events.LIMS_INTEGER_MAX`), a collection's timestamp has a UTC form, a
-Bluesky document's `time` lies between 1970 and 9999.
-After validation, `check_event` encodes the Prefect event once more, exactly as it will be
-sent, and refuses it (413) if Prefect would drop it for its size.
+Bluesky document's `time` lies between 1970 and 9999. After validation,
+`event_size_problem` encodes the Prefect event as the drainer will send it, and the
+gateway refuses it (413) if Prefect would drop it for its size.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ MAX_REPORTED_FLAWS = 20
 RECEIVED_MARGIN_BYTES = 1024
 """Room for what Prefect's server adds to an event (its `received` time) before it
 measures the event's size."""
+
+_NOT_FINITE = (
+    "{value} is not a finite number (JSON has no NaN or infinity; a literal such as 1e400 "
+    "overflows to infinity)"
+)
+_NOT_INT64 = "integer out of range: must lie in [-2**63, 2**63 - 1], got {value}"
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone: json.loads joins the pairs
 
 
 def flaws(document: Any, max_depth: int = MAX_DEPTH) -> list[dict[str, str]]:
@@ -126,18 +133,6 @@ def _scalar_problem(value: Any) -> tuple[str, str] | None:
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         return _NOT_INT64.format(value=_short(value)), "int64_range"
     return None
-
-
-_NOT_FINITE = (
-    "{value} is not a finite number (JSON has no NaN or infinity; a literal such as 1e400 "
-    "overflows to infinity)"
-)
-
-
-_NOT_INT64 = "integer out of range: must lie in [-2**63, 2**63 - 1], got {value}"
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _text_problem(text: str) -> tuple[str, str] | None:
