@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,12 +18,20 @@ from prefect_beamline.events import LIMS_INTEGER_MAX
 from prefect_beamline.gateway.emittable import MAX_DEPTH
 from prefect_beamline.gateway.server import create_app
 from prefect_beamline.settings import BeamlineSettings
-from tests.gateway.test_app import TOKEN, event_body, no_lookup
+from tests.gateway.test_app import TOKEN, event_body, no_lookup, stored
 from tests.gateway.test_emittable import START, nested
+from tests.gateway.test_emittable_property import (
+    BOUNDED,
+    bluesky_starts,
+    collection_bodies,
+    describe_any,
+    zocalo_messages,
+)
 from tests.gateway.test_prefect import PrefectServer, all_emitted, wait_for
 
 pytestmark = pytest.mark.e2e
 
+REAL_SERVER_EXAMPLES = 40  # per endpoint
 LARGEST_NOTE = 1_450_000  # characters: the event stays under Prefect's 1.5 MB
 
 AT_THE_LIMITS: dict[str, tuple[str, str]] = {
@@ -141,3 +150,56 @@ def test_bodies_at_every_limit_reach_prefects_event_store(
     assert unicode["\U0001f600 key"] == "ü\u2028\U0010ffff"
     largest = by_id[receipts["largest"]]["payload"]["collection"]["processing_parameters"]
     assert len(largest["note"]) == LARGEST_NOTE
+
+
+def post_examples(client: TestClient, path: str, bodies: Any) -> dict[str, str]:
+    """Post hypothesis' bodies; the Prefect event ids of those accepted, by event id."""
+    accepted: dict[str, str] = {}
+
+    @hypothesis.given(text=bodies)
+    @hypothesis.settings(BOUNDED, max_examples=REAL_SERVER_EXAMPLES)
+    def post(text: str) -> None:
+        response = client.post(
+            path, content=text.encode(), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert response.status_code < 500, response.text
+        if response.status_code == 202:
+            accepted[response.json()["event_id"]] = response.json()["prefect_event_id"]
+
+    post()
+    return accepted
+
+
+def test_bodies_hypothesis_gets_accepted_reach_prefects_event_store(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    """The property of `test_emittable_property`, checked against the real server."""
+    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN, gateway_max_body_bytes=2**20)
+    app = create_app(settings, lookup=describe_any, api_url=prefect_server.api_url)
+    accepted: dict[str, str] = {}
+    with TestClient(app) as client:
+        for path, bodies in [
+            ("/api/v1/collections", collection_bodies()),
+            ("/api/v1/bluesky", bluesky_starts()),
+            ("/api/v1/zocalo", zocalo_messages()),
+        ]:
+            accepted |= post_examples(client, path, bodies)
+        assert len(accepted) >= 10, f"too few bodies accepted to say anything: {len(accepted)}"
+        try:
+            wait_for(lambda: all_emitted(settings), "the accepted events were not emitted")
+        except TimeoutError:
+            stuck = [(row.event_id, row.last_error) for row in stored(settings)]
+            raise AssertionError(f"not emitted: {stuck}") from None
+
+    def all_stored() -> list[dict[str, Any]] | None:
+        found = events_in_store(prefect_server, list(accepted.values()))
+        return found if len(found) == len(accepted) else None
+
+    try:
+        wait_for(all_stored, "every accepted event in Prefect's event store")
+    except TimeoutError:
+        present = {
+            event["id"] for event in events_in_store(prefect_server, list(accepted.values()))
+        }
+        missing = {key: value for key, value in accepted.items() if value not in present}
+        raise AssertionError(f"Prefect lost the events {sorted(missing)}") from None
