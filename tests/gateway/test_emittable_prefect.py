@@ -160,7 +160,9 @@ def post_examples(client: TestClient, path: str, bodies: Any) -> dict[str, str]:
     @hypothesis.settings(BOUNDED, max_examples=REAL_SERVER_EXAMPLES)
     def post(text: str) -> None:
         response = client.post(
-            path, content=text.encode(), headers={"Authorization": f"Bearer {TOKEN}"}
+            path,
+            content=text.encode("utf-8", "surrogatepass"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
         )
         assert response.status_code < 500, response.text
         if response.status_code == 202:

@@ -129,15 +129,19 @@ def deeply_nested(draw: st.DrawFn) -> Any:
 parameters = st.dictionaries(keys, st.one_of(json_values, deeply_nested()), max_size=4)
 
 
-def to_json(value: Any) -> str:
-    """JSON text for `value`, lone surrogates escaped as a DAQ's encoder would."""
+def to_json(value: Any, ascii_only: bool = True) -> str:
+    """JSON text for `value`; lone surrogates escaped (`\\ud800`) as a DAQ's encoder
+    writes them, or, with `ascii_only=False`, left raw (sent as their UTF-8-like bytes)."""
     if isinstance(value, Spelled):
         return value.spelling
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{to_json(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
+        members = (
+            f"{to_json(str(k), ascii_only)}: {to_json(v, ascii_only)}" for k, v in value.items()
+        )
+        return "{" + ", ".join(members) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(to_json(item) for item in value) + "]"
-    return json.dumps(value)
+        return "[" + ", ".join(to_json(item, ascii_only) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)
 
 
 timestamps = st.one_of(
@@ -178,7 +182,7 @@ def collection_bodies(draw: st.DrawFn) -> str:
         body["grid"] = draw(grids)
     if draw(st.booleans()):
         body["image_range"] = [draw(collection_ids), draw(collection_ids)]
-    return to_json(body)
+    return to_json(body, draw(st.booleans()))
 
 
 @st.composite
@@ -196,7 +200,7 @@ def bluesky_starts(draw: st.DrawFn) -> str:
         ),
     }
     doc |= draw(st.dictionaries(keys, json_values, max_size=2))
-    return to_json({"name": "start", "doc": doc})
+    return to_json({"name": "start", "doc": doc}, draw(st.booleans()))
 
 
 @st.composite
@@ -207,7 +211,7 @@ def zocalo_messages(draw: st.DrawFn) -> str:
         "event": "end",
         "guid": draw(event_ids),
     }
-    return to_json({"recipes": ["mimas"], "parameters": parameters})
+    return to_json({"recipes": ["mimas"], "parameters": parameters}, draw(st.booleans()))
 
 
 # -- What Prefect takes ------------------------------------------------------------------
