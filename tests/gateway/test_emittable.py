@@ -243,3 +243,19 @@ def test_timestamp_without_a_utc_form_is_422(
     response = post_raw(client, json.dumps(event_body(timestamp=timestamp)))
     assert refused_fields(response) == ["timestamp"]
     assert stored(settings) == []
+
+
+def test_nul_is_refused_whatever_database_holds_the_outbox(tmp_path: Path, lims_url: str) -> None:
+    """SQLite and MariaDB stored it (then Prefect lost the event); PostgreSQL cannot store
+    it at all (psycopg2 raised ValueError: a 500)."""
+    settings = make_settings(tmp_path, outbox_url=lims_url)
+    with TestClient(make_app(settings)) as client:
+        in_id = post_raw(client, json.dumps(event_body(event_id="i03-\u0000-end")))
+        in_parameters = post_raw(
+            client, json.dumps(event_body(processing_parameters={"note": "a\u0000b"}))
+        )
+        clean = post_raw(client, json.dumps(event_body()))
+    assert refused_fields(in_id) == ["event_id"]
+    assert refused_fields(in_parameters) == ["processing_parameters.note"]
+    assert clean.status_code == 202
+    assert [row.event_id for row in stored(settings)] == ["i03-0042-end"]
