@@ -17,8 +17,7 @@ from fastapi.testclient import TestClient
 from prefect_beamline.events import LIMS_INTEGER_MAX
 from prefect_beamline.gateway.emittable import MAX_DEPTH
 from prefect_beamline.gateway.server import create_app
-from prefect_beamline.settings import BeamlineSettings
-from tests.gateway.test_app import TOKEN, event_body, no_lookup, stored
+from tests.gateway.test_app import TOKEN, event_body, make_settings, no_lookup, stored
 from tests.gateway.test_emittable import START, nested
 from tests.gateway.test_emittable_property import (
     BOUNDED,
@@ -121,7 +120,7 @@ def events_in_store(server: PrefectServer, prefect_ids: list[str]) -> list[dict[
 def test_bodies_at_every_limit_reach_prefects_event_store(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN, gateway_max_body_bytes=2**21)
+    settings = make_settings(tmp_path, gateway_max_body_bytes=2**21)
     app = create_app(settings, lookup=no_lookup, api_url=prefect_server.api_url)
     receipts = {}
     with TestClient(app) as client:
@@ -176,7 +175,7 @@ def test_bodies_hypothesis_gets_accepted_reach_prefects_event_store(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     """The property of `test_emittable_property`, checked against the real server."""
-    settings = BeamlineSettings(home=tmp_path, gateway_token=TOKEN, gateway_max_body_bytes=2**20)
+    settings = make_settings(tmp_path, gateway_max_body_bytes=2**20)
     app = create_app(settings, lookup=describe_any, api_url=prefect_server.api_url)
     accepted: dict[str, str] = {}
     with TestClient(app) as client:
