@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 EVENT_PREFIX = "beamline.collection"
 COMPLETED_EVENT = "beamline.processing.completed"
@@ -23,6 +30,13 @@ LABEL_BEAMLINE = "beamline.name"
 LABEL_VISIT = "beamline.visit"
 TRACE_RESOURCE_PREFIX = "beamline.trace"
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+# LIMS ids and image numbers are SQL INTEGER columns (prefect_beamline.lims.schema), signed
+# 32-bit in PostgreSQL and MariaDB: a larger value could never be looked up or recorded.
+LIMS_INTEGER_MAX = 2**31 - 1
+LimsId = Annotated[int, Field(ge=1, le=LIMS_INTEGER_MAX)]
+"""A LIMS row id (dataCollectionId, ...): 1 to 2**31 - 1."""
+ImageNumber = Annotated[int, Field(le=LIMS_INTEGER_MAX)]
 
 # Prefect drops a repeated event id, so re-emitting from the outbox after a crash
 # must produce the same id: derive it from the DAQ's own event id.
@@ -86,11 +100,11 @@ class CollectionEvent(BaseModel):
     )
     beamline: str = Field(min_length=1, max_length=45, description="Beamline name, e.g. i03")
     visit: str = Field(min_length=1, max_length=45, description="Visit, e.g. mx12345-1")
-    collection_id: int = Field(ge=1, description="LIMS dataCollectionId")
+    collection_id: LimsId = Field(description="LIMS dataCollectionId (1 to 2**31 - 1)")
     data_files: list[str] = Field(
         min_length=1, description="Absolute paths of the data (for NXmx: the master file)"
     )
-    image_range: tuple[int, int] | None = Field(
+    image_range: tuple[ImageNumber, ImageNumber] | None = Field(
         None, description="First and last image number (1-based, inclusive); None for all"
     )
     grid: GridScan | None = Field(None, description="Grid geometry of a grid scan")
@@ -106,6 +120,19 @@ class CollectionEvent(BaseModel):
         description="W3C trace context (`00-<trace id>-<span id>-<flags>`) this collection's "
         "processing is traced in; set by the gateway from the `traceparent` header",
     )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _representable_in_utc(cls, value: datetime) -> datetime:
+        """Prefect stores `occurred` in UTC and silently loses an event whose time has no
+        UTC form (0001-01-01T00:00+05:00, 9999-12-31T23:59-05:00). No offset means UTC."""
+        try:
+            (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError(
+                f"timestamp {value.isoformat()} lies outside the years 1 to 9999 in UTC"
+            ) from None
+        return value
 
     @model_validator(mode="after")
     def _check_ranges(self) -> CollectionEvent:

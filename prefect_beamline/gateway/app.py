@@ -7,16 +7,17 @@ Every POST goes through the same steps, and each refusal names what was wrong:
 2. body size, by Content-Length and by the bytes actually read (413);
 3. HMAC-SHA256 of the raw body in `X-Beamline-Signature` (401), when
    `gateway_hmac_secret` is set;
-4. JSON parsing (400, with the position);
+4. JSON parsing (400, with the position), and every value Prefect could not take later
+   (422, naming its path; see `emittable`);
 5. validation (422, naming each field);
 6. mapping Zocalo/Bluesky messages onto a collection event (404 unknown collection, 409
    stop without its start, 422, 503 when the LIMS cannot be read), and every data file
    under `PREFECT_BEAMLINE_DATA_ROOTS` (422 naming the path and the roots);
-7. commit to the outbox (with other requests' events: group commit), then 202
-   `accepted`; 200 `duplicate` for a known event id with the same body, 409 for a known
-   id with a different body, 503 with `Retry-After` when the pending backlog is at
-   `outbox_max_pending`. Nothing is written before this step, so a refused request
-   leaves no trace.
+7. the Prefect event's size (413); commit to the outbox (with other requests' events:
+   group commit), then 202 `accepted`; 200 `duplicate` for a known event id with the same
+   body, 409 for a known id with a different body, 503 with `Retry-After` when the pending
+   backlog is at `outbox_max_pending`. Nothing is written before this step, so a refused
+   request leaves no trace.
 
 Bodies are read raw (to bound and sign them) and validated here, not by FastAPI, so the
 OpenAPI schemas are declared explicitly.
@@ -50,6 +51,7 @@ from prefect_beamline.gateway.auth import (
     Role,
     check_signature,
 )
+from prefect_beamline.gateway.emittable import event_size_problem, flaws, too_deep
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
@@ -94,6 +96,13 @@ class Receipt(BaseModel):
     sequence: int = Field(description="Position in the outbox; events reach Prefect in order")
 
 
+class Ignored(BaseModel):
+    """The answer to a Bluesky document other than start or stop (200, nothing stored)."""
+
+    status: Literal["ignored"] = Field(description="Not a start or stop document")
+    name: str = Field(description="The document's name")
+
+
 class Refusal(BaseModel):
     detail: str | list[dict[str, Any]] = Field(description="What is wrong; 422: one per field")
     message: str | None = Field(None, description="422: every field and why, in one line")
@@ -121,8 +130,16 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
     401: {"model": Refusal, "description": "Token or signature missing or wrong"},
     403: {"model": Refusal, "description": "A valid token of the other role (DAQ/operator)"},
     409: {"model": Refusal, "description": "Event id accepted before with a different body"},
-    413: {"model": Refusal, "description": "Body larger than gateway_max_body_bytes"},
-    422: {"model": Refusal, "description": "A field is missing or invalid (fields named)"},
+    413: {
+        "model": Refusal,
+        "description": "Body larger than gateway_max_body_bytes, or its event larger than "
+        "Prefect takes",
+    },
+    422: {
+        "model": Refusal,
+        "description": "A field is missing or invalid, or a value Prefect could not take "
+        "(fields named)",
+    },
     503: {
         "model": Refusal,
         "description": "Outbox or LIMS unavailable, or outbox backlog full (Retry-After); retry",
@@ -142,20 +159,38 @@ def _post_docs(
         "openapi_extra": {
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": model.model_json_schema()}},
+                "content": {"application/json": {"schema": self_contained_schema(model)}},
             }
         },
     }
 
 
+def self_contained_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` written in place: pydantic's `#/$defs/...`
+    references would not resolve inside the OpenAPI document (our models never nest
+    themselves, so inlining ends)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        inlined = {key: inline(value) for key, value in node.items() if key != "$ref"}
+        if "$ref" in node:
+            name = node["$ref"].removeprefix("#/$defs/")
+            return inline(definitions[name]) | inlined
+        return inlined
+
+    return dict(inline(schema))
+
+
 def parse_json(body: bytes) -> Any:
-    """The JSON document, or 400 naming the position (NaN and Infinity are refused)."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
+    """The JSON document, or 400 naming the position, or 422 naming each value Prefect
+    could not take (non-finite numbers, unpaired surrogates, too deep: see `emittable`)."""
     try:
-        return json.loads(body, parse_constant=refuse_constant)
+        document = json.loads(body, parse_constant=float)  # NaN, Infinity: refused below
     except json.JSONDecodeError as error:
         raise RequestError(
             400,
@@ -166,8 +201,18 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(
             400, f"body is not UTF-8 JSON: {error.reason} at byte {error.start}"
         ) from None
+    except RecursionError:
+        raise _not_emittable([too_deep()]) from None
     except ValueError as error:
         raise RequestError(400, f"body is not valid JSON: {error}") from None
+    if found := flaws(document):
+        raise _not_emittable(found)
+    return document
+
+
+def _not_emittable(found: list[dict[str, str]]) -> RequestError:
+    errors: list[dict[str, Any]] = list(found)
+    return RequestError(422, errors, summarize_errors(errors))
 
 
 def validate(model: type[Model], document: Any) -> Model:
@@ -279,9 +324,9 @@ def build_app(
         note: str | None = None,
         bluesky_start: dict[str, Any] | None = None,
     ) -> JSONResponse:
-        """Data files under a root (422), commit, then answer; 503 (retry) if the outbox
-        cannot be written or is full, 409 if the event id was accepted before with a
-        different body."""
+        """Data files under a root (422), the event's size (413 if Prefect would drop it),
+        commit, then answer; 503 (retry) if the outbox cannot be written or is full, 409 if
+        the event id was accepted before with a different body."""
         try:
             await run_in_threadpool(
                 partial(require_data_files, event.data_files, data_roots, must_exist=False)
@@ -289,6 +334,8 @@ def build_app(
         except OutsideDataRoots as error:
             raise RequestError(422, str(error)) from None
         event = tracing.stamp_trace(event)
+        if problem := event_size_problem(event):
+            raise RequestError(413, problem)
         try:
             admission = await writer.submit(Submission(event, body, status, note, bluesky_start))
         except SQLAlchemyError as error:
@@ -368,14 +415,18 @@ def build_app(
         "fail is stored as `skipped` and not emitted. Other document names: 200 ignored.",
         **_post_docs(
             BlueskyDocument,
-            {409: {"model": Refusal, "description": "Stop document of an unknown start"}},
+            {
+                200: {"model": Receipt | Ignored, "description": "Duplicate, or ignored"},
+                409: {"model": Refusal, "description": "Stop document of an unknown start"},
+            },
         ),
     )
     async def post_bluesky(request: Request) -> JSONResponse:
         body = await authenticated_body(request)
         document = validate(BlueskyDocument, parse_json(body))
         if document.name in BLUESKY_IGNORED_DOCUMENTS:
-            return JSONResponse({"status": "ignored", "name": document.name}, status_code=200)
+            ignored = Ignored(status="ignored", name=document.name)
+            return JSONResponse(ignored.model_dump(), status_code=200)
         try:
             if document.name == "start":
                 start = parse_bluesky_start(document.doc)

@@ -18,15 +18,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan, TechniqueName
+from prefect_beamline.events import (
+    CollectionEvent,
+    CollectionEventKind,
+    GridScan,
+    ImageNumber,
+    LimsId,
+    TechniqueName,
+)
 from prefect_beamline.lims import CollectionDescription
 
 CollectionLookup = Callable[[int], CollectionDescription | None]
 """Resolves a data collection id, e.g. `Lims(url).get_collection`; None when unknown."""
+
+# A document's `time`: seconds since 1970, up to the end of year 9999 (the last second a
+# timestamp can name; Python's datetime and Prefect's `occurred` stop there).
+EpochSeconds = Annotated[float, Field(ge=0, le=253_402_300_799)]
 
 # Every document name of event-model. Only start and stop are used; the others are
 # accepted and ignored, so a callback that forwards every document sees no errors.
@@ -84,7 +95,7 @@ class ZocaloParameters(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    ispyb_dcid: int = Field(ge=1, description="ISPyB dataCollectionId")
+    ispyb_dcid: LimsId = Field(description="ISPyB dataCollectionId (1 to 2**31 - 1)")
     event: Literal["start", "end"] = Field(description="start or end of the collection")
     guid: str | None = Field(
         None, min_length=1, max_length=200, description="Unique message id; the event id"
@@ -187,16 +198,18 @@ class BlueskyStart(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     uid: str = Field(min_length=1, max_length=200, description="Run uid; the event id")
-    time: float | None = Field(None, description="Start time, seconds since the epoch")
+    time: EpochSeconds | None = Field(None, description="Start time, seconds since the epoch")
     technique: TechniqueName = Field(
         description="a registered technique: mx, tomo, em, ptycho, ..."
     )
     experiment_type: str = Field("default", description="e.g. rotation, gridscan")
     beamline: str = Field(description="Beamline name, e.g. i03")
     visit: str = Field(description="Visit, e.g. mx12345-1")
-    data_collection_id: int = Field(ge=1, description="LIMS dataCollectionId")
+    data_collection_id: LimsId = Field(description="LIMS dataCollectionId (1 to 2**31 - 1)")
     data_files: list[str] = Field(description="Absolute path(s) of the data (NXmx: master)")
-    image_range: tuple[int, int] | None = Field(None, description="First, last image (1-based)")
+    image_range: tuple[ImageNumber, ImageNumber] | None = Field(
+        None, description="First, last image (1-based)"
+    )
     grid: GridScan | None = Field(None, description="Grid geometry of a grid scan")
     processing: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the flow's processing parameters"
@@ -216,7 +229,7 @@ class BlueskyStop(BaseModel):
     uid: str = Field(min_length=1, max_length=200, description="Stop uid; the event id")
     run_start: str = Field(min_length=1, max_length=200, description="uid of the start")
     exit_status: Literal["success", "abort", "fail"] = Field(description="How the run ended")
-    time: float | None = Field(None, description="Stop time, seconds since the epoch")
+    time: EpochSeconds | None = Field(None, description="Stop time, seconds since the epoch")
     reason: str | None = Field(None, description="Why the run ended (abort, fail)")
 
 

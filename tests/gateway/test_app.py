@@ -218,8 +218,8 @@ def test_bad_json_is_400_naming_the_position(
     assert stored(settings) == []
 
 
-@pytest.mark.parametrize("body", [b"", b"\xff\xfe{", b'{"collection_id": NaN}'])
-def test_empty_undecodable_or_nan_body_is_400(
+@pytest.mark.parametrize("body", [b"", b"\xff\xfe{"])
+def test_empty_or_undecodable_body_is_400(
     client: TestClient, settings: BeamlineSettings, body: bytes
 ) -> None:
     response = post(client, body)
