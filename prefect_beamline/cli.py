@@ -8,9 +8,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefect_beamline.techniques import registry
+
+if TYPE_CHECKING:
+    from prefect_beamline.lims import Lims
+    from prefect_beamline.lims.collections import CollectionDescription
 
 
 class UsageError(Exception):
@@ -46,7 +50,7 @@ def _positive_int(text: str) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from prefect_beamline.shared_server import ServerInUse
+    from prefect_beamline.shared_server import ServerInUse, ServerUnreachable
     from prefect_beamline.techniques import technique
 
     try:
@@ -64,7 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
     except TypeError as error:
         print(f"demo {args.technique}: {error}", file=sys.stderr)
         return 2
-    except ServerInUse as error:
+    except (ServerInUse, ServerUnreachable) as error:
         raise UsageError(str(error)) from error
     if args.json:
         print(json.dumps(report, default=str))
@@ -106,22 +110,13 @@ def _rerun(args: argparse.Namespace) -> int:
     if deployment is None:
         collection = _lims_collection(Lims.from_settings(), args.collection_id)
         if collection is None:
-            print(f"data collection {args.collection_id} is not in the LIMS", file=sys.stderr)
-            return 2
-        try:
-            deployment = deployment_for_collection(collection.technique, collection.experiment_type)
-        except LookupError as error:
-            print(error, file=sys.stderr)
-            return 2
+            raise UsageError(f"data collection {args.collection_id} is not in the LIMS")
+        deployment = deployment_for_collection(collection.technique, collection.experiment_type)
     api_url = PREFECT_API_URL.value()
     if not api_url:
         raise UsageError("PREFECT_API_URL is not set: point it at the Prefect server's API")
     _check_prefect_api(api_url)
-    try:
-        flow_and_deployment = qualified_deployment_name(api_url, deployment)
-    except LookupError as error:
-        print(error, file=sys.stderr)
-        return 2
+    flow_and_deployment = qualified_deployment_name(api_url, deployment)
     run = start_rerun(api_url, flow_and_deployment, args.collection_id, overrides)
     print(f"started {run.name} ({run.id}) of {flow_and_deployment} with {overrides}")
     if args.wait:
@@ -131,7 +126,7 @@ def _rerun(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lims_collection(lims: Any, collection_id: int) -> Any:
+def _lims_collection(lims: Lims, collection_id: int) -> CollectionDescription | None:
     """The LIMS's DataCollection `collection_id` (None if absent); a LIMS that cannot be
     read (wrong URL, no tables) is a UsageError naming it."""
     from sqlalchemy.exc import SQLAlchemyError

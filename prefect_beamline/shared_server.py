@@ -11,6 +11,7 @@ stops.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import httpx
@@ -20,6 +21,30 @@ from prefect_beamline.events import EVENT_PREFIX
 
 class ServerInUse(RuntimeError):
     """The server already has deployments or automations the stack would clash with."""
+
+
+class ServerUnreachable(RuntimeError):
+    """PREFECT_API_URL names a server that does not answer."""
+
+
+def ensure_reachable(api_url: str, timeout_s: float = 10.0) -> None:
+    """Return once the server answers its health check; ServerUnreachable after
+    `timeout_s` (a server someone else runs is up already, or it is the wrong address)."""
+    deadline = time.monotonic() + timeout_s
+    problem = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{api_url}/health", timeout=2.0)
+            if response.status_code == 200:
+                return
+            problem = f"HTTP {response.status_code}"
+        except httpx.HTTPError as error:
+            problem = str(error) or type(error).__name__
+        time.sleep(0.5)
+    raise ServerUnreachable(
+        f"cannot reach the Prefect API at {api_url} ({problem}); unset PREFECT_API_URL to "
+        "run on a server of its own, or start that server"
+    )
 
 
 def _post(api_url: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from prefect_beamline.shared_server import ensure_unclaimed, remove_deployments
+from prefect_beamline.shared_server import (
+    ensure_reachable,
+    ensure_unclaimed,
+    remove_deployments,
+)
 
 if TYPE_CHECKING:
     from prefect_beamline.lims import Lims
@@ -230,7 +234,7 @@ def embedded_stack(
         if own_server:
             stack.processes.append(start_prefect_server(workdir, env, server_port))
         else:
-            wait_for_http(f"{api_url}/health", SERVER_START_TIMEOUT_S, None)
+            ensure_reachable(api_url)
         if compute_block:
             ensure_compute_block(api_url, compute_block)
         if serve:

@@ -68,6 +68,17 @@ def test_rerun_against_an_unreachable_prefect_api_names_the_address(
     )
 
 
+def test_demo_against_an_unreachable_prefect_api_names_the_address(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    done = run_cli(
+        "demo", "--json", "--workdir", str(tmp_path / "demo"), env=isolated_env, cwd=tmp_path
+    )
+    assert_one_line_usage_error(
+        done, "cannot reach the Prefect API", isolated_env["PREFECT_API_URL"]
+    )
+
+
 def test_rerun_of_a_collection_the_lims_lacks_says_so(
     isolated_env: dict[str, str], tmp_path: Path
 ) -> None:
