@@ -8,11 +8,49 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefect_beamline.techniques import registry
 
+if TYPE_CHECKING:
+    from prefect_beamline.lims import Lims
+    from prefect_beamline.lims.collections import CollectionDescription
+
+
+class UsageError(Exception):
+    """A command cannot do what was asked (bad argument, unknown name, unreachable
+    service): one line on stderr and exit status 2, not a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (sub-commands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """`--set key=value`, checked when the command line is parsed."""
+    from prefect_beamline.runs import parse_assignment
+
+    try:
+        return parse_assignment(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
 
 def _demo(args: argparse.Namespace) -> int:
+    from prefect_beamline.shared_server import ServerInUse, ServerUnreachable
     from prefect_beamline.techniques import technique
 
     try:
@@ -30,6 +68,8 @@ def _demo(args: argparse.Namespace) -> int:
     except TypeError as error:
         print(f"demo {args.technique}: {error}", file=sys.stderr)
         return 2
+    except (ServerInUse, ServerUnreachable) as error:
+        raise UsageError(str(error)) from error
     if args.json:
         print(json.dumps(report, default=str))
     else:
@@ -67,30 +107,23 @@ def _rerun(args: argparse.Namespace) -> int:
     from prefect_beamline.lims import Lims
     from prefect_beamline.runs import (
         TERMINAL_STATES,
-        parse_assignment,
         qualified_deployment_name,
         start_rerun,
         wait_for_state,
     )
 
-    overrides = dict(parse_assignment(text) for text in args.set or [])
+    overrides = dict(args.set or [])
     deployment = args.deployment
     if deployment is None:
-        collection = Lims.from_settings().get_collection(args.collection_id)
+        collection = _lims_collection(Lims.from_settings(), args.collection_id)
         if collection is None:
-            print(f"data collection {args.collection_id} is not in the LIMS", file=sys.stderr)
-            return 2
-        try:
-            deployment = deployment_for_collection(collection.technique, collection.experiment_type)
-        except LookupError as error:
-            print(error, file=sys.stderr)
-            return 2
-    api_url = str(PREFECT_API_URL.value())
-    try:
-        flow_and_deployment = qualified_deployment_name(api_url, deployment)
-    except LookupError as error:
-        print(error, file=sys.stderr)
-        return 2
+            raise UsageError(f"data collection {args.collection_id} is not in the LIMS")
+        deployment = deployment_for_collection(collection.technique, collection.experiment_type)
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise UsageError("PREFECT_API_URL is not set: point it at the Prefect server's API")
+    _check_prefect_api(api_url)
+    flow_and_deployment = qualified_deployment_name(api_url, deployment)
     run = start_rerun(api_url, flow_and_deployment, args.collection_id, overrides)
     print(f"started {run.name} ({run.id}) of {flow_and_deployment} with {overrides}")
     if args.wait:
@@ -98,6 +131,36 @@ def _rerun(args: argparse.Namespace) -> int:
         print(f"{final.name}: {final.state}")
         return 0 if final.state == "COMPLETED" else 1
     return 0
+
+
+def _lims_collection(lims: Lims, collection_id: int) -> CollectionDescription | None:
+    """The LIMS's DataCollection `collection_id` (None if absent); a LIMS that cannot be
+    read (wrong URL, no tables) is a UsageError naming it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from prefect_beamline.lims.engine import display_url
+
+    try:
+        return lims.get_collection(collection_id)
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        raise UsageError(
+            f"cannot read the LIMS at {display_url(lims.url)} ({reason}); "
+            "is PREFECT_BEAMLINE_LIMS_URL right?"
+        ) from error
+
+
+def _check_prefect_api(api_url: str) -> None:
+    """Fail with one line when the Prefect API does not answer."""
+    import httpx
+
+    try:
+        httpx.get(f"{api_url}/health", timeout=10.0).raise_for_status()
+    except httpx.HTTPError as error:
+        raise UsageError(
+            f"cannot reach the Prefect API at {api_url} ({error}); "
+            "is the server up and PREFECT_API_URL right?"
+        ) from error
 
 
 def _outbox(args: argparse.Namespace) -> int:
@@ -126,6 +189,13 @@ def _add_outbox_commands(outbox: argparse.ArgumentParser) -> None:
         chosen.add_argument("--all", action="store_true", help=f"{what} every failed event")
 
 
+def _prefect_file(args: argparse.Namespace) -> int:
+    from prefect_beamline.deployments import find_prefect_yaml
+
+    print(find_prefect_yaml())
+    return 0
+
+
 def _techniques(args: argparse.Namespace) -> int:
     from prefect_beamline.deployments import deployments_of
 
@@ -136,10 +206,13 @@ def _techniques(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from prefect_beamline.about import version_text
+
+    parser = _Parser(
         prog="prefect-beamline",
         description="Automated data analysis for synchrotron and cryo-EM facilities on Prefect.",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run one synthetic collection through the whole path")
@@ -152,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.add_argument("--grid", action="store_true", help="a grid scan instead of a rotation")
     demo.add_argument(
-        "--images", type=int, default=None, help="images (projections, movies) to write"
+        "--images", type=_positive_int, default=None, help="images (projections, movies) to write"
     )
     demo.add_argument("--workdir", type=Path, default=None, help="folder for data and state")
     demo.set_defaults(handler=_demo)
@@ -177,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rerun = commands.add_parser("rerun", help="rerun a collection with changed parameters")
     rerun.add_argument("collection_id", type=int, help="LIMS dataCollectionId")
-    rerun.add_argument("--set", action="append", metavar="KEY=VALUE", help="parameter to change")
+    rerun.add_argument(
+        "--set", action="append", type=_assignment, metavar="KEY=VALUE", help="parameter to change"
+    )
     rerun.add_argument("--deployment", default=None, help="deployment (default: from the LIMS)")
     rerun.add_argument("--wait", action="store_true", help="wait for the run to finish")
     rerun.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
@@ -186,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     outbox = commands.add_parser("outbox", help="inspect, requeue or discard outbox events")
     _add_outbox_commands(outbox)
     outbox.set_defaults(handler=_outbox)
+
+    prefect_file = commands.add_parser(
+        "prefect-file",
+        help="print the path of the prefect.yaml in use (./prefect.yaml, else the package's)",
+    )
+    prefect_file.set_defaults(handler=_prefect_file)
 
     techniques = commands.add_parser("techniques", help="list the installed techniques")
     techniques.set_defaults(handler=_techniques)
@@ -199,7 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except (UsageError, LookupError, ValueError, FileNotFoundError) as error:
+        # Misuse (a name that does not exist, a file that is not there, a value out of
+        # range) is the caller's to fix: say what, on one line.
+        only_text = len(error.args) == 1 and isinstance(error.args[0], str)
+        message = " ".join((error.args[0] if only_text else str(error)).split())
+        print(f"prefect-beamline {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

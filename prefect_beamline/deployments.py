@@ -17,7 +17,9 @@ from prefect.flows import Flow, load_flow_from_entrypoint
 from pydantic import TypeAdapter
 
 _TRIGGERS: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
-SOURCE_CHECKOUT = Path(__file__).resolve().parent.parent
+# The top-level prefect.yaml as the package carries it (a symlink in the checkout, a
+# copy in an installed wheel), so every command works outside the checkout.
+PACKAGED_PREFECT_YAML = Path(__file__).resolve().parent / "prefect.yaml"
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,13 @@ class DeploymentSpec:
 
 
 def find_prefect_yaml(explicit: Path | None = None) -> Path:
-    """The given file, else ./prefect.yaml, else the one in the source checkout."""
-    candidates = [explicit] if explicit else [Path.cwd() / "prefect.yaml"]
-    candidates.append(SOURCE_CHECKOUT / "prefect.yaml")
-    for candidate in candidates:
-        if candidate is not None and candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"no prefect.yaml found (looked at {', '.join(str(c) for c in candidates)}); "
-        "run from the prefect-beamline checkout or pass --prefect-file"
-    )
+    """The given file (which must exist), else ./prefect.yaml, else the package's own."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise FileNotFoundError(f"prefect file {explicit} does not exist")
+        return explicit
+    local = Path.cwd() / "prefect.yaml"
+    return local if local.is_file() else PACKAGED_PREFECT_YAML
 
 
 def read_deployment_specs(path: Path) -> list[DeploymentSpec]:

@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from prefect_beamline.shared_server import (
+    ensure_reachable,
+    ensure_unclaimed,
+    remove_deployments,
+)
+
 if TYPE_CHECKING:
     from prefect_beamline.lims import Lims
 
@@ -86,9 +92,10 @@ class ManagedProcess:
 
 
 def start_process(
-    name: str, args: list[str], env: Mapping[str, str], log_dir: Path
+    name: str, args: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
 ) -> ManagedProcess:
-    """Start `args` in its own process group, output to `<log_dir>/<name>.log`."""
+    """Start `args` (in `cwd`, else ours) in its own process group, output to
+    `<log_dir>/<name>.log`."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{name}.log"
     handle = log_file.open("wb")
@@ -99,6 +106,7 @@ def start_process(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        cwd=cwd,
     )
     handle.close()
     return ManagedProcess(name, process, log_file)
@@ -155,6 +163,11 @@ class LocalStack:
         return Path(path) if path else None
 
 
+# Settings of ours the stack takes from the caller's environment when set (a facility's
+# LIMS and outbox databases); every other PREFECT_BEAMLINE_ variable is the stack's own.
+KEPT_SETTINGS = ("PREFECT_BEAMLINE_LIMS_URL", "PREFECT_BEAMLINE_OUTBOX_URL")
+
+
 def stack_environment(
     workdir: Path,
     api_url: str,
@@ -163,7 +176,8 @@ def stack_environment(
     *,
     data_roots: Sequence[Path] | None = None,
 ) -> dict[str, str]:
-    """Environment shared by every process of the stack (one LIMS, one outbox).
+    """Environment shared by every process of the stack (one LIMS, one outbox: the
+    caller's PREFECT_BEAMLINE_LIMS_URL / _OUTBOX_URL if set, else SQLite in `workdir`).
 
     Closed like a facility's: a random operator token beside the DAQ's `token`, and data
     accepted only under `data_roots` (default `<workdir>/data`, where the demos write).
@@ -189,6 +203,7 @@ def stack_environment(
             "PREFECT_LOCAL_STORAGE_PATH": str(workdir / "prefect-home" / "storage"),
         }
     )
+    env.update({name: os.environ[name] for name in KEPT_SETTINGS if os.environ.get(name)})
     return env
 
 
@@ -253,17 +268,22 @@ def embedded_stack(
         env["PREFECT_BEAMLINE_TRACE_FILE"] = str(workdir / "traces.jsonl")
     Path(env["PREFECT_BEAMLINE_HOME"]).mkdir(parents=True, exist_ok=True)
     stack = LocalStack(workdir, api_url, f"http://127.0.0.1:{gateway_port}", token, env)
+    registered_on_shared_server: list[str] = []
     try:
         if own_server:
             stack.processes.append(start_prefect_server(workdir, env, server_port))
         else:
-            wait_for_http(f"{api_url}/health", SERVER_START_TIMEOUT_S, None)
+            ensure_reachable(api_url)
         if compute_block:
             ensure_compute_block(api_url, compute_block)
         if serve:
+            names = served_deployment_names()
+            if not own_server:
+                ensure_unclaimed(api_url, names)  # never replace a facility's deployments
+                registered_on_shared_server = names
             runner = start_process("serve", cli("serve"), env, workdir / "logs")
             stack.processes.append(runner)
-            wait_for_deployments(api_url, served_deployment_names(), runner)
+            wait_for_deployments(api_url, names, runner)
         if gateway:
             gateway_process = start_process(
                 "gateway", cli("gateway", "--port", str(gateway_port)), env, workdir / "logs"
@@ -276,6 +296,8 @@ def embedded_stack(
     finally:
         for process in reversed(stack.processes):
             process.stop()
+        if registered_on_shared_server:
+            remove_deployments(api_url, registered_on_shared_server)
 
 
 def ensure_compute_block(api_url: str, name: str) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import prefect_beamline
 from prefect_beamline.deployments import (
     find_prefect_yaml,
     load_runner_deployments,
@@ -62,9 +63,21 @@ def test_unknown_deployment_name_is_an_error_naming_it() -> None:
         load_runner_deployments(REPOSITORY / "prefect.yaml", only=["no-such"])
 
 
-def test_missing_prefect_yaml_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outside_a_checkout_the_package_carries_prefect_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    assert find_prefect_yaml() == REPOSITORY / "prefect.yaml"  # falls back to the checkout
+    packaged = find_prefect_yaml()
+    assert packaged.parent == Path(prefect_beamline.__file__).resolve().parent
+    assert packaged.read_text() == (REPOSITORY / "prefect.yaml").read_text()
+
+
+def test_a_prefect_file_that_is_not_there_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="elsewhere.yaml"):
+        find_prefect_yaml(tmp_path / "elsewhere.yaml")
+
+
+def test_a_deployment_without_entrypoint_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks entrypoint"):
         bad = tmp_path / "prefect.yaml"
         bad.write_text("deployments:\n  - name: x\n")

@@ -88,19 +88,6 @@ def test_unknown_technique_lookup_names_the_installed_ones() -> None:
         technique("xps")
 
 
-def test_the_wheel_lists_every_package_folder() -> None:
-    """An editable install finds any folder; a wheel only the packages pyproject lists."""
-    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
-    listed = set(project["tool"]["setuptools"]["packages"])
-    mapped = project["tool"]["setuptools"]["package-dir"]
-    folders = {
-        ".".join(path.parent.relative_to(REPOSITORY).parts)
-        for path in (REPOSITORY / "prefect_beamline").rglob("__init__.py")
-    }
-    folders |= {package for package, folder in mapped.items() if (REPOSITORY / folder).is_dir()}
-    assert folders <= listed, f"missing from [tool.setuptools] packages: {folders - listed}"
-
-
 def test_every_technique_has_an_entry_point_line() -> None:
     project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
     points = project["project"]["entry-points"]["prefect_beamline.techniques"]
