@@ -37,6 +37,7 @@ from prefect_beamline.lims.engine import WRITE_OPTION, display_url, engine_for, 
 from prefect_beamline.lims.schema import (
     ATTACHMENT_FILE_TYPES,
     DISPLAY_NAME_LENGTH,
+    EVENT_ID_LENGTH,
     PARAMETER_KEY_LENGTH,
     PARAMETER_VALUE_LENGTH,
     PATH_LENGTH,
@@ -50,6 +51,7 @@ from prefect_beamline.lims.schema import (
     DataCollectionGroup,
     ProcessingJob,
     ProcessingJobParameter,
+    ProcessingJobTrigger,
     Proposal,
     ispyb_experiment_type,
     technique_for_experiment_type,
@@ -76,6 +78,23 @@ _RESERVED_PARAMETERS = (RUN_KEY_PARAMETER, TRIGGERED_BY_PARAMETER)
 RUN_STATUS_SUCCESSFUL = "DataCollection Successful"
 
 ProgramStatus = Literal["queued", "running", "success", "failed"]
+
+
+class EventAlreadyProcessed(Exception):
+    """An automatic run's event already has its job, recorded by another flow run."""
+
+    def __init__(self, event_id: str, recipe: str, processing_job_id: int, run_key: str) -> None:
+        super().__init__(
+            f"event {event_id} was already processed by {recipe} job {processing_job_id} "
+            f"(flow run {run_key})"
+        )
+        self.event_id = event_id
+        self.recipe = recipe
+        self.processing_job_id = processing_job_id
+        self.run_key = run_key
+
+    def __reduce__(self) -> tuple[type[EventAlreadyProcessed], tuple[str, str, int, str]]:
+        return (type(self), (self.event_id, self.recipe, self.processing_job_id, self.run_key))
 
 
 @dataclass(frozen=True)
@@ -273,16 +292,25 @@ class Lims:
         triggered_by: str,
         parameters: Mapping[str, object],
         run_key: str,
+        trigger_event: str | None = None,
     ) -> int:
         """The ProcessingJob of one flow run on one collection, created once per run_key.
 
         `run_key` is the Prefect flow-run id: a retried task gets the same job back, a
         rerun (a new flow run) gets a new one. Parameters are stored JSON-encoded, with
         `triggered_by` and the run key, as ProcessingJobParameter rows.
+
+        `trigger_event` (automatic runs: the DAQ event id) makes the job the event's one
+        job for this recipe, in the same transaction: another run key asking for the
+        same event and recipe gets `EventAlreadyProcessed` naming the first job, durably
+        and across processes (a racing insert loses on the unique key and, retried,
+        finds the winner).
         """
         if not run_key:
             raise ValueError("run_key must not be empty: pass the Prefect flow-run id")
         check_length(recipe, RECIPE_LENGTH, "ProcessingJob.recipe")
+        if trigger_event is not None:
+            check_length(trigger_event, EVENT_ID_LENGTH, "ProcessingJobTrigger.eventId")
         values = _encode_parameters(parameters)
         values[RUN_KEY_PARAMETER] = check_length(
             run_key, PARAMETER_VALUE_LENGTH, "ProcessingJobParameter.parameterValue of run_key"
@@ -313,6 +341,8 @@ class Lims:
             )
             if existing is not None:
                 return int(existing)
+            if trigger_event:
+                _refuse_second_job(session, trigger_event, recipe)
             job = ProcessingJob(
                 dataCollectionId=data_collection_id,
                 displayName=clip(display_name, DISPLAY_NAME_LENGTH),
@@ -332,6 +362,16 @@ class Lims:
                 )
                 for key, value in values.items()
             )
+            if trigger_event:
+                session.add(
+                    ProcessingJobTrigger(
+                        processingJobId=job.processingJobId,
+                        eventId=trigger_event,
+                        recipe=recipe,
+                        recordTimeStamp=now(),
+                    )
+                )
+                session.flush()
             return job.processingJobId
 
     @retrying
@@ -516,6 +556,21 @@ def _encode_parameters(parameters: Mapping[str, object]) -> dict[str, str]:
             f"JSON of processing parameter {key!r}",
         )
     return encoded
+
+
+def _refuse_second_job(session: Session, event_id: str, recipe: str) -> None:
+    """Raise `EventAlreadyProcessed` if the event already has a job of this recipe."""
+    job_id = session.scalar(
+        select(ProcessingJobTrigger.processingJobId).filter_by(eventId=event_id, recipe=recipe)
+    )
+    if job_id is None:
+        return
+    run_key = session.scalar(
+        select(ProcessingJobParameter.parameterValue).filter_by(
+            processingJobId=job_id, parameterKey=RUN_KEY_PARAMETER
+        )
+    )
+    raise EventAlreadyProcessed(event_id, recipe, job_id, run_key or "unknown")
 
 
 def _json_default(value: object) -> object:
