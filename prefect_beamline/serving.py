@@ -125,6 +125,14 @@ def _reduce_flow(flow: Flow[..., Any]) -> str | tuple[Any, ...]:
     return (load_flow_from_entrypoint, (entrypoint,))
 
 
+def start_crash_recovery(specs: Sequence[DeploymentSpec]) -> None:
+    """Zombie detection and retry of these deployments' runs (prefect_beamline.recovery)."""
+    from prefect_beamline.recovery import served_by, start_recovery
+    from prefect_beamline.settings import get_settings
+
+    start_recovery(served_by(specs), get_settings())
+
+
 def serve(
     prefect_file: Path | None = None,
     only: list[str] | None = None,
@@ -137,6 +145,7 @@ def serve(
     for module in {flow_module(spec) for spec in specs}:
         importlib.import_module(module)  # fail here, loudly, on a broken entrypoint
     runner = build_runner(specs, limit=limit, poll_seconds=poll_seconds)
+    start_crash_recovery(specs)  # before any flow-run process: it sets their heartbeat
     if warm_start_enabled():
         warm_start(sorted({flow_module(spec) for spec in specs}))
     names = ", ".join(spec.name for spec in specs)

@@ -39,6 +39,17 @@ FAST_POLLING = {
 }
 
 
+# Crash recovery (prefect_beamline.recovery) at test speed: heartbeats at Prefect's
+# 30 s minimum, a zombie after 45 s without one, proactive automations evaluated every
+# second, crashed runs looked for every second. Production: docs/operations.md.
+FAST_RECOVERY = {
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    "PREFECT_BEAMLINE_ZOMBIE_AFTER_SECONDS": "45",
+    "PREFECT_BEAMLINE_RECOVERY_SECONDS": "1",
+    "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT1S",
+}
+
+
 def free_port() -> int:
     """An unused TCP port on the loopback interface."""
     with socket.socket() as sock:
@@ -157,6 +168,7 @@ def stack_environment(workdir: Path, api_url: str, token: str, gateway_port: int
             "PREFECT_LOCAL_STORAGE_PATH": str(workdir / "prefect-home" / "storage"),
         }
     )
+    env.update(FAST_RECOVERY)
     return env
 
 

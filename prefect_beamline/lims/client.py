@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -125,6 +125,16 @@ class ProcessingJobSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "results_dir": self.results_dir}
+
+
+@dataclass(frozen=True)
+class OpenJob:
+    """A job whose program is still running, with the flow run (run key) it belongs to."""
+
+    processing_job_id: int
+    program_id: int
+    recipe: str
+    run_key: str
 
 
 class Lims:
@@ -464,6 +474,44 @@ class Lims:
             return row.autoProcProgramAttachmentId
 
     # -- reports --------------------------------------------------------------------------
+
+    @retrying
+    def open_jobs(self, recipes: Sequence[str], max_age: timedelta) -> list[OpenJob]:
+        """Jobs of these recipes, recorded within `max_age`, whose program still runs.
+
+        What crash recovery checks against Prefect: a job whose flow run has ended
+        without finishing it (the runner was killed) must not stay open.
+        """
+        with self.transaction(write=False) as session:
+            rows = session.execute(
+                select(
+                    ProcessingJob.processingJobId,
+                    AutoProcProgram.autoProcProgramId,
+                    ProcessingJob.recipe,
+                    ProcessingJobParameter.parameterValue,
+                )
+                .join(
+                    AutoProcProgram,
+                    AutoProcProgram.processingJobId == ProcessingJob.processingJobId,
+                )
+                .join(
+                    ProcessingJobParameter,
+                    and_(
+                        ProcessingJobParameter.processingJobId == ProcessingJob.processingJobId,
+                        ProcessingJobParameter.parameterKey == RUN_KEY_PARAMETER,
+                    ),
+                )
+                .where(
+                    ProcessingJob.recipe.in_(list(recipes)),
+                    ProcessingJob.recordTimestamp >= now() - max_age,
+                    AutoProcProgram.processingStatus.is_(None),
+                )
+                .order_by(ProcessingJob.processingJobId)
+            ).all()
+        return [
+            OpenJob(job, program, recipe or "", run_key or "")
+            for job, program, recipe, run_key in rows
+        ]
 
     @retrying
     def jobs_for_collection(self, data_collection_id: int) -> list[ProcessingJobSummary]:
