@@ -40,11 +40,11 @@ FAST_POLLING = {
 
 
 # Crash recovery (prefect_beamline.recovery) at test speed: heartbeats at Prefect's
-# 30 s minimum, a zombie after 45 s without one, proactive automations evaluated every
+# 30 s minimum, a zombie after 60 s without one, proactive automations evaluated every
 # second, crashed runs looked for every second. Production: docs/operations.md.
 FAST_RECOVERY = {
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
-    "PREFECT_BEAMLINE_ZOMBIE_AFTER_SECONDS": "45",
+    "PREFECT_BEAMLINE_ZOMBIE_AFTER_SECONDS": "60",
     "PREFECT_BEAMLINE_RECOVERY_SECONDS": "1",
     "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT1S",
 }
