@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,18 +193,28 @@ def state_history(stack: LocalStack, run_id: str) -> list[dict[str, Any]]:
     return sorted(response.json(), key=lambda state: state["timestamp"])
 
 
+def print_recovery_timings(killed_at: datetime, states: list[dict[str, Any]]) -> None:
+    """Seconds from the kill to Crashed, AwaitingRetry and Completed (`pytest -s`)."""
+    timings = {}
+    for name in ("Crashed", "AwaitingRetry", "Completed"):
+        moment = next(state["timestamp"] for state in states if state["name"] == name)
+        timings[name] = round((datetime.fromisoformat(moment) - killed_at).total_seconds(), 1)
+    print(f"\nseconds after kill -9: {timings}")
+
+
 def test_killed_runner_zombie_is_crashed_by_heartbeat_loss_and_resumed(
     own_stack: LocalStack, tmp_path: Path
 ) -> None:
     """`kill -9` of the runner mid-run; a new runner: the run is found dead (no
-    heartbeat for the zombie window), started again as the same flow run, reuses the finished chunks
-    and closes its one LIMS job as a success."""
+    heartbeat for the zombie window), started again as the same flow run, reuses the
+    finished chunks and closes its one LIMS job as a success."""
     collection_id, _ = announce_rotation(own_stack, tmp_path / "data", 80, images_per_chunk=1)
     run = wait_for_new_flow_run(own_stack.api_url, ROTATION, collection_id, set(), 120)
     deadline = time.monotonic() + 120
     while chunk_runs(own_stack, ["Completed"]) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     kill_runner(own_stack)
+    killed_at = datetime.now(UTC)
     finished_before_kill = chunk_runs(own_stack, ["Completed"])
     assert 0 < finished_before_kill < 80, "the run must be killed mid-way"
     assert read_flow_run(own_stack.api_url, run.id).state == "RUNNING"  # a zombie now
@@ -212,10 +223,9 @@ def test_killed_runner_zombie_is_crashed_by_heartbeat_loss_and_resumed(
     final = wait_for_state(own_stack.api_url, run.id, {"COMPLETED", "FAILED"}, RUN_TIMEOUT_S)
     assert final.state == "COMPLETED", own_stack.logs()
 
-    history = [
-        (state["type"], state["name"], state["message"])
-        for state in state_history(own_stack, run.id)
-    ]
+    states = state_history(own_stack, run.id)
+    print_recovery_timings(killed_at, states)
+    history = [(state["type"], state["name"], state["message"]) for state in states]
     crashed = [message for kind, _, message in history if kind == "CRASHED"]
     window = own_stack.env["PREFECT_BEAMLINE_ZOMBIE_AFTER_SECONDS"]
     assert len(crashed) == 1 and f"No heartbeat for {window} s" in crashed[0], history
