@@ -157,14 +157,14 @@ def test_requeue_after_a_server_restart_makes_no_second_job(
     assert_one_job_and_one_skipped_run(own_stack, collection_id, runs)
 
 
-def chunk_runs(stack: LocalStack, state_names: list[str]) -> int:
-    """Spot-finding chunk task runs in these states (only the zombie test's run has
-    cached ones: the other tests' collections differ)."""
+def chunk_runs(stack: LocalStack, run_id: str, state_names: list[str]) -> int:
+    """The run's spot-finding chunk task runs (in its subflows) in these states."""
     body = {
+        "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}},
         "task_runs": {
             "name": {"like_": "find-spots-"},
             "state": {"name": {"any_": state_names}},
-        }
+        },
     }
     response = httpx.post(f"{stack.api_url}/task_runs/filter", json=body, timeout=10.0)
     response.raise_for_status()
@@ -211,11 +211,11 @@ def test_killed_runner_zombie_is_crashed_by_heartbeat_loss_and_resumed(
     collection_id, _ = announce_rotation(own_stack, tmp_path / "data", 80, images_per_chunk=1)
     run = wait_for_new_flow_run(own_stack.api_url, ROTATION, collection_id, set(), 120)
     deadline = time.monotonic() + 120
-    while chunk_runs(own_stack, ["Completed"]) == 0 and time.monotonic() < deadline:
+    while chunk_runs(own_stack, run.id, ["Completed"]) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     kill_runner(own_stack)
     killed_at = datetime.now(UTC)
-    finished_before_kill = chunk_runs(own_stack, ["Completed"])
+    finished_before_kill = chunk_runs(own_stack, run.id, ["Completed"])
     assert 0 < finished_before_kill < 80, "the run must be killed mid-way"
     assert read_flow_run(own_stack.api_url, run.id).state == "RUNNING"  # a zombie now
 
@@ -235,7 +235,7 @@ def test_killed_runner_zombie_is_crashed_by_heartbeat_loss_and_resumed(
     jobs = own_stack.lims.jobs_for_collection(collection_id)
     assert len(jobs) == 1 and jobs[0].run_key == run.id
     assert jobs[0].program_status == "success"
-    assert chunk_runs(own_stack, ["Cached"]) >= finished_before_kill
+    assert chunk_runs(own_stack, run.id, ["Cached"]) >= finished_before_kill
 
 
 def test_open_jobs_of_runs_that_ended_badly_are_marked_failed_with_the_reason(
