@@ -15,10 +15,12 @@ differing only in `triggered_by`.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import inspect
 import json
 import textwrap
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,9 +29,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import Flow, Task, flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ValidationError
 
@@ -44,7 +48,7 @@ from prefect_beamline.events import (
     CollectionEvent,
 )
 from prefect_beamline.formats.errors import DataFileError
-from prefect_beamline.lims import CollectionDescription, Lims
+from prefect_beamline.lims import CollectionDescription, EventAlreadyProcessed, Lims
 from prefect_beamline.metrics import count_run_states
 from prefect_beamline.settings import get_settings
 from prefect_beamline.tracing import configure_tracing, job_trace_id
@@ -63,6 +67,8 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
 INFRASTRUCTURE_RETRIES = 3
 INFRASTRUCTURE_BACKOFF = exponential_backoff(backoff_factor=2)
 AUTOMATION = "automation"
+# The final state of a run whose event already has its job (see `run_once_per_event`).
+ALREADY_PROCESSED = "AlreadyProcessed"
 
 
 def retry_unless_bad_input(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
@@ -103,6 +109,17 @@ def describe_trigger(triggered_by: str) -> tuple[bool, str]:
     if triggered_by.startswith(AUTOMATION):
         return True, triggered_by
     return False, triggered_by or f"manual:{getpass.getuser()}"
+
+
+def trigger_event(triggered_by: str) -> str | None:
+    """The DAQ event id of an automatic run ("automation:<event id>"), else None.
+
+    An automatic run claims its event in the LIMS, so the event makes one job however
+    often Prefect starts a run for it; manual reruns are new jobs by design.
+    """
+    automatic, who = describe_trigger(triggered_by)
+    event_id = who.removeprefix(f"{AUTOMATION}:") if automatic else ""
+    return event_id or None
 
 
 @dataclass(frozen=True)
@@ -192,21 +209,29 @@ def record_processing_job(
     lims_block: str | None,
     program: str,
     traceparent: str | None = None,
-) -> Job:
-    """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run)."""
+) -> Job | EventAlreadyProcessed:
+    """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run).
+
+    An automatic run whose event already has a job of another flow run gets that
+    answer back (returned, not raised: the task did its work, it found the first job).
+    """
     automatic, who = describe_trigger(triggered_by)
     lims = open_lims(lims_block)
     run_id = str(flow_run.get_id() or "local")
-    job_id = lims.record_processing_job(
-        data_collection_id=collection.collection_id,
-        recipe=recipe,
-        display_name=f"{recipe} ({flow_run.get_name() or run_id})",
-        automatic=automatic,
-        triggered_by=who,
-        parameters=parameters,
-        run_key=run_id,
-        trace_id=job_trace_id(traceparent),
-    )
+    try:
+        job_id = lims.record_processing_job(
+            data_collection_id=collection.collection_id,
+            recipe=recipe,
+            display_name=f"{recipe} ({flow_run.get_name() or run_id})",
+            automatic=automatic,
+            triggered_by=who,
+            parameters=parameters,
+            run_key=run_id,
+            trigger_event=trigger_event(triggered_by),
+            trace_id=job_trace_id(traceparent),
+        )
+    except EventAlreadyProcessed as first:
+        return first
     command = rerun_command(collection.collection_id, recipe)
     program_id = lims.start_program(
         processing_job_id=job_id,
@@ -391,7 +416,7 @@ def open_job(
     recipe = current_recipe(collection)
     require_results_under_roots(results_directory(collection, recipe, 0).parent)
     values = parameters.model_dump() if isinstance(parameters, BaseModel) else dict(parameters)
-    return record_processing_job(
+    job = record_processing_job(
         collection,
         recipe=recipe,
         parameters=values,
@@ -400,6 +425,38 @@ def open_job(
         program=program,
         traceparent=announced.traceparent if announced else None,
     )
+    if isinstance(job, EventAlreadyProcessed):
+        raise job  # ends the run as AlreadyProcessed (`run_once_per_event`)
+    return job
+
+
+def run_once_per_event(function: Callable[..., Any]) -> Callable[..., Any]:
+    """End a flow run whose event already has its job as Completed "AlreadyProcessed".
+
+    A requeued or redelivered event, or two automations racing, may start a second run
+    for one event: it stops at `open_job` before writing anything, and says in the UI
+    which job and flow run processed the event.
+    """
+
+    # Prefect builds the parameter model from the annotations in the wrapper's module
+    # (this one): resolve them here, while the flow module's names are at hand.
+    function.__annotations__ = typing.get_type_hints(function)
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except EventAlreadyProcessed as first:
+            message = f"{first}: nothing done"
+            create_markdown_artifact(
+                f"**Already processed.** The DAQ event `{first.event_id}` was processed "
+                f"by {first.recipe} job {first.processing_job_id} in flow run "
+                f"`{first.run_key}`. This run wrote no job and no results.",
+                description="Already processed",
+            )
+            return Completed(name=ALREADY_PROCESSED, message=message)
+
+    return run
 
 
 # The parameters every technique flow takes, documented once: Prefect shows these
@@ -427,6 +484,6 @@ def technique_flow(
     def decorate(function: Callable[..., Any]) -> Flow[..., Any]:
         summary = inspect.cleandoc(function.__doc__ or "")
         function.__doc__ = f"{summary}\n\n{FLOW_ARGUMENTS}{extra}"
-        return count_run_states(flow(name=name, log_prints=True)(function))
+        return count_run_states(flow(name=name, log_prints=True)(run_once_per_event(function)))
 
     return decorate

@@ -100,6 +100,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(args: argparse.Namespace) -> int:
+    """Crash recovery without serving, beside `prefect deploy` and workers."""
+    import contextlib
+    import threading
+
+    from prefect_beamline.deployments import selected_specs
+    from prefect_beamline.serving import start_crash_recovery
+
+    start_crash_recovery(selected_specs(args.prefect_file, args.deployment))
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+    return 0
+
+
 def _rerun(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
@@ -247,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-seconds", type=float, default=0.25, help="how often to look for new runs"
     )
     serve.set_defaults(handler=_serve)
+
+    recover = commands.add_parser(
+        "recover", help="crash recovery for `prefect deploy` installs (serve does it itself)"
+    )
+    recover.add_argument("--prefect-file", type=Path, default=None, help="path of prefect.yaml")
+    recover.add_argument("--deployment", action="append", help="only this deployment's runs")
+    recover.set_defaults(handler=_recover)
 
     rerun = commands.add_parser("rerun", help="rerun a collection with changed parameters")
     rerun.add_argument("collection_id", type=int, help="LIMS dataCollectionId")

@@ -128,6 +128,14 @@ def _reduce_flow(flow: Flow[..., Any]) -> str | tuple[Any, ...]:
     return (load_flow_from_entrypoint, (entrypoint,))
 
 
+def start_crash_recovery(specs: Sequence[DeploymentSpec]) -> None:
+    """Zombie detection and retry of these deployments' runs (prefect_beamline.recovery)."""
+    from prefect_beamline.recovery import served_by, start_recovery
+    from prefect_beamline.settings import get_settings
+
+    start_recovery(served_by(specs), get_settings())
+
+
 def serve(
     prefect_file: Path | None = None,
     only: list[str] | None = None,
@@ -143,6 +151,7 @@ def serve(
     settings = get_settings()  # metrics first: flow-run processes must inherit the folder
     start_runner_metrics(settings.metrics_port, settings.metrics_host)
     trace_served_runs()
+    start_crash_recovery(specs)  # before any flow-run process: it sets their heartbeat
     if warm_start_enabled():
         warm_start(sorted({flow_module(spec) for spec in specs}))
     names = ", ".join(spec.name for spec in specs)

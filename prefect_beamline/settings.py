@@ -93,6 +93,19 @@ class BeamlineSettings(BaseSettings):
     def _path_list(cls, value: Any) -> list[Path]:
         return parse_data_roots(value)
 
+    zombie_after_seconds: int = Field(
+        90,
+        ge=10,
+        description="A running flow run without a heartbeat for this long is marked "
+        "crashed (more than PREFECT_FLOWS_HEARTBEAT_FREQUENCY)",
+    )
+    crash_retries: int = Field(
+        2, ge=0, description="Times a crashed flow run is started again before giving up"
+    )
+    recovery_seconds: float = Field(
+        15.0, gt=0, description="How often `serve` looks for crashed runs and open LIMS jobs"
+    )
+
     @cached_property
     def resolved_lims_url(self) -> str:
         return self.lims_url or f"sqlite:///{self.home / 'lims.db'}"

@@ -45,6 +45,17 @@ FAST_POLLING = {
 }
 
 
+# Crash recovery (prefect_beamline.recovery) at test speed: heartbeats at Prefect's
+# 30 s minimum, a zombie after 60 s without one, proactive automations evaluated every
+# second, crashed runs looked for every second. Production: docs/operations.md.
+FAST_RECOVERY = {
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    "PREFECT_BEAMLINE_ZOMBIE_AFTER_SECONDS": "60",
+    "PREFECT_BEAMLINE_RECOVERY_SECONDS": "1",
+    "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT1S",
+}
+
+
 def free_port() -> int:
     """An unused TCP port on the loopback interface."""
     with socket.socket() as sock:
@@ -204,6 +215,7 @@ def stack_environment(
         }
     )
     env.update({name: os.environ[name] for name in KEPT_SETTINGS if os.environ.get(name)})
+    env.update(FAST_RECOVERY)
     return env
 
 

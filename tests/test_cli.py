@@ -16,6 +16,7 @@ from prefect_beamline.cli import build_parser, main
         ["demo", "mx", "--grid", "--workdir", "/tmp/x"],
         ["gateway", "--host", "0.0.0.0", "--port", "8787"],
         ["serve", "--deployment", "mx-rotation", "--limit", "4"],
+        ["recover", "--deployment", "mx-rotation"],
         ["rerun", "42", "--set", "sigma_strong=4", "--set", "images_per_chunk=50", "--wait"],
         ["outbox", "list", "--status", "pending"],
         ["outbox", "requeue", "--event-id", "i03-0042-end"],

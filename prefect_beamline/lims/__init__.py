@@ -9,7 +9,13 @@
 Each technique's own tables and writes live in `prefect_beamline.techniques.<t>.records`.
 """
 
-from prefect_beamline.lims.client import Lims, ProcessingJobSummary
+from prefect_beamline.lims.client import EventAlreadyProcessed, Lims, OpenJob, ProcessingJobSummary
 from prefect_beamline.lims.collections import CollectionDescription
 
-__all__ = ["CollectionDescription", "Lims", "ProcessingJobSummary"]
+__all__ = [
+    "CollectionDescription",
+    "EventAlreadyProcessed",
+    "Lims",
+    "OpenJob",
+    "ProcessingJobSummary",
+]

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from prefect_beamline.lims.engine import WRITE_OPTION, display_url, engine_for, 
 from prefect_beamline.lims.schema import (
     ATTACHMENT_FILE_TYPES,
     DISPLAY_NAME_LENGTH,
+    EVENT_ID_LENGTH,
     PARAMETER_KEY_LENGTH,
     PARAMETER_VALUE_LENGTH,
     PATH_LENGTH,
@@ -50,6 +51,7 @@ from prefect_beamline.lims.schema import (
     DataCollectionGroup,
     ProcessingJob,
     ProcessingJobParameter,
+    ProcessingJobTrigger,
     Proposal,
     ispyb_experiment_type,
     technique_for_experiment_type,
@@ -78,6 +80,23 @@ _RESERVED_PARAMETERS = (RUN_KEY_PARAMETER, TRIGGERED_BY_PARAMETER, TRACE_ID_PARA
 RUN_STATUS_SUCCESSFUL = "DataCollection Successful"
 
 ProgramStatus = Literal["queued", "running", "success", "failed"]
+
+
+class EventAlreadyProcessed(Exception):
+    """An automatic run's event already has its job, recorded by another flow run."""
+
+    def __init__(self, event_id: str, recipe: str, processing_job_id: int, run_key: str) -> None:
+        super().__init__(
+            f"event {event_id} was already processed by {recipe} job {processing_job_id} "
+            f"(flow run {run_key})"
+        )
+        self.event_id = event_id
+        self.recipe = recipe
+        self.processing_job_id = processing_job_id
+        self.run_key = run_key
+
+    def __reduce__(self) -> tuple[type[EventAlreadyProcessed], tuple[str, str, int, str]]:
+        return (type(self), (self.event_id, self.recipe, self.processing_job_id, self.run_key))
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,16 @@ class ProcessingJobSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "results_dir": self.results_dir}
+
+
+@dataclass(frozen=True)
+class OpenJob:
+    """A job whose program is still running, with the flow run (run key) it belongs to."""
+
+    processing_job_id: int
+    program_id: int
+    recipe: str
+    run_key: str
 
 
 class Lims:
@@ -277,6 +306,7 @@ class Lims:
         parameters: Mapping[str, object],
         run_key: str,
         trace_id: str | None = None,
+        trigger_event: str | None = None,
     ) -> int:
         """The ProcessingJob of one flow run on one collection, created once per run_key.
 
@@ -284,10 +314,18 @@ class Lims:
         rerun (a new flow run) gets a new one. Parameters are stored JSON-encoded, with
         `triggered_by`, the run key and the trace id (`trace_id`, to find the run's
         trace), as ProcessingJobParameter rows.
+
+        `trigger_event` (automatic runs: the DAQ event id) makes the job the event's one
+        job for this recipe, in the same transaction: another run key asking for the
+        same event and recipe gets `EventAlreadyProcessed` naming the first job, durably
+        and across processes (a racing insert loses on the unique key and, retried,
+        finds the winner).
         """
         if not run_key:
             raise ValueError("run_key must not be empty: pass the Prefect flow-run id")
         check_length(recipe, RECIPE_LENGTH, "ProcessingJob.recipe")
+        if trigger_event is not None:
+            check_length(trigger_event, EVENT_ID_LENGTH, "ProcessingJobTrigger.eventId")
         values = _encode_parameters(parameters)
         values[RUN_KEY_PARAMETER] = check_length(
             run_key, PARAMETER_VALUE_LENGTH, "ProcessingJobParameter.parameterValue of run_key"
@@ -320,6 +358,8 @@ class Lims:
             )
             if existing is not None:
                 return int(existing)
+            if trigger_event:
+                _refuse_second_job(session, trigger_event, recipe)
             job = ProcessingJob(
                 dataCollectionId=data_collection_id,
                 displayName=clip(display_name, DISPLAY_NAME_LENGTH),
@@ -339,6 +379,16 @@ class Lims:
                 )
                 for key, value in values.items()
             )
+            if trigger_event:
+                session.add(
+                    ProcessingJobTrigger(
+                        processingJobId=job.processingJobId,
+                        eventId=trigger_event,
+                        recipe=recipe,
+                        recordTimeStamp=now(),
+                    )
+                )
+                session.flush()
             return job.processingJobId
 
     @retrying
@@ -433,6 +483,44 @@ class Lims:
     # -- reports --------------------------------------------------------------------------
 
     @retrying
+    def open_jobs(self, recipes: Sequence[str], max_age: timedelta) -> list[OpenJob]:
+        """Jobs of these recipes, recorded within `max_age`, whose program still runs.
+
+        What crash recovery checks against Prefect: a job whose flow run has ended
+        without finishing it (the runner was killed) must not stay open.
+        """
+        with self.transaction(write=False) as session:
+            rows = session.execute(
+                select(
+                    ProcessingJob.processingJobId,
+                    AutoProcProgram.autoProcProgramId,
+                    ProcessingJob.recipe,
+                    ProcessingJobParameter.parameterValue,
+                )
+                .join(
+                    AutoProcProgram,
+                    AutoProcProgram.processingJobId == ProcessingJob.processingJobId,
+                )
+                .join(
+                    ProcessingJobParameter,
+                    and_(
+                        ProcessingJobParameter.processingJobId == ProcessingJob.processingJobId,
+                        ProcessingJobParameter.parameterKey == RUN_KEY_PARAMETER,
+                    ),
+                )
+                .where(
+                    ProcessingJob.recipe.in_(list(recipes)),
+                    ProcessingJob.recordTimestamp >= now() - max_age,
+                    AutoProcProgram.processingStatus.is_(None),
+                )
+                .order_by(ProcessingJob.processingJobId)
+            ).all()
+        return [
+            OpenJob(job, program, recipe or "", run_key or "")
+            for job, program, recipe, run_key in rows
+        ]
+
+    @retrying
     def jobs_for_collection(self, data_collection_id: int) -> list[ProcessingJobSummary]:
         """Every processing job of a collection, oldest first, with its program's state."""
         with self.transaction(write=False) as session:
@@ -525,6 +613,21 @@ def _encode_parameters(parameters: Mapping[str, object]) -> dict[str, str]:
             f"JSON of processing parameter {key!r}",
         )
     return encoded
+
+
+def _refuse_second_job(session: Session, event_id: str, recipe: str) -> None:
+    """Raise `EventAlreadyProcessed` if the event already has a job of this recipe."""
+    job_id = session.scalar(
+        select(ProcessingJobTrigger.processingJobId).filter_by(eventId=event_id, recipe=recipe)
+    )
+    if job_id is None:
+        return
+    run_key = session.scalar(
+        select(ProcessingJobParameter.parameterValue).filter_by(
+            processingJobId=job_id, parameterKey=RUN_KEY_PARAMETER
+        )
+    )
+    raise EventAlreadyProcessed(event_id, recipe, job_id, run_key or "unknown")
 
 
 def _json_default(value: object) -> object:

@@ -11,6 +11,9 @@ Where this subset differs from ISPyB (each needed for idempotent writes):
   allows; ISPyB's own latin1 tables need 0.5 kB.
 - `Proposal`, `BLSession` keep ISPyB's unique keys: (proposalCode, proposalNumber) and
   (proposalId, visit_number).
+- `ProcessingJobTrigger` is a table of ours (ISPyB has no column for it): the DAQ event
+  that started an automatic job, unique per (event, recipe), so one accepted event makes
+  one job per deployment whatever Prefect forgets across a restart.
 
 Enumerated ISPyB columns (experimentType, fileType, status) are plain strings here; the
 writer checks values against the ISPyB enumerations below.
@@ -41,6 +44,8 @@ PATH_LENGTH = 255
 PARAMETER_KEY_LENGTH = 80
 PARAMETER_VALUE_LENGTH = 1024
 RECIPE_LENGTH = 50
+# CollectionEvent.event_id is at most 200 characters.
+EVENT_ID_LENGTH = 200
 DISPLAY_NAME_LENGTH = 80
 TEXT_LENGTH = 255
 
@@ -179,6 +184,30 @@ class ProcessingJob(Base):
     recordTimestamp: Mapped[datetime] = mapped_column(DateTime)
     recipe: Mapped[str | None] = mapped_column(String(RECIPE_LENGTH))
     automatic: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class ProcessingJobTrigger(Base):
+    """The accepted DAQ event an automatic ProcessingJob was started for (ours, not ISPyB's).
+
+    Written in the job's own transaction; the unique key makes a second run started for
+    the same event and recipe (a requeue after a server restart, two automations racing)
+    find the first job instead of making another.
+    """
+
+    __tablename__ = "ProcessingJobTrigger"
+    __table_args__ = (
+        UniqueConstraint("eventId", "recipe", name="ProcessingJobTrigger_event_recipe"),
+    )
+
+    processingJobTriggerId: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=True
+    )
+    processingJobId: Mapped[int] = mapped_column(
+        ForeignKey("ProcessingJob.processingJobId"), unique=True
+    )
+    eventId: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH))
+    recipe: Mapped[str] = mapped_column(String(RECIPE_LENGTH))
+    recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class ProcessingJobParameter(Base):

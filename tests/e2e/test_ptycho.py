@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_beamline.runs import TERMINAL_STATES, wait_for_new_flow_run, wait_for_state
+from prefect_beamline.runs import wait_for_new_flow_run, wait_for_state
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.ptycho import records
 from prefect_beamline.techniques.ptycho.demo import DEPLOYMENT, demo_event
@@ -139,8 +139,9 @@ def flow_run_processes(stack: LocalStack, flow_run_id: str) -> list[int]:
 
 def test_killed_run_retried_resumes_from_its_checkpoint(stack: LocalStack, tmp_path: Path) -> None:
     """The flow-run process is SIGKILLed once a checkpoint exists: Prefect marks the run
-    CRASHED. Retrying the same flow run (what the UI's Retry does) gets the same job and
-    results folder, and the reconstruction continues from the checkpoint."""
+    CRASHED, and crash recovery (prefect_beamline.recovery) starts the same flow run
+    again: it gets the same job and results folder, and the reconstruction continues
+    from the checkpoint."""
     collection_id = next_collection_id()
     scan = write_ptycho_scan(tmp_path / "data", n_positions=100, seed=5)
     parameters = {"iterations": 300, "iterations_per_checkpoint": 20}
@@ -156,24 +157,18 @@ def test_killed_run_retried_resumes_from_its_checkpoint(stack: LocalStack, tmp_p
     assert pids, "no process of the flow run found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    crashed = wait_for_state(stack.api_url, run.id, TERMINAL_STATES, RUN_TIMEOUT_S)
-    assert crashed.state == "CRASHED", stack.logs()
     (checkpoint,) = checkpoints.glob(f"dc{collection_id}-job*/checkpoint.h5")
-    killed_at = read_reconstruction(checkpoint).iteration
+    killed_at = read_reconstruction(checkpoint).iteration  # before the retry writes again
     assert 20 <= killed_at < 300
 
-    response = httpx.post(
-        f"{stack.api_url}/flow_runs/{run.id}/set_state",
-        json={
-            "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "retry (test)"},
-            "force": True,
-        },
-        timeout=10.0,
-    )
-    response.raise_for_status()
-    wait_for_state(stack.api_url, run.id, {"RUNNING", *TERMINAL_STATES}, RUN_TIMEOUT_S)
-    final = wait_for_state(stack.api_url, run.id, TERMINAL_STATES, RUN_TIMEOUT_S)
+    final = wait_for_state(stack.api_url, run.id, {"COMPLETED", "FAILED"}, RUN_TIMEOUT_S)
     assert final.state == "COMPLETED", stack.logs()
+    history = httpx.get(
+        f"{stack.api_url}/flow_run_states/", params={"flow_run_id": run.id}, timeout=10.0
+    ).json()
+    names = [(state["type"], state["name"], state["message"] or "") for state in history]
+    assert any(kind == "CRASHED" for kind, _, _ in names), names
+    assert any(name == "AwaitingRetry" and "crash recovery" in text for _, name, text in names)
 
     (job,) = stack.lims.jobs_for_collection(collection_id)  # the same job, not a second one
     assert job.program_status == "success"
