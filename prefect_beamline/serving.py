@@ -151,7 +151,8 @@ def serve(
     settings = get_settings()  # metrics first: flow-run processes must inherit the folder
     start_runner_metrics(settings.metrics_port, settings.metrics_host)
     trace_served_runs()
-    start_crash_recovery(specs)  # before any flow-run process: it sets their heartbeat
+    if settings.crash_recovery:
+        start_crash_recovery(specs)  # before any flow-run process: it sets their heartbeat
     if warm_start_enabled():
         warm_start(sorted({flow_module(spec) for spec in specs}))
     names = ", ".join(spec.name for spec in specs)

@@ -93,6 +93,11 @@ class BeamlineSettings(BaseSettings):
     def _path_list(cls, value: Any) -> list[Path]:
         return parse_data_roots(value)
 
+    crash_recovery: bool = Field(
+        True,
+        description="`serve` registers the zombie automation and retries crashed runs; the "
+        "demo turns it off on a server it does not own (a facility's automations are theirs)",
+    )
     zombie_after_seconds: int = Field(
         90,
         ge=10,

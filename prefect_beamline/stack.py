@@ -293,6 +293,7 @@ def embedded_stack(
             if not own_server:
                 ensure_unclaimed(api_url, names)  # never replace a facility's deployments
                 registered_on_shared_server = names
+                env["PREFECT_BEAMLINE_CRASH_RECOVERY"] = "false"  # nor its automations
             runner = start_process("serve", cli("serve"), env, workdir / "logs")
             stack.processes.append(runner)
             wait_for_deployments(api_url, names, runner)

@@ -50,7 +50,7 @@ def deployed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
     """A server and gateway (no `serve`) with prefect.yaml deployed from a folder that
     no longer exists, and a stock process worker started in another folder."""
     workdir = tmp_path_factory.mktemp("worker-stack")
-    with embedded_stack(workdir, serve=False) as stack:
+    with embedded_stack(workdir, serve=False, data_roots=[tmp_path_factory.getbasetemp()]) as stack:
         prefect(stack, "work-pool", "create", POOL, "--type", "process", cwd=workdir)
         deploy_folder = workdir / "deployed-from"
         deploy_folder.mkdir()

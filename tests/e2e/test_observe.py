@@ -140,7 +140,7 @@ def test_one_trace_from_the_daq_webhook_to_the_lims_job(stack: LocalStack, tmp_p
     # The outbox row carries the trace.
     outbox = httpx.get(
         f"{stack.gateway_url}/api/v1/outbox",
-        headers={"Authorization": f"Bearer {stack.gateway_token}"},
+        headers={"Authorization": f"Bearer {stack.operator_token}"},
         timeout=10.0,
     ).json()
     (row,) = [r for r in outbox if r["event_id"] == event_id]

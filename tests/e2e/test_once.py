@@ -60,7 +60,9 @@ ROTATION = "mx-processing/mx-rotation"
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A stack these tests may restart and kill parts of (not the session's)."""
-    with embedded_stack(tmp_path_factory.mktemp("once")) as running:
+    with embedded_stack(
+        tmp_path_factory.mktemp("once"), data_roots=[tmp_path_factory.getbasetemp()]
+    ) as running:
         yield running
 
 
