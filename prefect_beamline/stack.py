@@ -86,7 +86,7 @@ class ManagedProcess:
 
 
 def start_process(
-    name: str, args: list[str], env: Mapping[str, str], log_dir: Path
+    name: str, args: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
 ) -> ManagedProcess:
     """Start `args` in its own process group, output to `<log_dir>/<name>.log`."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,7 @@ def start_process(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        cwd=cwd,
     )
     handle.close()
     return ManagedProcess(name, process, log_file)
