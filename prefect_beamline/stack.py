@@ -38,6 +38,10 @@ FAST_POLLING = {
     "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
 }
 
+# `prefect server start`, with SQLite transactions that wait for the write lock instead of
+# failing into a 2 s client retry (see prefect_beamline/prefect_server.py).
+PREFECT_SERVER_COMMAND = ["-m", "prefect_beamline.prefect_server"]
+
 
 def free_port() -> int:
     """An unused TCP port on the loopback interface."""
@@ -171,10 +175,7 @@ def start_prefect_server(workdir: Path, env: Mapping[str, str], port: int) -> Ma
         "prefect-server",
         [
             sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
+            *PREFECT_SERVER_COMMAND,
             "--host",
             "127.0.0.1",
             "--port",

@@ -35,14 +35,18 @@ from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExe
 from prefect.runner._process_manager import ProcessHandle
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
+from pydantic import PrivateAttr
 
 from prefect_beamline.serving import entrypoint_module, warm_flow, warm_start, warm_start_enabled
 from prefect_beamline.settings import BeamlineSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from uuid import UUID
 
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import Flow as APIFlow
+    from prefect.client.schemas.objects import FlowRun, WorkPool
+    from prefect.client.schemas.responses import DeploymentResponse
     from prefect.runner._control_channel import ControlChannel
 
 WORKER_TYPE = "beamline"
@@ -54,6 +58,27 @@ def is_module_entrypoint(entrypoint: str | None) -> bool:
         return False
     module, _, function = entrypoint.rpartition(":")
     return bool(module and function) and not module.endswith(".py") and "/" not in module
+
+
+class BeamlineJobConfiguration(ProcessJobConfiguration):
+    """The process worker's job configuration, plus the deployment's entrypoint (which
+    Prefect reads while preparing it), so starting a run needs no second lookup."""
+
+    _entrypoint: str | None = PrivateAttr(default=None)
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: DeploymentResponse | None = None,
+        flow: APIFlow | None = None,
+        work_pool: WorkPool | None = None,
+        worker_name: str | None = None,
+        worker_id: UUID | None = None,
+    ) -> None:
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
+        self._entrypoint = deployment.entrypoint if deployment is not None else None
 
 
 class ForkedRunStarter:
@@ -101,6 +126,7 @@ class BeamlineWorker(ProcessWorker):
     """Process worker whose flow runs fork from a preloaded interpreter (see module doc)."""
 
     type = WORKER_TYPE
+    job_configuration = BeamlineJobConfiguration
     _display_name = "Beamline (warm process)"
     _description = (
         "Runs each flow run as its own process, forked from an interpreter that has "
@@ -165,14 +191,14 @@ class BeamlineWorker(ProcessWorker):
         configuration: ProcessJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> ProcessWorkerResult:
-        entrypoint = await self._deployment_entrypoint(flow_run)
+        entrypoint = getattr(configuration, "_entrypoint", None)
         if (
             self._executors is None
             or configuration._command_configured
+            or entrypoint is None
             or not is_module_entrypoint(entrypoint)
         ):
             return await super().run(flow_run, configuration, task_status)
-        assert entrypoint is not None
         flow = await self._flow(entrypoint)
         starter = ForkedRunStarter(flow, configuration.env, self._executors.control_channel)
         executor = self._executors.create_executor(
