@@ -133,7 +133,6 @@ class BeamlineWorker(ProcessWorker):
         "Prefect and the flow modules loaded (prefect-beamline): runs start in well under "
         "a second. Deployments need a module-path entrypoint in the installed package."
     )
-    _documentation_url = "https://github.com/prefect-beamline/prefect-beamline"
 
     def __init__(self, *args: Any, poll_seconds: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
