@@ -206,6 +206,7 @@ def test_event_accepted_while_prefect_is_down_is_processed_when_it_returns(
 
         processes.append(start_prefect_server(tmp_path, env, server_port))
         worker = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "beamline"]
+        worker += ["--type", "beamline"]  # Prefect finds our worker type by its entry point
         processes.append(start_process("worker", worker, env, logs))
         completed_run(facility, ROTATION, collection_id)
         jobs = facility.lims.jobs_for_collection(collection_id)
