@@ -15,6 +15,7 @@ def test_prefect_finds_the_beamline_worker_type_through_the_collections_entry_po
 
 
 def test_worker_polls_its_pool_more_than_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_BEAMLINE_WORKER_POLL_SECONDS", raising=False)
     assert BeamlineWorker(work_pool_name="beamline").poll_seconds == 0.25
     monkeypatch.setenv("PREFECT_BEAMLINE_WORKER_POLL_SECONDS", "0.1")
     assert BeamlineWorker(work_pool_name="beamline").poll_seconds == 0.1
