@@ -114,6 +114,23 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from prefect.cli import app
+
+    from prefect_beamline.worker import WORKER_TYPE
+
+    command = ["worker", "start", "--pool", args.pool, "--type", WORKER_TYPE]
+    if args.name:
+        command += ["--name", args.name]
+    if args.limit is not None:
+        command += ["--limit", str(args.limit)]
+    for queue in args.work_queue or []:
+        command += ["--work-queue", queue]
+    sys.argv = ["prefect", *command]
+    app()  # Prefect's own `prefect worker start`, in this process
+    return 0
+
+
 def _rerun(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
@@ -268,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--prefect-file", type=Path, default=None, help="path of prefect.yaml")
     recover.add_argument("--deployment", action="append", help="only this deployment's runs")
     recover.set_defaults(handler=_recover)
+
+    worker = commands.add_parser(
+        "worker", help="run flow runs of a work pool warm (`prefect worker start --type beamline`)"
+    )
+    worker.add_argument("--pool", required=True, help="work pool to take flow runs from")
+    worker.add_argument("--name", default=None, help="worker name shown in the UI")
+    worker.add_argument("--limit", type=int, default=None, help="most flow runs at once")
+    worker.add_argument("--work-queue", action="append", help="only this work queue")
+    worker.set_defaults(handler=_worker)
 
     rerun = commands.add_parser("rerun", help="rerun a collection with changed parameters")
     rerun.add_argument("collection_id", type=int, help="LIMS dataCollectionId")

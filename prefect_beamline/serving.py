@@ -84,8 +84,20 @@ def warm_start(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
 
 def flow_module(spec: DeploymentSpec) -> str:
     """`prefect_beamline.flows.mx` of the entrypoint `prefect_beamline.flows.mx:process_mx`."""
-    module, _, _ = spec.entrypoint.partition(":")
+    return entrypoint_module(spec.entrypoint)
+
+
+def entrypoint_module(entrypoint: str) -> str:
+    """The module of a `module:function` entrypoint."""
+    module, _, _ = entrypoint.rpartition(":")
     return module
+
+
+def warm_flow(entrypoint: str) -> Flow[..., Any]:
+    """The flow at `entrypoint`, sent to its run's process by entrypoint (see below)."""
+    flow: Flow[..., Any] = load_flow_from_entrypoint(entrypoint)
+    pickle_by_entrypoint(flow, entrypoint)
+    return flow
 
 
 def build_runner(
@@ -99,9 +111,7 @@ def build_runner(
         name="prefect-beamline", limit=limit, pause_on_shutdown=False, query_seconds=poll_seconds
     )
     for spec in specs:
-        flow: Flow[..., Any] = load_flow_from_entrypoint(spec.entrypoint)
-        pickle_by_entrypoint(flow, spec.entrypoint)
-        runner.add_flow(flow, **deployment_arguments(spec))
+        runner.add_flow(warm_flow(spec.entrypoint), **deployment_arguments(spec))
     return runner
 
 

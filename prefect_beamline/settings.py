@@ -111,6 +111,13 @@ class BeamlineSettings(BaseSettings):
         15.0, gt=0, description="How often `serve` looks for crashed runs and open LIMS jobs"
     )
 
+    worker_poll_seconds: float = Field(
+        0.25,
+        gt=0,
+        description="How often the beamline worker asks its work pool for flow runs "
+        "(Prefect's process worker: PREFECT_WORKER_QUERY_SECONDS, 10 s)",
+    )
+
     @cached_property
     def resolved_lims_url(self) -> str:
         return self.lims_url or f"sqlite:///{self.home / 'lims.db'}"

@@ -44,6 +44,10 @@ FAST_POLLING = {
     "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
 }
 
+# `prefect server start`, with SQLite transactions that wait for the write lock instead of
+# failing into a 2 s client retry (see prefect_beamline/prefect_server.py).
+PREFECT_SERVER_COMMAND = ["-m", "prefect_beamline.prefect_server"]
+
 
 # Crash recovery (prefect_beamline.recovery) at test speed: heartbeats at Prefect's
 # 30 s minimum, a zombie after 60 s without one, proactive automations evaluated every
@@ -229,10 +233,7 @@ def start_prefect_server(workdir: Path, env: Mapping[str, str], port: int) -> Ma
         "prefect-server",
         [
             sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
+            *PREFECT_SERVER_COMMAND,
             "--host",
             "127.0.0.1",
             "--port",

@@ -27,7 +27,7 @@ from prefect_beamline.techniques.mx.synth import write_mx_collection
 from tests.e2e.helpers import announce, next_collection_id
 
 pytestmark = pytest.mark.e2e
-POOL = "beamline-process"  # the work pool prefect.yaml's deployments name
+POOL = "beamline"  # the work pool prefect.yaml's deployments name
 RUN_TIMEOUT_S = 240.0
 
 

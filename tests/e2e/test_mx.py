@@ -182,7 +182,7 @@ def test_event_accepted_while_prefect_is_down_is_processed_when_it_returns(
         # A facility's server already knows the deployments (`prefect deploy --all` on a
         # process work pool) and their triggers; then it goes down.
         server = start_prefect_server(tmp_path, env, server_port)
-        prefect_cli(env, "work-pool", "create", "beamline-process", "--type", "process")
+        prefect_cli(env, "work-pool", "create", "beamline", "--type", "beamline")
         prefect_cli(env, "--no-prompt", "deploy", "--all")
         server.stop()
 
@@ -205,7 +205,8 @@ def test_event_accepted_while_prefect_is_down_is_processed_when_it_returns(
         assert len(pending) == 1
 
         processes.append(start_prefect_server(tmp_path, env, server_port))
-        worker = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "beamline-process"]
+        worker = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "beamline"]
+        worker += ["--type", "beamline"]  # Prefect finds our worker type by its entry point
         processes.append(start_process("worker", worker, env, logs))
         completed_run(facility, ROTATION, collection_id)
         jobs = facility.lims.jobs_for_collection(collection_id)
