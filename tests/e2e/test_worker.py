@@ -99,7 +99,9 @@ def wait_for_file(path: Path, worker: ManagedProcess, timeout_s: float = 120.0) 
 @pytest.fixture(scope="module")
 def worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
     folder = tmp_path_factory.mktemp("beamline-worker")
-    with embedded_stack(folder / "stack", serve=False) as stack:
+    with embedded_stack(
+        folder / "stack", serve=False, data_roots=[tmp_path_factory.getbasetemp()]
+    ) as stack:
         prefect_cli(stack.env, "work-pool", "create", POOL, "--type", "beamline")
         prefect_cli(stack.env, "--no-prompt", "deploy", "--all")
         probe = create_probe_deployment(stack.api_url)
