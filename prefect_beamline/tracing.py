@@ -227,30 +227,36 @@ def announced_traceparent(parameters: dict[str, Any] | None) -> str | None:
     return None
 
 
-def trace_served_runs() -> None:
-    """Make every run `serve` starts a child of its announcement's trace.
+def in_announced_trace(flow_run: Any) -> Any:
+    """`flow_run` with its announcement's traceparent as its `__OTEL_TRACEPARENT` label.
 
-    Prefect parents a flow run's span on the run's `__OTEL_TRACEPARENT` label; an
-    automation cannot set labels, so the runner copies the announced traceparent onto the
-    run it hands to the child process (`prefect.runner._starter_direct` documents its
-    module-level `run_flow_in_subprocess` as the place to patch).
+    Prefect parents a flow run's span on that label; an automation cannot set labels, so
+    whoever starts the run's process (`serve`'s runner, the beamline worker) copies the
+    announced traceparent onto the run it hands to the child.
     """
+    from prefect.telemetry.run_telemetry import LABELS_TRACEPARENT_KEY
+
+    traceparent = announced_traceparent(getattr(flow_run, "parameters", None))
+    if flow_run is not None and traceparent:
+        labels = dict(flow_run.labels or {})
+        labels.setdefault(LABELS_TRACEPARENT_KEY, traceparent)
+        flow_run.labels = labels
+    return flow_run
+
+
+def trace_served_runs() -> None:
+    """Make every run `serve` starts a child of its announcement's trace
+    (`prefect.runner._starter_direct` documents its module-level `run_flow_in_subprocess`
+    as the place to patch)."""
     import prefect.runner._starter_direct
 
     starter: Any = prefect.runner._starter_direct
-    from prefect.telemetry.run_telemetry import LABELS_TRACEPARENT_KEY
-
     original = starter.run_flow_in_subprocess
     if getattr(original, "_beamline_traced", False):
         return
 
     def run_in_announced_trace(flow: Any, flow_run: Any = None, **kwargs: Any) -> Any:
-        traceparent = announced_traceparent(getattr(flow_run, "parameters", None))
-        if flow_run is not None and traceparent:
-            labels = dict(flow_run.labels or {})
-            labels.setdefault(LABELS_TRACEPARENT_KEY, traceparent)
-            flow_run.labels = labels
-        return original(flow, flow_run=flow_run, **kwargs)
+        return original(flow, flow_run=in_announced_trace(flow_run), **kwargs)
 
     run_in_announced_trace._beamline_traced = True  # type: ignore[attr-defined]
     starter.run_flow_in_subprocess = run_in_announced_trace

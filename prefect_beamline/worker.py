@@ -37,9 +37,11 @@ from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 from pydantic import PrivateAttr
 
+from prefect_beamline.metrics import start_runner_metrics
 from prefect_beamline.pull import work_in_beamline_home
 from prefect_beamline.serving import entrypoint_module, warm_flow, warm_start, warm_start_enabled
 from prefect_beamline.settings import BeamlineSettings
+from prefect_beamline.tracing import in_announced_trace
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -113,7 +115,9 @@ class ForkedRunStarter:
             registered = True
         handed_off = False
         try:
-            process = run_flow_in_subprocess(self._flow, flow_run=flow_run, env=env)
+            process = run_flow_in_subprocess(
+                self._flow, flow_run=in_announced_trace(flow_run), env=env
+            )
             task_status.started(ProcessHandle(process))
             handed_off = True
             await anyio.to_thread.run_sync(process.join)
@@ -155,6 +159,9 @@ class BeamlineWorker(ProcessWorker):
         # Entered first, so on shutdown it outlives the runs (torn down in reverse).
         self._executors = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
         await super().setup()
+        # Before any run's process: they inherit the metrics folder.
+        settings = BeamlineSettings()
+        start_runner_metrics(settings.metrics_port, settings.metrics_host)
         if warm_start_enabled():
             # Warm runs skip pull steps: do what prefect.yaml's pull step does, once, before
             # the forkserver (whose children inherit this folder) starts.

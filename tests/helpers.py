@@ -3,7 +3,8 @@ collection with the frames its writer produced, a task's cache key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,15 @@ def cache_key(task: Task[..., Any], inputs: Mapping[str, Any]) -> str | None:
     policy = task.cache_policy
     assert policy is not None and not isinstance(policy, type)
     return policy.compute_key(None, dict(inputs), {})
+
+
+def eventually(check: Callable[[], Any], what: str, timeout_s: float, poll_s: float = 0.2) -> Any:
+    """The first truthy result of `check`, polled until `timeout_s`; else fail naming
+    `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(poll_s)
+    raise AssertionError(f"not seen within {timeout_s:.0f} s: {what}")

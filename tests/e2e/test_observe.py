@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.mx.demo import demo_event
 from prefect_beamline.techniques.mx.synth import write_mx_collection
+from tests import helpers
 from tests.e2e.helpers import completed_run, final_run, next_collection_id
 
 pytestmark = pytest.mark.e2e
@@ -43,14 +43,7 @@ def sample(
 
 
 def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    """The first truthy result of `check`, polled until `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"not seen within {timeout_s:.0f} s: {what}")
+    return helpers.eventually(check, what, timeout_s, poll_s=0.5)
 
 
 def spans_of_trace(trace_file: Path, trace_id: str) -> list[dict[str, Any]]:

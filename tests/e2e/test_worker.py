@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import textwrap
 import time
@@ -22,10 +23,18 @@ import httpx
 import pytest
 
 from prefect_beamline.runs import TERMINAL_STATES, read_flow_run, wait_for_state
-from prefect_beamline.stack import LocalStack, ManagedProcess, cli, embedded_stack, start_process
+from prefect_beamline.stack import (
+    LocalStack,
+    ManagedProcess,
+    cli,
+    embedded_stack,
+    free_port,
+    start_process,
+)
 from prefect_beamline.techniques.mx.synth import write_mx_collection
 from tests.e2e.helpers import completed_run, next_collection_id
 from tests.e2e.test_mx import ROTATION, announce_mx, prefect_cli
+from tests.e2e.test_observe import announce_traced, eventually, sample, scrape, spans_of_trace
 
 pytestmark = pytest.mark.e2e
 POOL = "beamline"
@@ -57,6 +66,7 @@ class WorkerStack:
     worker: ManagedProcess
     probe_deployment_id: str
     folder: Path
+    worker_env: dict[str, str]
 
 
 def create_probe_deployment(api_url: str) -> str:
@@ -108,12 +118,17 @@ def worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerSta
         workdir = folder / "elsewhere"  # not the checkout: the package alone must suffice
         workdir.mkdir()
         (workdir / f"{PROBE_MODULE}.py").write_text(textwrap.dedent(PROBE_SOURCE))
-        env = {**stack.env, "PYTHONPATH": str(workdir)}
+        env = {
+            **stack.env,
+            "PYTHONPATH": str(workdir),
+            "PREFECT_BEAMLINE_METRICS_PORT": str(free_port()),
+            "PREFECT_BEAMLINE_TRACE_FILE": str(folder / "traces.jsonl"),
+        }
         worker = start_process(
             "worker", cli("worker", "--pool", POOL), env, folder / "logs", cwd=workdir
         )
         stack.processes.append(worker)  # stopped with the stack
-        yield WorkerStack(stack, worker, probe, workdir)
+        yield WorkerStack(stack, worker, probe, workdir, env)
 
 
 def test_webhook_runs_mx_on_the_beamline_worker_to_completed(
@@ -155,3 +170,31 @@ def test_killed_run_process_is_crashed(worker_stack: WorkerStack) -> None:
     os.kill(facts["pid"], signal.SIGKILL)
     final = wait_for_state(api_url, run_id, TERMINAL_STATES, 120)
     assert final.state == "CRASHED", worker_stack.worker.log_tail()
+
+
+def test_worker_runs_join_the_daq_trace_and_show_in_its_metrics(
+    worker_stack: WorkerStack, tmp_path: Path
+) -> None:
+    """The worker copies the announced traceparent onto the run (as `serve` does), so the
+    flow's span is in the DAQ's trace; its metrics endpoint counts the completed run."""
+    stack, env = worker_stack.stack, worker_stack.worker_env
+    metrics_url = f"http://127.0.0.1:{env['PREFECT_BEAMLINE_METRICS_PORT']}/metrics"
+    completed = ("beamline_flow_runs_total", {"flow": "mx-processing", "state": "completed"})
+    before = sample(scrape(metrics_url), completed[0], **completed[1])
+    trace_id = secrets.token_hex(16)
+    collection_id = next_collection_id()
+    synthetic = write_mx_collection(tmp_path / "data", n_images=4, seed=33)
+    announce_traced(
+        stack, synthetic.master_file, collection_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    )
+    completed_run(stack, ROTATION, collection_id)
+
+    def flow_spans() -> list[dict[str, Any]] | None:
+        spans = spans_of_trace(Path(env["PREFECT_BEAMLINE_TRACE_FILE"]), trace_id)
+        return [s for s in spans if s["attributes"].get("prefect.run.type") == "flow"] or None
+
+    assert eventually(flow_spans, "the worker's flow span in the DAQ's trace")
+    eventually(
+        lambda: sample(scrape(metrics_url), completed[0], **completed[1]) > before,
+        "the completed run in the worker's metrics",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +62,6 @@ def make_settings(tmp_path: Path, **changes: Any) -> BeamlineSettings:
 def make_app(settings: BeamlineSettings, **options: Any) -> FastAPI:
     options.setdefault("lookup", no_lookup)
     return create_app(settings, api_url=CLOSED_PORT_API, **options)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> BeamlineSettings:
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def client(settings: BeamlineSettings) -> Iterator[TestClient]:
-    with TestClient(make_app(settings)) as test_client:
-        yield test_client
 
 
 def post(

@@ -5,7 +5,6 @@ event store can tell)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +84,6 @@ AT_THE_LIMITS: dict[str, tuple[str, str]] = {
         json.dumps({"name": "start", "doc": START | {"uid": "epoch", "time": 0}}),
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def events_in_store(server: PrefectServer, prefect_ids: list[str]) -> list[dict[str, Any]]:

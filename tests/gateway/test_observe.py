@@ -46,18 +46,6 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> BeamlineSettings:
-    return make_settings(tmp_path)
-
-
-@pytest.fixture
-def client(settings: BeamlineSettings) -> Iterator[TestClient]:
-    """A client from another host (TestClient's address is "testclient")."""
-    with TestClient(make_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
 def local_client(settings: BeamlineSettings) -> Iterator[TestClient]:
     """A client on this machine's loopback address, as a local Prometheus scrapes."""
     with TestClient(make_app(settings), client=LOOPBACK) as client:

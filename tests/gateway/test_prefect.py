@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.gateway.test_app import (
     stored,
 )
 from tests.gateway.test_outbox import POISON_PATH, announcement
+from tests.helpers import eventually
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -81,16 +82,6 @@ class PrefectServer:
         return list(response.json()["events"])
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def running_server(prefect_server: PrefectServer) -> PrefectServer:
     if prefect_server.process is None:
@@ -99,13 +90,7 @@ def running_server(prefect_server: PrefectServer) -> PrefectServer:
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} within {timeout_s:.0f} s")
+    return eventually(condition, what, timeout_s, poll_s=0.1)
 
 
 def announce(client: TestClient, number: int) -> dict[str, Any]:
