@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from prefect_beamline import metrics, tracing
-from prefect_beamline.data_roots import OutsideDataRoots, require_data_files
+from prefect_beamline.data_roots import OutsideDataRoots
 from prefect_beamline.events import CollectionEvent, prefect_event_id
 from prefect_beamline.gateway.auth import (
     SIGNATURE_HEADER,
@@ -50,6 +50,7 @@ from prefect_beamline.gateway.auth import (
     Role,
     check_signature,
 )
+from prefect_beamline.gateway.door_paths import DoorPathCheck
 from prefect_beamline.gateway.emittable import event_size_problem, flaws, too_deep
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.mapping import (
@@ -239,6 +240,7 @@ def build_app(
     access = access or GatewayAccess.from_settings(settings, settings.gateway_host)
     secret = access.hmac_secret
     data_roots = settings.data_roots
+    door_paths = DoorPathCheck(data_roots)
     limit = settings.gateway_max_body_bytes
     writer = GroupCommitWriter(outbox, max_pending=settings.outbox_max_pending)
 
@@ -327,9 +329,9 @@ def build_app(
         commit, then answer; 503 (retry) if the outbox cannot be written or is full, 409 if
         the event id was accepted before with a different body."""
         try:
-            # Inline, not on a thread: a few lstat calls (the files need not exist yet)
+            # Inline, not on a thread: an lstat or two (the files need not exist yet)
             # cost less than the hop to a worker thread and back.
-            require_data_files(event.data_files, data_roots, must_exist=False)
+            door_paths.check(event.data_files)
         except OutsideDataRoots as error:
             raise RequestError(422, str(error)) from None
         event = tracing.stamp_trace(event)
