@@ -2,7 +2,9 @@
 
 A real Prefect server (SQLite) and the gateway as `prefect-beamline gateway` runs it
 (no runner: events reach Prefect, no flow runs start). The load comes from
-`benchmarks/http_load.py` in a separate process, httpx.AsyncClient with 64 tasks:
+`benchmarks/http_load.py` in a separate process, 64 keep-alive connections; `client`
+names the load generator (`asyncio-http1`, a minimal HTTP/1.1 client costing ~40 us of
+CPU a request; `GATEWAY_BENCH_CLIENT=httpx` for httpx.AsyncClient, ~1 ms a request):
 
 1. burst: `burst_events` announcements by 64 closed-loop clients: `accepted_per_s`,
    `p50_ms`, `p99_ms`; then, once the drainer is idle, each accepted event is looked for
@@ -33,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.http_load import RAW_CLIENT
 from benchmarks.timing import report_from
 from benchmarks.zocalo_peer import zocalo_per_s
 from prefect_beamline.stack import LocalStack, embedded_stack
@@ -41,6 +44,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 CONCURRENCY = 64
 DRAIN_RATE_PER_S = 500
 DRAIN_WAIT_S = 300.0
+CLIENT_VARIABLE = "GATEWAY_BENCH_CLIENT"
 
 
 def _load(stack: LocalStack, **config: Any) -> dict[str, Any]:
@@ -49,6 +53,7 @@ def _load(stack: LocalStack, **config: Any) -> dict[str, Any]:
         gateway_url=stack.gateway_url,
         token=stack.gateway_token,
         data_root=str(stack.workdir / "data"),  # the stack's data root: paths must lie under it
+        client=os.environ.get(CLIENT_VARIABLE, RAW_CLIENT),
     )
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.http_load", json.dumps(config)],
@@ -126,6 +131,7 @@ def _burst(stack: LocalStack, n: int) -> dict[str, Any]:
     received_times = [_seconds(received_at) for _, _, received_at, _ in rows]
     drain_span_s = max(emitted_times, default=0.0) - min(received_times, default=0.0)
     return {
+        "client": result["client"],
         "accepted_per_s": round(len(accepted) / result["wall_s"], 1),
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(_percentile(latencies, 0.99), 2),
@@ -190,7 +196,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 report = report_from(
-    "gateway: {accepted_per_s} accepted/s at {concurrency} clients (p50 {p50_ms} ms, "
+    "gateway: {accepted_per_s} accepted/s at {concurrency} {client} clients (p50 {p50_ms} ms, "
     "p99 {p99_ms} ms); burst {burst_accepted}/{burst_events} accepted, {burst_lost} lost, "
     "{burst_duplicated} duplicated; drain lag p99 {drain_lag_s} s at {drain_offered_per_s}/s; "
     "zocalo {zocalo_per_s}/s; load average {load_avg}"

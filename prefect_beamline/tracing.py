@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import multiprocessing.util
 import os
-import secrets
+import random
 import threading
 from collections.abc import MutableMapping, Sequence
 from datetime import datetime
@@ -130,8 +130,14 @@ def traceparent_of(span_context: trace.SpanContext) -> str:
 
 
 def new_traceparent() -> str:
-    """A fresh, sampled traceparent: the correlation id when nothing records spans."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    """A fresh, sampled traceparent: the correlation id when nothing records spans.
+
+    Random ids as OpenTelemetry's own id generator makes them (`random.getrandbits`):
+    no system call per request (the gateway's event loop would give up the GIL for it).
+    """
+    trace_id = random.getrandbits(128) or 1  # all zeros is the W3C "invalid" id
+    span_id = random.getrandbits(64) or 1
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -167,10 +173,19 @@ class PropagateTraceContext:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        # The headers the configured propagators read (W3C: traceparent, tracestate,
+        # baggage); a request without any of them has no context to continue.
+        self._fields = frozenset(
+            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or tracing_enabled():
-            await self.app(scope, receive, send)
+        if (
+            scope["type"] != "http"
+            or tracing_enabled()
+            or not any(key in self._fields for key, _ in scope["headers"])
+        ):
+            await self.app(scope, receive, send)  # nothing to continue: no context work
             return
         headers = {
             key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]

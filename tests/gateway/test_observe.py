@@ -18,6 +18,7 @@ from prefect_beamline.events import TRACEPARENT_PATTERN
 from prefect_beamline.gateway.emitter import Drainer, PrefectEmitter
 from prefect_beamline.gateway.outbox import FAILED, Outbox
 from prefect_beamline.settings import BeamlineSettings
+from prefect_beamline.tracing import new_traceparent
 from tests.gateway.test_app import (
     OPERATOR_TOKEN,
     TOKEN,
@@ -174,6 +175,12 @@ def test_announcement_without_a_valid_traceparent_starts_a_trace(
     (row,) = stored(settings)
     assert row.event.traceparent is not None
     assert re.fullmatch(TRACEPARENT_PATTERN, row.event.traceparent)
+
+
+def test_new_traces_are_valid_and_distinct() -> None:
+    made = [new_traceparent() for _ in range(1000)]
+    assert all(re.fullmatch(TRACEPARENT_PATTERN, traceparent) for traceparent in made)
+    assert len({traceparent.split("-")[1] for traceparent in made}) == len(made)
 
 
 def test_traceparent_field_of_the_body_is_validated_and_kept(
