@@ -52,15 +52,21 @@ def daq_event(
     )
 
 
-def post_event(stack: LocalStack, event: CollectionEvent) -> dict[str, Any]:
-    """POST the announcement to the gateway as a DAQ does; raise on anything but 202."""
+def post_event(
+    stack: LocalStack, event: CollectionEvent, *, traceparent: str | None = None
+) -> dict[str, Any]:
+    """POST the announcement to the gateway as a DAQ does (a traced one sends its W3C
+    `traceparent` header); raise on anything but 202."""
+    headers = {
+        "Authorization": f"Bearer {stack.gateway_token}",
+        "Content-Type": "application/json",
+    }
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
     response = httpx.post(
         f"{stack.gateway_url}/api/v1/collections",
         content=event.model_dump_json(),
-        headers={
-            "Authorization": f"Bearer {stack.gateway_token}",
-            "Content-Type": "application/json",
-        },
+        headers=headers,
         timeout=10.0,
     )
     if response.status_code != 202:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from prefect_beamline.demo import post_event
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.mx.demo import demo_event
 from prefect_beamline.techniques.mx.synth import write_mx_collection
@@ -57,17 +58,7 @@ def announce_traced(stack: LocalStack, master: Path, collection_id: int, tracepa
     """POST the `finished` event as a traced DAQ does: with a W3C traceparent header."""
     event = demo_event(master, collection_id, None)
     event = event.model_copy(update={"processing_parameters": {"images_per_chunk": 4}})
-    response = httpx.post(
-        f"{stack.gateway_url}/api/v1/collections",
-        content=event.model_dump_json(),
-        headers={
-            "Authorization": f"Bearer {stack.gateway_token}",
-            "Content-Type": "application/json",
-            "traceparent": traceparent,
-        },
-        timeout=10.0,
-    )
-    assert response.status_code == 202, response.text
+    post_event(stack, event, traceparent=traceparent)
     return event.event_id
 
 
