@@ -6,6 +6,8 @@ One place for the event names, resource ids and labels that gateway, triggers in
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -41,6 +43,7 @@ ImageNumber = Annotated[int, Field(le=LIMS_INTEGER_MAX)]
 # Prefect drops a repeated event id, so re-emitting from the outbox after a crash
 # must produce the same id: derive it from the DAQ's own event id.
 _EVENT_ID_NAMESPACE = uuid.UUID("5b7f3c1e-9a41-4d8e-8c1f-2f0b7d6a9e10")
+_EVENT_ID_NAMESPACE_BYTES = _EVENT_ID_NAMESPACE.bytes
 
 
 class CollectionEventKind(StrEnum):
@@ -186,7 +189,7 @@ class CollectionEvent(BaseModel):
     def to_prefect_event(self) -> dict[str, Any]:
         """The JSON body Prefect's `POST /api/events` takes for this announcement."""
         return {
-            "id": str(self.prefect_event_id),
+            "id": prefect_event_id_text(self.event_id),
             "occurred": self.timestamp.isoformat(),
             "event": self.event_name,
             "resource": self.resource(),
@@ -198,3 +201,21 @@ class CollectionEvent(BaseModel):
 def prefect_event_id(daq_event_id: str) -> uuid.UUID:
     """Deterministic Prefect event id for a DAQ event id."""
     return uuid.uuid5(_EVENT_ID_NAMESPACE, daq_event_id)
+
+
+def prefect_event_id_text(daq_event_id: str) -> str:
+    """`str(prefect_event_id(daq_event_id))` at a third of the cost (no UUID object):
+    the gateway writes it into every event and every receipt."""
+    digest = bytearray(hashlib.sha1(_EVENT_ID_NAMESPACE_BYTES + daq_event_id.encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = digest[:16].hex()
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
+
+
+def encode_prefect_event(event: CollectionEvent) -> bytes:
+    """The event's Prefect event as the gateway sends it: compact UTF-8 JSON (raises
+    ValueError for a non-finite number, UnicodeEncodeError for a lone surrogate)."""
+    return json.dumps(
+        event.to_prefect_event(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    ).encode("utf-8")

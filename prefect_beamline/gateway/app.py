@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prefect_beamline import metrics, tracing
 from prefect_beamline.data_roots import OutsideDataRoots
-from prefect_beamline.events import CollectionEvent, prefect_event_id
+from prefect_beamline.events import CollectionEvent, prefect_event_id_text
 from prefect_beamline.gateway.auth import (
     SIGNATURE_HEADER,
     AuthError,
@@ -51,8 +51,15 @@ from prefect_beamline.gateway.auth import (
     check_signature,
 )
 from prefect_beamline.gateway.door_paths import DoorPathCheck
-from prefect_beamline.gateway.emittable import event_size_problem, flaws, too_deep
+from prefect_beamline.gateway.emittable import (
+    NotEmittable,
+    encode_for_prefect,
+    flaws,
+    prefect_event_limit,
+    too_deep,
+)
 from prefect_beamline.gateway.emitter import Drainer
+from prefect_beamline.gateway.fast_path import AnnouncementFastPath
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
     RUN_NOT_COMPLETED,
@@ -242,6 +249,7 @@ def build_app(
     data_roots = settings.data_roots
     door_paths = DoorPathCheck(data_roots)
     limit = settings.gateway_max_body_bytes
+    event_limit = prefect_event_limit()
     writer = GroupCommitWriter(outbox, max_pending=settings.outbox_max_pending)
 
     @contextlib.asynccontextmanager
@@ -272,7 +280,6 @@ def build_app(
     )
     app.state.outbox = outbox
     app.state.drainer = drainer
-    app.add_middleware(tracing.PropagateTraceContext)
     add_metrics_endpoint(app, access=access, outbox=outbox, drainer=drainer)
     app.state.writer = writer
 
@@ -335,8 +342,10 @@ def build_app(
         except OutsideDataRoots as error:
             raise RequestError(422, str(error)) from None
         event = tracing.stamp_trace(event)
-        if problem := event_size_problem(event):
-            raise RequestError(413, problem)
+        try:
+            encoded = encode_for_prefect(event, event_limit)
+        except NotEmittable as error:
+            raise RequestError(413, str(error)) from None
         try:
             admission = await writer.submit(Submission(event, body, status, note, bluesky_start))
         except SQLAlchemyError as error:
@@ -362,12 +371,13 @@ def build_app(
         sequence = admission.sequence
         assert sequence is not None
         if is_new and status == PENDING:
+            drainer.encoded.put(sequence, encoded)
             drainer.wake()
         answer = ("accepted" if status == PENDING else "skipped") if is_new else "duplicate"
         metrics.record_accepted(event.source, answer)
         receipt = {  # a `Receipt`, built as a dict: nothing here needs validating
             "event_id": event.event_id,
-            "prefect_event_id": str(prefect_event_id(event.event_id)),
+            "prefect_event_id": prefect_event_id_text(event.event_id),
             "status": answer,
             "sequence": sequence,
         }
@@ -515,6 +525,19 @@ def build_app(
         headers = {NEXT_PAGE_HEADER: str(page.next_after)} if page.more else None
         return JSONResponse([row.as_dict() for row in page.rows], headers=headers)
 
+    # The last added is the outermost: the caller's trace context is current before an
+    # announcement's handler runs, whichever path serves it.
+    app.add_middleware(
+        AnnouncementFastPath,
+        handlers={
+            "/api/v1/collections": post_collection,
+            "/api/v1/zocalo": post_zocalo,
+            "/api/v1/bluesky": post_bluesky,
+        },
+        refusal=RequestError,
+        refused=_refused,
+    )
+    app.add_middleware(tracing.PropagateTraceContext)
     return app
 
 

@@ -20,19 +20,19 @@ make the trip:
 Field-level bounds live with their fields: LIMS ids and image numbers fit SQL INTEGER
 (`prefect_beamline.events.LIMS_INTEGER_MAX`), a collection's timestamp has a UTC form, a
 Bluesky document's `time` lies between 1970 and 9999. After validation,
-`event_size_problem` encodes the Prefect event as the drainer will send it, and the
-gateway refuses it (413) if Prefect would drop it for its size.
+`encode_for_prefect` encodes the Prefect event as the drainer will send it (the drainer
+then sends those very bytes), and the gateway refuses it (413) if Prefect would drop it
+for its size.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prefect_beamline.events import CollectionEvent
+from prefect_beamline.events import CollectionEvent, encode_prefect_event
 
 MAX_DEPTH = 32
 """Deepest nesting of objects and arrays a body may have; the body itself is level 1."""
@@ -68,26 +68,34 @@ def too_deep(max_depth: int = MAX_DEPTH) -> dict[str, str]:
     return {"field": "(body)", "message": _depth_message(max_depth), "type": "json_depth"}
 
 
-def event_size_problem(event: CollectionEvent) -> str | None:
-    """Why Prefect would not take this event (too large, not encodable), or None.
-
-    Encodes the event as the drainer sends it. Prefect's server drops an event larger than
-    its `PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES` (1.5 MB) after answering 204, so the
-    limit is read from the same setting here.
-    """
+def prefect_event_limit() -> int:
+    """The largest encoded event Prefect's server publishes: its
+    `PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES` (1.5 MB; it drops a larger event after
+    answering 204), less room for what it adds on receipt. Read once per gateway."""
     from prefect.settings import PREFECT_EVENTS_MAXIMUM_SIZE_BYTES
 
-    limit = PREFECT_EVENTS_MAXIMUM_SIZE_BYTES.value() - RECEIVED_MARGIN_BYTES
+    return int(PREFECT_EVENTS_MAXIMUM_SIZE_BYTES.value()) - RECEIVED_MARGIN_BYTES
+
+
+class NotEmittable(ValueError):
+    """Prefect would not take this event (too large, not encodable); says why."""
+
+
+def encode_for_prefect(event: CollectionEvent, limit_bytes: int) -> bytes:
+    """The Prefect event exactly as the drainer sends it (`encode_prefect_event`), or
+    NotEmittable. Prefect measures its own compact UTF-8 encoding, which is never longer
+    than this one (its floats are as short or shorter), so the bound is safe."""
     try:
-        encoded = json.dumps(event.to_prefect_event(), allow_nan=False).encode("utf-8")
+        encoded = encode_prefect_event(event)
     except (ValueError, UnicodeEncodeError) as error:  # flaws() should have caught it
-        return f"the event cannot be encoded as JSON for Prefect: {error}"
-    if len(encoded) > limit:
-        return (
+        raise NotEmittable(f"the event cannot be encoded as JSON for Prefect: {error}") from None
+    if len(encoded) > limit_bytes:
+        raise NotEmittable(
             f"the Prefect event would be {len(encoded)} bytes; Prefect takes at most "
-            f"{limit} (PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES less {RECEIVED_MARGIN_BYTES})"
+            f"{limit_bytes} (PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES less "
+            f"{RECEIVED_MARGIN_BYTES})"
         )
-    return None
+    return encoded
 
 
 def _walk(document: Any, max_depth: int) -> Iterator[tuple[str, str, str]]:
