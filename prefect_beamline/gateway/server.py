@@ -72,6 +72,7 @@ def create_app(
     settings.home.mkdir(parents=True, exist_ok=True)
     configure_tracing("prefect-beamline-gateway")
     outbox = Outbox(settings.resolved_outbox_url)
+    outbox.take_over_checkpoints()  # the drainer's thread checkpoints, not a request's commit
     emitter = PrefectEmitter(api_url or prefect_api_url(), headers=prefect_auth_headers())
     return build_app(
         settings=settings,
