@@ -13,6 +13,10 @@
  * the exact DIALS test in doubles on window sums that are exact, each quantity computed
  * with the numpy reference's operations in its order, so the mask is identical to it.
  *
+ * A pixel is used when its mask flag is set and its value is at most max_valid (the
+ * overflow value and saturated pixels are masked per frame, in the same loops, and the
+ * screen counts them); its value then never reaches a sum.
+ *
  * Packing is exact while every valid value v satisfies v * (2k+1)^2 < 2^shift (for
  * k = 3: v <= 684,784 counts). Each entering row's largest valid value is found in the
  * same loop; a row above the limit stops the band, and the caller does the rows whose
@@ -44,6 +48,9 @@ typedef double spot_f64x4 __attribute__((vector_size(32)));
 typedef struct {
     double gain, sigma_background, sigma_strong, global_threshold;
     int32_t kernel_size, min_local;
+    /* Pixels above it (overflow 2^n - 1, beyond saturation) count as masked, frame by
+       frame; UINT32_MAX masks none. */
+    uint32_t max_valid;
 } spot_params;
 
 /* Where the count starts in a packed column sum: above the bits of the largest sum. */
