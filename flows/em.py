@@ -130,7 +130,7 @@ def correct_movie(
     """
     settings = parameters.settings()
     processed = process_movie(movie, parameters.gain_reference, settings, n_threads)
-    return write_movie_results(movie, processed, settings, results_dir)
+    return write_movie_results(movie, processed, settings, results_dir, parameters.gain_reference)
 
 
 @task(**infrastructure_retries())

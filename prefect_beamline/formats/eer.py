@@ -14,8 +14,10 @@ tests and demos: the layout RELION and tifffile read.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
@@ -56,6 +58,7 @@ class EERMovie:
                 first = pages[0]
                 self.sensor_shape = (int(first.imagelength), int(first.imagewidth))
                 self.code = self._code(first)
+                sensor_pixel = _sensor_pixel_angstrom(first)
         except (tifffile.TiffFileError, OSError, IndexError, ValueError) as error:
             raise DataFileError(f"{path}: not a readable EER movie: {error}") from error
         self.n_frames = len(self._segments)
@@ -67,6 +70,8 @@ class EERMovie:
                 f"{path}: {self.n_frames} EER frames, fewer than one group of {frames_per_group}"
             )
         self.shape = (self.sensor_shape[0] * upsampling, self.sensor_shape[1] * upsampling)
+        # The rendered pixel: the sensor's (from EPU's metadata) over the upsampling.
+        self.pixel_size_angstrom = None if sensor_pixel is None else sensor_pixel / upsampling
         self._bytes: np.ndarray = np.memmap(path, dtype=np.uint8, mode="r")
         end = max(offset + count for segments in self._segments for offset, count in segments)
         if end > self._bytes.size:
@@ -122,6 +127,25 @@ class EERMovie:
             mapping.close()
 
 
+def _sensor_pixel_angstrom(page: tifffile.TiffPage) -> float | None:
+    """sensorPixelSize.width (m) of the acquisition metadata in tag 65001, in Å."""
+    tag = page.tags.get(65001)
+    if tag is None or not isinstance(tag.value, bytes):
+        return None
+    try:
+        root = ElementTree.fromstring(tag.value.rstrip(b"\x00"))
+    except ElementTree.ParseError:
+        return None
+    for item in root.iter("item"):
+        if item.get("name") == "sensorPixelSize.width" and item.text:
+            try:
+                size = float(item.text) * 1e10
+            except ValueError:
+                return None
+            return size if size > 0 else None
+    return None
+
+
 class _BitWriter:
     """Bits appended least significant first, as EER bitstreams are read."""
 
@@ -134,7 +158,8 @@ class _BitWriter:
         self.n_bits += n_bits
 
     def to_bytes(self) -> bytes:
-        return self.value.to_bytes((self.n_bits + 7) // 8 + 8, "little")  # + read-ahead
+        """Whole 64-bit words, as the camera writes them, and one more to read ahead."""
+        return self.value.to_bytes(8 * ((self.n_bits + 63) // 64 + 1), "little")
 
 
 def encode_eer_frame(
@@ -168,27 +193,66 @@ def encode_eer_frame(
     return writer.to_bytes()
 
 
+def acquisition_metadata(pixel_size_angstrom: float, n_frames: int) -> bytes:
+    """The XML EPU stores in tag 65001 of an EER file's pages (the fields we use)."""
+    return (
+        "<metadata>"
+        f'<item name="numberOfFrames">{n_frames}</item>'
+        f'<item name="sensorPixelSize.height" unit="m">{pixel_size_angstrom * 1e-10:.6e}</item>'
+        f'<item name="sensorPixelSize.width" unit="m">{pixel_size_angstrom * 1e-10:.6e}</item>'
+        "</metadata>"
+    ).encode()
+
+
 def write_eer_movie(
     path: str | Path,
     frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     sensor_shape: tuple[int, int],
     compression: int = COMPRESSION_7BIT,
+    pixel_size_angstrom: float = 0.8,
 ) -> Path:
     """An EER file of `frames`, each (positions, sub_x, sub_y) as `encode_eer_frame`
-    takes them; one TIFF page per frame, its bitstream as the page's one strip."""
+    takes them, laid out as EPU writes them: a little-endian BigTIFF, one page per
+    frame whose one strip is the frame's bitstream, the acquisition metadata XML in tag
+    65001. Written here: tifffile writes no EER compression."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     code = _CODES[compression]
     height, width = sensor_shape
-    with tifffile.TiffWriter(path) as tiff:
+    metadata = acquisition_metadata(pixel_size_angstrom, len(frames))
+    short, undefined, long8 = 3, 7, 16  # TIFF field types
+    with open(path, "wb") as handle:
+        # BigTIFF header: byte order, version 43, 8-byte offsets; first IFD patched below.
+        handle.write(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))
+        previous_link = 8  # where the offset of the next IFD goes
         for positions, sub_x, sub_y in frames:
             encoded = encode_eer_frame(positions, sub_x, sub_y, height * width, code)
-            tiff.write(
-                iter([encoded]),
-                shape=(height, width),
-                dtype=np.uint8,
-                compression=compression,
-                photometric="minisblack",
-                rowsperstrip=height,
-            )
+            strip = handle.tell()
+            handle.write(encoded)
+            xml = handle.tell()
+            handle.write(metadata)
+            handle.write(b"\x00" * (-handle.tell() % 8))  # IFDs start on a word boundary
+            entries = [
+                (256, long8, 1, width),  # ImageWidth
+                (257, long8, 1, height),  # ImageLength
+                (258, short, 1, 8),  # BitsPerSample
+                (259, short, 1, compression),  # Compression
+                (262, short, 1, 1),  # PhotometricInterpretation: black is zero
+                (273, long8, 1, strip),  # StripOffsets
+                (277, short, 1, 1),  # SamplesPerPixel
+                (278, long8, 1, height),  # RowsPerStrip
+                (279, long8, 1, len(encoded)),  # StripByteCounts
+                (65001, undefined, len(metadata), xml),  # EER acquisition metadata
+            ]
+            ifd = handle.tell()
+            handle.write(struct.pack("<Q", len(entries)))
+            for tag, kind, count, value in entries:
+                field = struct.pack("<H6x", value) if kind == short else struct.pack("<Q", value)
+                handle.write(struct.pack("<HHQ", tag, kind, count) + field)
+            link = handle.tell()
+            handle.write(struct.pack("<Q", 0))
+            handle.seek(previous_link)
+            handle.write(struct.pack("<Q", ifd))
+            handle.seek(0, 2)
+            previous_link = link
     return path

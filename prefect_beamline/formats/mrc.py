@@ -47,7 +47,7 @@ class MovieReader(FileReader):
         path: the movie file.
         n_frames, shape (ny, nx), dtype: of the frames `frame` returns (for EER, the
             dose fractions `eer` groups; float16 widened to float32).
-        pixel_size_angstrom: from the MRC header (None when the header says 0, TIFF, EER).
+        pixel_size_angstrom: from the MRC header or EER metadata (None when 0 or TIFF).
     """
 
     def __init__(self, path: str | Path, eer: EERRendering | None = None) -> None:
@@ -68,7 +68,7 @@ class MovieReader(FileReader):
             self.n_frames = self._eer.n_groups
             self.shape: tuple[int, int] = self._eer.shape
             self.dtype: np.dtype = np.dtype(np.uint16)
-            self.pixel_size_angstrom: float | None = None
+            self.pixel_size_angstrom: float | None = self._eer.pixel_size_angstrom
         else:
             raise DataFileError(
                 f"{self.path}: unknown movie format {suffix!r} (expected one of "
