@@ -4,7 +4,8 @@ In the job's folder: the dose-weighted micrograph (MRC), its CTF diagnostic powe
 spectrum (`<movie>.ctf`, an MRC as CTFFIND writes it) and RELION motion metadata STAR
 (`<movie>.star`), its drift and power-spectrum PNGs, the job's own RELION STAR tables
 (corrected_micrographs.star, micrographs_ctf.star) and summary.json. In the
-session's folder: the same STAR rows, upserted into the session's shared tables, which RELION reads as the session grows.
+session's folder: the same STAR rows, upserted into the session's shared tables,
+which RELION reads as the session grows.
 """
 
 from __future__ import annotations
