@@ -10,8 +10,10 @@ built. Integer frames take the vectorised 32-bit rows of `include/_spotfind_rows
 frames take the double rows here. Bands run in parallel with the GIL released.
 
 Pixels above `max_valid` (the detector's overflow value 2^n - 1, counts beyond its
-saturation) are masked frame by frame in the same loops, and counted as each row is
-screened: no second pass over the frame, and their counts never reach a sum.
+saturation) are masked frame by frame, and counted as each row is screened, by the
+64-bit rows here: the packed C rows hand over any row whose window holds one, as they
+do bright rows. No second pass over the frame, their counts never reach a sum, and a
+frame without them runs the packed rows unchanged.
 """
 
 from cython.parallel cimport prange
@@ -38,13 +40,11 @@ cdef extern from "_spotfind_rows.h" nogil:
     Py_ssize_t spot_u16_band(
         const uint16_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
-        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row,
-        int64_t* overloads)
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
     Py_ssize_t spot_u32_band(
         const uint32_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
-        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row,
-        int64_t* overloads)
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
 
 
 ctypedef fused acc_t:
@@ -207,11 +207,11 @@ cdef long long _integer_band(
         while r < row_stop:
             if mx_pixel_t is uint16_t:
                 r = spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, r,
-                                  row_stop, params, work, &bright_row, &overloads)
+                                  row_stop, params, work, &bright_row)
             else:
                 # int32 frames as uint32: negative values exceed the limit, so fall back.
                 r = spot_u32_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0],
-                                  ny, nx, r, row_stop, params, work, &bright_row, &overloads)
+                                  ny, nx, r, row_stop, params, work, &bright_row)
             if r >= row_stop:
                 return overloads
             # At least 64 rows at a time, so frames bright (or negative) in most rows spend
