@@ -7,6 +7,10 @@ the numpy/scipy reference of the tests, and one pass over memory (`numpy.copyto`
 frame into a preallocated array), the floor any per-pixel kernel is compared with. DIALS,
 the peer, is not installable from PyPI here, so it is not timed. Targets (issue 2): kernel
 >= 20x faster than the reference, and within 6x of one memory pass on one thread.
+
+Overload masking (issue 11) is timed interleaved on one thread: the frame with
+`max_valid` set, the frame with 20 Eiger overflow pixels (2^32 - 1) masked by it, and
+the same without `max_valid` (their rows then take the 64-bit rows as bright rows).
 """
 
 from __future__ import annotations
@@ -42,6 +46,35 @@ def realistic_frame(shape: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, 
     return frame, valid
 
 
+def masking_cost(
+    frame: np.ndarray, valid: np.ndarray, repeats: int
+) -> tuple[float, float, float, int]:
+    """Medians (ms), calls interleaved: the threshold with `max_valid` on `frame`, then on
+    `frame` with 20 overflowed pixels (2^32 - 1) with and without `max_valid`; and how
+    many overloads were counted."""
+    overflowing = frame.copy()
+    rng = np.random.default_rng(1)
+    rows, columns = np.nonzero(valid)
+    chosen = rng.choice(rows.size, 20, replace=False)
+    overflowing[rows[chosen], columns[chosen]] = np.iinfo(np.uint32).max
+    out = np.empty(frame.shape, dtype=bool)
+    limit = float(np.iinfo(np.uint32).max - 1)
+    calls = {
+        "clean": lambda: dispersion_threshold(frame, valid, out=out, max_valid=limit),
+        "masking": lambda: dispersion_threshold(overflowing, valid, out=out, max_valid=limit),
+        "unmasked": lambda: dispersion_threshold(overflowing, valid, out=out),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # warm up
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name] += timings_ms(call, 1)
+    overloads = find_spots(overflowing, valid, max_valid=limit).n_overloads
+    clean, masking, unmasked = (statistics.median(times[name]) for name in calls)
+    return clean, masking, unmasked, overloads
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     shape = QUICK_SHAPE if quick else FULL_SHAPE
     frame, valid = realistic_frame(shape)
@@ -58,6 +91,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     find_spots_ms_1t = median_ms(lambda: find_spots(frame, valid, n_threads=1), repeats)
     reference_ms = median_ms(lambda: reference_threshold(frame, valid), 1)
+    clean_ms, masking_ms, unmasked_ms, overloads = masking_cost(frame, valid, repeats)
     agree = bool(np.array_equal(reference_threshold(frame, valid), out))
     return {
         "benchmark": "spotfind",
@@ -75,6 +109,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         "kernel_ms_1t_min": round(min(kernel_1t), 2),
         "memory_pass_ms_min": round(min(memory_pass), 2),
         "ratio_to_memory_pass_1t_min": round(min(kernel_1t) / min(memory_pass), 1),
+        "kernel_clean_ms_1t_interleaved": round(clean_ms, 2),
+        "kernel_masking_ms_1t_interleaved": round(masking_ms, 2),
+        "kernel_unmasked_overflow_ms_1t_interleaved": round(unmasked_ms, 2),
+        "masking_overhead": round(masking_ms / clean_ms, 3),
+        "n_overloads": overloads,
         "n_spots": len(find_spots(frame, valid)),
         "kernel_equals_reference": agree,
         "peer": None,
@@ -94,5 +133,8 @@ report = report_from(
     "kernel / memory pass {ratio_to_memory_pass_1t}x (target <= 6x); "
     "fastest runs {kernel_ms_1t_min:.1f} / {memory_pass_ms_min:.1f} ms = "
     "{ratio_to_memory_pass_1t_min}x\n"
-    "  kernel mask equals reference: {kernel_equals_reference}"
+    "  kernel mask equals reference: {kernel_equals_reference}\n"
+    "  overload masking (interleaved, 1 thread): clean frame {kernel_clean_ms_1t_interleaved:.1f}"
+    " ms; {n_overloads} overflowed pixels masked {kernel_masking_ms_1t_interleaved:.1f} ms "
+    "({masking_overhead}x), not masked {kernel_unmasked_overflow_ms_1t_interleaved:.1f} ms"
 )

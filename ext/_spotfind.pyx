@@ -8,11 +8,17 @@ columns, so every pixel is touched O(1) times and no full-frame summed-area tabl
 built. Integer frames take the vectorised 32-bit rows of `include/_spotfind_rows.h`
 (rows whose window holds a value too large for them take the 64-bit rows here); float32
 frames take the double rows here. Bands run in parallel with the GIL released.
+
+Pixels above `max_valid` (the detector's overflow value 2^n - 1, counts beyond its
+saturation) are masked frame by frame, and counted as each row is screened, by the
+64-bit rows here: the packed C rows hand over any row whose window holds one, as they
+do bright rows. No second pass over the frame, their counts never reach a sum, and a
+frame without them runs the packed rows unchanged.
 """
 
 from cython.parallel cimport prange
 from libc.math cimport sqrt
-from libc.stdint cimport int32_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
@@ -30,6 +36,7 @@ cdef extern from "_spotfind_rows.h" nogil:
         double global_threshold
         int32_t kernel_size
         int32_t min_local
+        uint32_t max_valid
     Py_ssize_t spot_u16_band(
         const uint16_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
@@ -45,33 +52,50 @@ ctypedef fused acc_t:
     double
 
 
+cdef inline bint _used(mx_pixel_t value, unsigned char valid, double max_valid) noexcept nogil:
+    """A pixel counts when its mask flag is set and its value is at most max_valid.
+
+    Integer values compare as uint32, as the packed C rows do (a negative int32, a
+    detector flag, is then above any max_valid below 2^32 - 1); a NaN is never above.
+    """
+    if mx_pixel_t is float:
+        return valid != 0 and not (value > max_valid)
+    else:
+        return valid != 0 and <double>(<uint32_t>value) <= max_valid
+
+
 cdef inline void _update_columns(
     const mx_pixel_t* add_row, const unsigned char* add_valid,
     const mx_pixel_t* remove_row, const unsigned char* remove_valid,
-    acc_t* count, acc_t* total, Py_ssize_t nx,
+    acc_t* count, acc_t* total, Py_ssize_t nx, double max_valid,
 ) noexcept nogil:
     """Move the column sums down one row: add one image row, remove another (or NULL)."""
     cdef Py_ssize_t c
+    cdef bint add_used, remove_used
     # Selects, not products with the mask: a masked NaN must not poison the sums.
     if add_row != NULL and remove_row != NULL:
         for c in range(nx):
-            count[c] += <acc_t>add_valid[c] - <acc_t>remove_valid[c]
-            total[c] += ((<acc_t>add_row[c] if add_valid[c] else 0)
-                         - (<acc_t>remove_row[c] if remove_valid[c] else 0))
+            add_used = _used(add_row[c], add_valid[c], max_valid)
+            remove_used = _used(remove_row[c], remove_valid[c], max_valid)
+            count[c] += <acc_t>add_used - <acc_t>remove_used
+            total[c] += ((<acc_t>add_row[c] if add_used else 0)
+                         - (<acc_t>remove_row[c] if remove_used else 0))
     elif add_row != NULL:
         for c in range(nx):
-            count[c] += add_valid[c]
-            total[c] += <acc_t>add_row[c] if add_valid[c] else 0
+            add_used = _used(add_row[c], add_valid[c], max_valid)
+            count[c] += add_used
+            total[c] += <acc_t>add_row[c] if add_used else 0
     elif remove_row != NULL:
         for c in range(nx):
-            count[c] -= remove_valid[c]
-            total[c] -= <acc_t>remove_row[c] if remove_valid[c] else 0
+            remove_used = _used(remove_row[c], remove_valid[c], max_valid)
+            count[c] -= remove_used
+            total[c] -= <acc_t>remove_row[c] if remove_used else 0
 
 
 cdef bint _is_strong(
     const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, Py_ssize_t r,
     Py_ssize_t c, int k, double gain, double sigma_background, double sigma_strong,
-    double global_threshold,
+    double global_threshold, double max_valid,
 ) noexcept nogil:
     """The full DIALS test for a pixel that passed the screen (rare).
 
@@ -87,7 +111,7 @@ cdef bint _is_strong(
     cdef Py_ssize_t j1 = c + k + 1 if c + k + 1 < image.shape[1] else image.shape[1]
     for i in range(i0, i1):
         for j in range(j0, j1):
-            if valid[i, j]:
+            if _used(image[i, j], valid[i, j], max_valid):
                 v = <double>image[i, j]
                 m += 1.0
                 x += v
@@ -99,13 +123,14 @@ cdef bint _is_strong(
     return a > 0.0 and a > gain * x * sigma_background * sqrt(2.0 * (m - 1.0))
 
 
-cdef void _threshold_band(
+cdef long long _threshold_band(
     const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
     Py_ssize_t row_start, Py_ssize_t row_stop, int k, double gain, double sigma_background,
-    double sigma_strong, long long min_local, double global_threshold,
+    double sigma_strong, long long min_local, double global_threshold, double max_valid,
     acc_t* count, acc_t* total,
 ) noexcept nogil:
-    """Threshold rows [row_start, row_stop).
+    """Threshold rows [row_start, row_stop); returns their overloads (valid pixels above
+    max_valid).
 
     `count` and `total` hold nx + 2k column sums, column c at index c + k, zero-padded
     on both sides so the sliding window along the row needs no edge tests. Cheap integer
@@ -114,6 +139,8 @@ cdef void _threshold_band(
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
     cdef Py_ssize_t r, c, lo, hi, width = 2 * k
     cdef acc_t m, x, b
+    cdef bint used
+    cdef long long overloads = 0
     cdef double bd, screen = sigma_strong * sigma_strong * gain * (1.0 - 1e-9)
     cdef const mx_pixel_t* row
     cdef const unsigned char* row_valid
@@ -122,7 +149,7 @@ cdef void _threshold_band(
     hi = row_start + k + 1 if row_start + k + 1 < ny else ny
     for r in range(lo, hi):
         _update_columns(&image[r, 0], &valid[r, 0], <const mx_pixel_t*>NULL,
-                        <const unsigned char*>NULL, count + k, total + k, nx)
+                        <const unsigned char*>NULL, count + k, total + k, nx, max_valid)
     for r in range(row_start, row_stop):
         row = &image[r, 0]
         row_valid = &valid[r, 0]
@@ -138,7 +165,9 @@ cdef void _threshold_band(
             # Branch-free screen: above the local mean by more than sigma_strong standard
             # deviations, squared (a hair loose, so it never drops a pixel the exact test
             # keeps); masked pixels have b = -x <= 0.
-            b = m * (<acc_t>row[c] if row_valid[c] else 0) - x
+            used = _used(row[c], row_valid[c], max_valid)
+            overloads += row_valid[c] != 0 and not used
+            b = m * (<acc_t>row[c] if used else 0) - x
             bd = <double>b
             row_out[c] = (b > 0) & (bd * bd > screen * (<double>x * <double>m)) & (m >= min_local)
             m -= count[c]
@@ -147,7 +176,7 @@ cdef void _threshold_band(
             if row_out[c]:
                 row_out[c] = _is_strong(
                     image, valid, r, c, k, gain, sigma_background, sigma_strong,
-                    global_threshold,
+                    global_threshold, max_valid,
                 )
         if r + 1 < row_stop:
             _update_columns(
@@ -155,22 +184,25 @@ cdef void _threshold_band(
                 &valid[r + k + 1, 0] if r + k + 1 < ny else <const unsigned char*>NULL,
                 &image[r - k, 0] if r - k >= 0 else <const mx_pixel_t*>NULL,
                 &valid[r - k, 0] if r - k >= 0 else <const unsigned char*>NULL,
-                count + k, total + k, nx,
+                count + k, total + k, nx, max_valid,
             )
+    return overloads
 
 
-cdef void _integer_band(
+cdef long long _integer_band(
     const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
     Py_ssize_t row_start, Py_ssize_t row_stop, const spot_params* params,
-    uint32_t* work, long long* sums, Py_ssize_t columns,
+    uint32_t* work, long long* sums, Py_ssize_t columns, double max_valid,
 ) noexcept nogil:
     """Rows [row_start, row_stop) of an integer frame: the packed 32-bit rows in C, and
-    the 64-bit rows here for the rows whose window holds a value beyond their limit."""
+    the 64-bit rows here for the rows whose window holds a value beyond their limit.
+    Returns the rows' overloads."""
     cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], r = row_start, slow_stop
     cdef Py_ssize_t bright_row = 0
+    cdef int64_t overloads = 0
     cdef int k = params.kernel_size
     if mx_pixel_t is float:
-        return  # float32 frames take _threshold_band directly
+        return 0  # float32 frames take _threshold_band directly
     else:
         while r < row_stop:
             if mx_pixel_t is uint16_t:
@@ -181,7 +213,7 @@ cdef void _integer_band(
                 r = spot_u32_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0],
                                   ny, nx, r, row_stop, params, work, &bright_row)
             if r >= row_stop:
-                return
+                return overloads
             # At least 64 rows at a time, so frames bright (or negative) in most rows spend
             # little on packed rows restarted only to stop again.
             slow_stop = bright_row + k + 1
@@ -190,12 +222,13 @@ cdef void _integer_band(
             if slow_stop > row_stop:
                 slow_stop = row_stop
             memset(sums, 0, 2 * columns * sizeof(long long))
-            _threshold_band(
+            overloads += _threshold_band(
                 image, valid, out, r, slow_stop, k, params.gain, params.sigma_background,
-                params.sigma_strong, params.min_local, params.global_threshold,
+                params.sigma_strong, params.min_local, params.global_threshold, max_valid,
                 sums, sums + columns,
             )
             r = slow_stop
+        return overloads
 
 
 def dispersion_threshold_kernel(
@@ -208,9 +241,11 @@ def dispersion_threshold_kernel(
     int kernel_size,
     int min_local,
     double global_threshold,
+    double max_valid,
     int n_threads,
 ):
-    """Strong-pixel mask into `out` (1 = strong). Shapes and dtypes checked by the caller.
+    """Strong-pixel mask into `out` (1 = strong); returns the number of valid pixels
+    above `max_valid` (masked for this frame). Shapes and dtypes checked by the caller.
 
     Integer images accumulate in packed 32-bit sums where exact, else in 64-bit integers;
     float32 images in doubles.
@@ -224,6 +259,7 @@ def dispersion_threshold_kernel(
     cdef long long[:, ::1] int_sums
     cdef double[:, ::1] float_sums
     cdef uint32_t[:, ::1] work
+    cdef long long[::1] overloads = np.zeros(n_bands, dtype=np.int64)
     cdef spot_params params
     params.gain = gain
     params.sigma_background = sigma_background
@@ -231,8 +267,10 @@ def dispersion_threshold_kernel(
     params.global_threshold = global_threshold
     params.kernel_size = kernel_size
     params.min_local = min_local
+    # The packed rows compare as uint32: any max_valid at or above 2^32 - 1 masks nothing.
+    params.max_valid = <uint32_t>(max_valid if max_valid < 4294967295.0 else 4294967295.0)
     if ny == 0 or nx == 0:
-        return
+        return 0
     if mx_pixel_t is float:
         float_sums = np.zeros((n_bands, 2 * columns), dtype=np.float64)
     else:
@@ -247,16 +285,17 @@ def dispersion_threshold_kernel(
             if start >= stop:
                 continue
             if mx_pixel_t is float:
-                _threshold_band(
+                overloads[band] = _threshold_band(
                     image, valid, out, start, stop, kernel_size, gain, sigma_background,
-                    sigma_strong, min_local, global_threshold,
+                    sigma_strong, min_local, global_threshold, max_valid,
                     &float_sums[band, 0], &float_sums[band, columns],
                 )
             else:
-                _integer_band(
+                overloads[band] = _integer_band(
                     image, valid, out, start, stop, &params, &work[band, 0],
-                    &int_sums[band, 0], columns,
+                    &int_sums[band, 0], columns, max_valid,
                 )
+    return int(np.asarray(overloads).sum())
 
 
 cdef struct Run:

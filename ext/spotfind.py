@@ -7,6 +7,7 @@ release the GIL, so frames can be processed on several threads at once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,8 @@ class Spots:
     intensity: np.ndarray
     n_pixels: np.ndarray
     peak: np.ndarray
+    # Valid pixels above max_valid (overflowed or saturated), masked for this frame.
+    n_overloads: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -71,11 +74,48 @@ def _checked_params(params: DispersionParameters) -> DispersionParameters:
     return params
 
 
+def _kernel_max_valid(image: np.ndarray, max_valid: float | None) -> float:
+    """`max_valid` as the kernel takes it: whole counts for integer frames; none = inf."""
+    if max_valid is None:
+        return math.inf
+    value = require_number("max_valid", max_valid, at_least=0.0)
+    return float(math.floor(value)) if image.dtype.kind in "iu" else float(value)
+
+
+def _threshold_into(
+    image: np.ndarray,
+    valid: np.ndarray,
+    params: DispersionParameters,
+    max_valid: float | None,
+    out: np.ndarray,
+    n_threads: int | None,
+) -> int:
+    """Run the threshold kernel into `out`; the number of overloads it masked."""
+    params = _checked_params(params)
+    threads = kernel_threads(n_threads)
+    return int(
+        dispersion_threshold_kernel(
+            image,
+            valid,
+            out.view(np.uint8),
+            float(params.gain),
+            float(params.sigma_background),
+            float(params.sigma_strong),
+            int(params.kernel_size),
+            int(params.min_local),
+            float(params.global_threshold),
+            _kernel_max_valid(image, max_valid),
+            threads,
+        )
+    )
+
+
 def dispersion_threshold(
     image: np.ndarray,
     mask: np.ndarray,
     params: DispersionParameters = DispersionParameters(),
     *,
+    max_valid: float | None = None,
     out: np.ndarray | None = None,
     n_threads: int | None = 1,
 ) -> np.ndarray:
@@ -85,26 +125,15 @@ def dispersion_threshold(
     least `min_local` pixels, its index of dispersion exceeds
     gain·(1 + sigma_background·√(2/(n−1))), and the pixel exceeds
     mean + sigma_strong·√(gain·mean) and `global_threshold`. `image` is (ny, nx)
-    uint16, uint32, int32 or float32 counts; `mask` bool, True = valid pixel; `out` an
-    optional C-contiguous bool buffer of the image's shape; `n_threads` None or 0 for
-    every core.
+    uint16, uint32, int32 or float32 counts; `mask` bool, True = valid pixel;
+    `max_valid` the largest usable count (pixels above it, an Eiger's overflow value or
+    beyond saturation, are masked for this frame; for int32 frames negative values too,
+    as detectors flag pixels with them; None masks nothing); `out` an optional
+    C-contiguous bool buffer of the image's shape; `n_threads` None or 0 for every core.
     """
     image, valid = _checked(image, mask)
-    params = _checked_params(params)
     out = output_buffer("out", out, image.shape, np.bool_, source="image")
-    threads = kernel_threads(n_threads)
-    dispersion_threshold_kernel(
-        image,
-        valid,
-        out.view(np.uint8),
-        float(params.gain),
-        float(params.sigma_background),
-        float(params.sigma_strong),
-        int(params.kernel_size),
-        int(params.min_local),
-        float(params.global_threshold),
-        threads,
-    )
+    _threshold_into(image, valid, params, max_valid, out, n_threads)
     return out
 
 
@@ -113,6 +142,7 @@ def find_spots(
     mask: np.ndarray,
     params: DispersionParameters = DispersionParameters(),
     *,
+    max_valid: float | None = None,
     min_spot_size: int = 2,
     max_spot_size: int = 1000,
     n_threads: int | None = 1,
@@ -121,12 +151,15 @@ def find_spots(
 
     `intensity` is the summed counts of a spot's strong pixels (as DIALS's spot finder
     reports it); spots outside [min_spot_size, max_spot_size] pixels are dropped, which
-    rejects hot pixels (single strong pixels) with the default minimum of 2.
+    rejects hot pixels (single strong pixels) with the default minimum of 2. Pixels
+    above `max_valid` are masked (see `dispersion_threshold`), so they are never strong
+    and never part of an intensity; `n_overloads` counts them.
     """
-    image, _ = _checked(image, mask)
+    image, valid = _checked(image, mask)
     min_spot_size = require_integer("min_spot_size", min_spot_size, minimum=1)
     max_spot_size = require_integer("max_spot_size", max_spot_size, minimum=min_spot_size)
-    strong = dispersion_threshold(image, mask, params, n_threads=n_threads)
+    strong = np.empty(image.shape, dtype=np.bool_)
+    n_overloads = _threshold_into(image, valid, params, max_valid, strong, n_threads)
     n_pixels, sums, sum_x, sum_y, peak = label_spots_kernel(image, strong.view(np.uint8))
     keep = (n_pixels >= min_spot_size) & (n_pixels <= max_spot_size) & (sums > 0)
     sums = sums[keep]
@@ -136,4 +169,5 @@ def find_spots(
         intensity=sums,
         n_pixels=n_pixels[keep],
         peak=peak[keep],
+        n_overloads=n_overloads,
     )

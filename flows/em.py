@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.runtime import deployment as current_deployment
@@ -32,6 +32,7 @@ from prefect_beamline.flows.common import (
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
+from prefect_beamline.formats.mrc import EERRendering
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.em import records, report, session
@@ -81,6 +82,12 @@ class EMParameters(BaseModel):
     ctf_max_resolution: float = Field(4.0, gt=0, description="Highest resolution fitted, Å")
     min_defocus: float = Field(3000.0, gt=0, description="Defocus search from, Å")
     max_defocus: float = Field(50000.0, gt=0, description="Defocus search to, Å")
+    eer_grouping: int = Field(
+        20, ge=1, le=1000, description="EER movies: EER frames summed into one frame"
+    )
+    eer_upsampling: Literal[1, 2] = Field(
+        1, description="EER movies: 1 renders 4K (sensor pixels), 2 renders 8K"
+    )
 
     def settings(self) -> MovieSettings:
         return MovieSettings(
@@ -99,6 +106,7 @@ class EMParameters(BaseModel):
             ctf_max_resolution=self.ctf_max_resolution,
             min_defocus=self.min_defocus,
             max_defocus=self.max_defocus,
+            eer=EERRendering(self.eer_grouping, self.eer_upsampling),
         )
 
     def microscope(self) -> Microscope:
@@ -122,7 +130,7 @@ def correct_movie(
     """
     settings = parameters.settings()
     processed = process_movie(movie, parameters.gain_reference, settings, n_threads)
-    return write_movie_results(movie, processed, settings, results_dir)
+    return write_movie_results(movie, processed, settings, results_dir, parameters.gain_reference)
 
 
 @task(**infrastructure_retries())

@@ -122,6 +122,8 @@ def find_spots_in_images(
     """Spot count, integrated spot intensity and resolution for images first..last.
 
     Streams one frame at a time, so memory stays at one frame whatever the chunk size.
+    Pixels above the collection's `max_valid_value` (overflow 2^n - 1, beyond
+    saturation) are masked frame by frame and counted in `n_overloads`.
     """
     get_run_logger().info("images %d-%d on %s", first, last, where_this_runs())
     dispersion = parameters.dispersion()
@@ -129,11 +131,13 @@ def find_spots_in_images(
     with NXmxCollection(master_file) as collection:
         valid = collection.valid_pixels
         geometry = collection.geometry
+        max_valid = collection.max_valid_value
         for image_number, frames in collection.iter_chunks(first, last, chunk_size=1):
             spots = find_spots(
                 frames[0],
                 valid,
                 dispersion,
+                max_valid=max_valid,
                 min_spot_size=parameters.min_spot_size,
                 max_spot_size=parameters.max_spot_size,
                 n_threads=n_threads,
@@ -144,6 +148,7 @@ def find_spots_in_images(
                     n_spots=len(spots),
                     total_intensity=float(spots.intensity.sum()),
                     d_min_angstrom=estimate_d_min(geometry.resolution_angstrom(spots.x, spots.y)),
+                    n_overloads=spots.n_overloads,
                 )
             )
     return results

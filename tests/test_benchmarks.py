@@ -33,6 +33,7 @@ def test_spotfind_benchmark_reports_every_number_and_agrees_with_reference() -> 
     for key in ("kernel_ms_1t", "kernel_ms_all", "reference_ms", "memory_pass_ms"):
         assert result[key] > 0
     assert result["kernel_equals_reference"] is True
+    assert result["n_overloads"] == 20 and result["kernel_masking_ms_1t_interleaved"] > 0
 
 
 def test_tomo_benchmark_reports_every_number_and_agrees_with_iradon() -> None:

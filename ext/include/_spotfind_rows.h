@@ -13,6 +13,11 @@
  * the exact DIALS test in doubles on window sums that are exact, each quantity computed
  * with the numpy reference's operations in its order, so the mask is identical to it.
  *
+ * Pixels above max_valid (the detector's overflow value, counts beyond saturation) are
+ * masked frame by frame by the caller's rows: a row holding one stops the band as a
+ * bright row does, so these rows never compare values with max_valid (the common frame,
+ * without such pixels, pays nothing for the masking).
+ *
  * Packing is exact while every valid value v satisfies v * (2k+1)^2 < 2^shift (for
  * k = 3: v <= 684,784 counts). Each entering row's largest valid value is found in the
  * same loop; a row above the limit stops the band, and the caller does the rows whose
@@ -44,6 +49,9 @@ typedef double spot_f64x4 __attribute__((vector_size(32)));
 typedef struct {
     double gain, sigma_background, sigma_strong, global_threshold;
     int32_t kernel_size, min_local;
+    /* Valid pixels above it (overflow 2^n - 1, beyond saturation) are masked for this
+       frame: rows whose window holds one are left to the caller, as bright rows are. */
+    uint32_t max_valid;
 } spot_params;
 
 /* Where the count starts in a packed column sum: above the bits of the largest sum. */

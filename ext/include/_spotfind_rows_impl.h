@@ -141,7 +141,7 @@ SPOT_INLINE int SPOT_NAME(exact)(
 
 /* Threshold rows [row_start, row_stop) into `out`; `work` holds nx + 2k uint32.
    Returns the first row not done (row_stop when all are). When a row holds a valid value
-   above the packing limit, *bright_row is set to it and the rows from the returned one
+   above the packing limit or max_valid, *bright_row is set to it and the rows from the returned one
    up to bright_row + k are left to the caller. */
 SPOT_CLONES static ptrdiff_t SPOT_NAME(band)(
     const SPOT_PIXEL *image, const uint8_t *valid, uint8_t *out, ptrdiff_t ny,
@@ -149,6 +149,7 @@ SPOT_CLONES static ptrdiff_t SPOT_NAME(band)(
     uint32_t *work, ptrdiff_t *bright_row) {
     int k = prm->kernel_size, shift = spot_count_shift(k);
     uint32_t limit = spot_value_limit(k), *columns = work + k;
+    if (prm->max_valid < limit) limit = prm->max_valid;  /* overloads go to the caller */
     float factor = spot_screen_factor(prm);
     spot_u32x8 lanes;
     for (int j = 0; j < 8; j++) lanes[j] = j < 2 * k + 1 ? 0xFFFFFFFFu : 0u;

@@ -1,15 +1,18 @@
-"""Cryo-EM movies (MRC stacks, TIFF), gain references and micrographs (MRC).
+"""Cryo-EM movies (MRC stacks, TIFF, EER), gain references and micrographs (MRC).
 
-Movies are read one frame at a time (MRC memory-mapped, TIFF page by page), so a
-40-frame 4k movie never has to sit in memory whole. A movie that is half-written or
-corrupt raises `DataFileError` naming the file and what is wrong with it, before any
-frame is processed.
+Movies are read one frame at a time (MRC memory-mapped, TIFF page by page, EER one dose
+fraction of grouped frames at a time), so a 40-frame 4k movie never has to sit in memory
+whole. TIFF movies may be uncompressed or LZW/zlib compressed (what SerialEM and K3
+write; decoded by imagecodecs). float16 MRC movies (mode 12) are handed on as float32.
+A movie that is half-written or corrupt raises `DataFileError` naming the file and
+what is wrong with it, before any frame is processed.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,24 @@ import mrcfile
 import numpy as np
 import tifffile
 
+from prefect_beamline.formats.eer import EER_SUFFIXES, EERMovie
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.formats.reader import FileReader
 
 MRC_SUFFIXES = (".mrc", ".mrcs")
 TIFF_SUFFIXES = (".tif", ".tiff")
-MOVIE_SUFFIXES = MRC_SUFFIXES + TIFF_SUFFIXES
+MOVIE_SUFFIXES = MRC_SUFFIXES + TIFF_SUFFIXES + EER_SUFFIXES
+# Stored types the kernels do not take, and what a frame is handed on as.
+_WIDENED = {np.dtype(np.float16): np.dtype(np.float32)}
+
+
+@dataclass(frozen=True)
+class EERRendering:
+    """How an EER movie becomes frames: `frames_per_group` EER frames summed into one
+    (RELION's --eer_grouping) at `upsampling` x the sensor's pixels (1: 4K, 2: 8K)."""
+
+    frames_per_group: int = 20
+    upsampling: int = 1
 
 
 class MovieReader(FileReader):
@@ -30,21 +45,30 @@ class MovieReader(FileReader):
 
     Attributes:
         path: the movie file.
-        n_frames, shape (ny, nx), dtype: as stored.
-        pixel_size_angstrom: from the MRC header (None when the header says 0 or TIFF).
+        n_frames, shape (ny, nx), dtype: of the frames `frame` returns (for EER, the
+            dose fractions `eer` groups; float16 widened to float32).
+        pixel_size_angstrom: from the MRC header or EER metadata (None when 0 or TIFF).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, eer: EERRendering | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataFileError(f"{self.path}: movie file does not exist")
         suffix = self.path.suffix.lower()
         self._mrc: Any = None
         self._tiff: tifffile.TiffFile | None = None
+        self._eer: EERMovie | None = None
         if suffix in MRC_SUFFIXES:
             self._open_mrc()
         elif suffix in TIFF_SUFFIXES:
             self._open_tiff()
+        elif suffix in EER_SUFFIXES:
+            rendering = eer or EERRendering()
+            self._eer = EERMovie(self.path, rendering.frames_per_group, rendering.upsampling)
+            self.n_frames = self._eer.n_groups
+            self.shape: tuple[int, int] = self._eer.shape
+            self.dtype: np.dtype = np.dtype(np.uint16)
+            self.pixel_size_angstrom: float | None = self._eer.pixel_size_angstrom
         else:
             raise DataFileError(
                 f"{self.path}: unknown movie format {suffix!r} (expected one of "
@@ -65,10 +89,10 @@ class MovieReader(FileReader):
             raise DataFileError(f"{self.path}: MRC data block holds no 2-D frames")
         self._frames = data if data.ndim == 3 else data[np.newaxis]
         self.n_frames = int(self._frames.shape[0])
-        self.shape: tuple[int, int] = (int(self._frames.shape[1]), int(self._frames.shape[2]))
-        self.dtype = self._frames.dtype
+        self.shape = (int(self._frames.shape[1]), int(self._frames.shape[2]))
+        self.dtype = _WIDENED.get(self._frames.dtype, self._frames.dtype)
         size = float(self._mrc.voxel_size.x)
-        self.pixel_size_angstrom: float | None = size if size > 0 else None
+        self.pixel_size_angstrom = size if size > 0 else None
 
     def _open_tiff(self) -> None:
         try:
@@ -85,11 +109,14 @@ class MovieReader(FileReader):
         self.pixel_size_angstrom = None
 
     def frame(self, index: int) -> np.ndarray:
-        """Frame `index` (0-based) as stored, shape (ny, nx)."""
+        """Frame `index` (0-based), shape (ny, nx): as stored (float16 as float32; for
+        EER, dose fraction `index`)."""
         if not 0 <= index < self.n_frames:
             raise IndexError(f"{self.path}: frame {index} outside 0..{self.n_frames - 1}")
+        if self._eer is not None:
+            return self._eer.group(index)
         if self._mrc is not None:
-            return np.asarray(self._frames[index])
+            return np.asarray(self._frames[index], dtype=self.dtype)
         assert self._tiff is not None
         try:
             page = self._tiff.pages[index]
@@ -114,6 +141,9 @@ class MovieReader(FileReader):
             self.frame(self.n_frames - 1)
 
     def close(self) -> None:
+        if self._eer is not None:
+            self._eer.close()
+            self._eer = None
         if self._mrc is not None:
             self._mrc.close()
             self._mrc = None
@@ -123,13 +153,18 @@ class MovieReader(FileReader):
 
 
 def read_gain_reference(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """The gain reference (multiply raw counts by it), float32, checked against the movie."""
+    """The gain reference (multiply raw counts by it), float32, checked against the movie.
+
+    MRC, or TIFF (as EPU writes it beside EER movies)."""
     path = Path(path)
     try:
-        with mrcfile.open(path, mode="r", permissive=False) as mrc:
-            gain = np.asarray(mrc.data, dtype=np.float32)
-    except (ValueError, OSError) as error:
-        raise DataFileError(f"{path}: not a readable MRC gain reference: {error}") from error
+        if path.suffix.lower() in (*TIFF_SUFFIXES, ".gain"):
+            gain = np.asarray(tifffile.imread(path), dtype=np.float32)
+        else:
+            with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                gain = np.asarray(mrc.data, dtype=np.float32)
+    except (ValueError, OSError, tifffile.TiffFileError) as error:
+        raise DataFileError(f"{path}: not a readable gain reference: {error}") from error
     if gain.ndim == 3 and gain.shape[0] == 1:
         gain = gain[0]
     if gain.shape != shape:
@@ -156,11 +191,12 @@ def write_mrc(path: str | Path, data: np.ndarray, pixel_size_angstrom: float) ->
     return path
 
 
-def write_tiff_movie(path: str | Path, frames: np.ndarray) -> Path:
-    """A multi-page TIFF movie (one page per frame), as EER/K3 pipelines export them."""
+def write_tiff_movie(path: str | Path, frames: np.ndarray, compression: str = "zlib") -> Path:
+    """A multi-page TIFF movie (one page per frame), as K3 and SerialEM write them
+    (`compression` "lzw" as they do, "zlib", or None)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, frames, photometric="minisblack", compression="zlib")
+    tifffile.imwrite(path, frames, photometric="minisblack", compression=compression)
     return path
 
 

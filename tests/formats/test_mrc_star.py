@@ -46,7 +46,7 @@ def test_garbage_and_unknown_formats_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="g.mrc"):
         MovieReader(garbage)
     with pytest.raises(DataFileError, match="unknown movie format"):
-        MovieReader(garbage.rename(tmp_path / "g.eer"))
+        MovieReader(garbage.rename(tmp_path / "g.xyz"))
     with pytest.raises(DataFileError, match="does not exist"):
         MovieReader(tmp_path / "missing.mrc")
 
@@ -72,7 +72,7 @@ def test_gain_reference_must_match_the_frames(tmp_path: Path) -> None:
 
 
 def test_star_tables_have_relion_columns(tmp_path: Path) -> None:
-    row = star.ctf_row("a.mrc", "a_PS.png", 15000.0, 14000.0, 33.0, 0.4, 4.2)
+    row = star.ctf_row("a.mrc", "a.ctf", 15000.0, 14000.0, 33.0, 0.4, 4.2, metadata="a.star")
     path = star.write_table(tmp_path / "micrographs_ctf.star", OPTICS, [row])
     tables = starfile.read(path, always_dict=True)
     assert tables["optics"]["rlnVoltage"].iloc[0] == 300
@@ -81,6 +81,7 @@ def test_star_tables_have_relion_columns(tmp_path: Path) -> None:
     assert list(micrographs.columns) == [
         "rlnMicrographName",
         "rlnOpticsGroup",
+        "rlnMicrographMetadata",
         "rlnCtfImage",
         "rlnDefocusU",
         "rlnDefocusV",
@@ -90,6 +91,7 @@ def test_star_tables_have_relion_columns(tmp_path: Path) -> None:
         "rlnCtfMaxResolution",
     ]
     assert micrographs["rlnCtfAstigmatism"].iloc[0] == pytest.approx(1000.0)
+    assert micrographs["rlnCtfImage"].iloc[0] == "a.ctf:mrc"
 
 
 def test_concurrent_upserts_keep_one_row_per_micrograph(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def test_master_that_is_not_hdf5_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "field",
     [
-        "/entry/instrument/beam/incident_wavelength",
+        "/entry/instrument/detector/y_pixel_size",
         "/entry/instrument/detector/x_pixel_size",
         "/entry/instrument/detector/beam_center_y",
     ],
@@ -185,6 +185,15 @@ def test_missing_required_field_is_named_with_the_master(
         NXmxCollection(collection.master_file)
     assert str(collection.master_file) in str(caught.value)
     assert f"required field {field}" in str(caught.value)
+
+
+def test_missing_wavelength_is_taken_from_the_photon_energy(
+    collection: SyntheticCollection,
+) -> None:
+    with h5py.File(collection.master_file, "r+") as master:
+        del master["/entry/instrument/beam/incident_wavelength"]
+    with NXmxCollection(collection.master_file) as data:
+        assert data.geometry.wavelength_angstrom == pytest.approx(1.2, rel=1e-6)
 
 
 def test_missing_detector_distance_names_every_place_it_may_be(

@@ -26,10 +26,24 @@ def window_sums(
     return count, total, total_sq
 
 
+def overloads(image: np.ndarray, mask: np.ndarray, max_valid: float | None) -> np.ndarray:
+    """Valid pixels whose value is above max_valid (for int32 frames: or negative)."""
+    if max_valid is None:
+        return np.zeros(image.shape, dtype=bool)
+    above = image > max_valid
+    if image.dtype.kind == "i":
+        above |= image < 0
+    return mask & above
+
+
 def reference_threshold(
-    image: np.ndarray, mask: np.ndarray, params: DispersionParameters = DispersionParameters()
+    image: np.ndarray,
+    mask: np.ndarray,
+    params: DispersionParameters = DispersionParameters(),
+    max_valid: float | None = None,
 ) -> np.ndarray:
-    """Strong-pixel mask by DIALS's dispersion threshold."""
+    """Strong-pixel mask by DIALS's dispersion threshold; pixels above max_valid masked."""
+    mask = mask & ~overloads(image, mask, max_valid)
     m, x, y = window_sums(image, mask, params.kernel_size)
     p = np.where(mask, image.astype(np.float64), 0.0)
     gain = params.gain
@@ -49,9 +63,10 @@ def reference_spots(
     params: DispersionParameters = DispersionParameters(),
     min_spot_size: int = 2,
     max_spot_size: int = 1000,
+    max_valid: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Spots as 8-connected components with count-weighted centroids (+0.5 centres)."""
-    strong = reference_threshold(image, mask, params)
+    strong = reference_threshold(image, mask, params, max_valid)
     labels, n = ndimage.label(strong, structure=np.ones((3, 3)))
     index = np.arange(1, n + 1)
     weights = np.where(strong, image.astype(np.float64), 0.0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from prefect_beamline.ext.spotfind import DispersionParameters, dispersion_threshold, find_spots
-from tests.kernels.spotfind_reference import reference_spots, reference_threshold
+from tests.kernels.spotfind_reference import overloads, reference_spots, reference_threshold
 
 DTYPES = [np.uint16, np.uint32, np.int32, np.float32]
 DEFAULT = DispersionParameters()
@@ -474,3 +474,92 @@ def test_kernel_too_large_to_pack_takes_the_64_bit_rows() -> None:
     np.testing.assert_array_equal(dispersion_threshold(image, mask, small), expected)
     found = dispersion_threshold(image, mask, DispersionParameters(kernel_size=1500))
     np.testing.assert_array_equal(found, expected)
+
+
+# Per-frame overload masking: pixels above max_valid (the overflow value 2^n - 1, counts
+# beyond saturation) are masked in the kernel's own loops and counted.
+
+
+def kernel_overloads(image: np.ndarray, mask: np.ndarray, max_valid: float | None) -> int:
+    return find_spots(image, mask, max_valid=max_valid).n_overloads
+
+
+# The number of overloads of a frame, by each engine.
+OVERLOADS: dict[str, Callable[..., int]] = {
+    "reference": lambda image, mask, max_valid: int(overloads(image, mask, max_valid).sum()),
+    "kernel": kernel_overloads,
+}
+
+
+@pytest.mark.parametrize("engine", THRESHOLD)
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_an_overflowed_pixel_in_a_spot_is_masked_not_strong(engine: str, dtype: type) -> None:
+    # Beside the overflow value 2^n - 1, the other spot pixels stay strong once it is masked.
+    image, mask = frame_with_one_spot(dtype)
+    overflow = np.iinfo(dtype).max
+    image[21, 31] = overflow
+    strong = THRESHOLD[engine](image, mask, DEFAULT, max_valid=overflow - 1)
+    assert np.argwhere(strong).tolist() == [[20, 30], [20, 31], [21, 30]]
+
+
+@pytest.mark.parametrize("engine", SPOTS)
+def test_overflowed_pixels_never_reach_an_intensity(engine: str) -> None:
+    image, mask = frame_with_one_spot(np.uint32)
+    image[21, 31] = image[5, 5] = np.iinfo(np.uint32).max
+    spots = SPOTS[engine](image, mask, max_valid=1_000_000)
+    np.testing.assert_array_equal(spots["intensity"], [300.0])
+    np.testing.assert_array_equal(spots["n_pixels"], [3])
+
+
+@pytest.mark.parametrize("engine", OVERLOADS)
+def test_overloads_are_counted_once_per_valid_pixel(engine: str) -> None:
+    image, mask = frame_with_spots((300, 200), seed=21)
+    image = image.astype(np.uint32)
+    image[[0, 5, 150, 299, 299], [0, 7, 120, 199, 3]] = np.iinfo(np.uint32).max
+    mask[[0, 5, 150, 299, 299, 10, 11], [0, 7, 120, 199, 3, 10, 11]] = True
+    image[10, 10] = 2_000  # above saturation
+    image[11, 11] = 1_000  # at saturation: used
+    mask[5, 7] = False  # a masked overflow is the mask's, not an overload
+    assert OVERLOADS[engine](image, mask, 1_000) == 5
+    assert OVERLOADS[engine](image, mask, None) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_threshold_with_overloads_equals_reference(dtype: type, n_threads: int) -> None:
+    image, mask = frame_with_spots((300, 260), seed=22)
+    rng = np.random.default_rng(22)
+    rows, cols = rng.integers(0, 300, 60), rng.integers(0, 260, 60)
+    image[rows, cols] = 70  # some above max_valid, some inside spots
+    image[rows[:20], cols[:20]] = 40
+    if dtype is np.int32:
+        image[rows[:5], cols[:5]] = -1  # a detector's flag: masked like an overload
+    frame = image.astype(dtype)
+    expected = reference_threshold(frame, mask, DEFAULT, max_valid=50)
+    found = find_spots(frame, mask, max_valid=50, n_threads=n_threads, min_spot_size=1)
+    np.testing.assert_array_equal(
+        dispersion_threshold(frame, mask, max_valid=50, n_threads=n_threads), expected
+    )
+    assert found.n_overloads == int(overloads(frame, mask, 50).sum()) > 30
+
+
+def test_bright_rows_with_overloads_match_the_reference() -> None:
+    # Values above the packing limit but below max_valid take the 64-bit rows; overflow
+    # values above max_valid must not send rows there, nor count twice.
+    image, mask = frame_with_spots((300, 200), seed=23)
+    image = image.astype(np.uint32)
+    image[99, 90] = 20_000_000
+    image[[3, 150, 298], [4, 120, 199]] = np.iinfo(np.uint32).max
+    mask[[3, 150, 298], [4, 120, 199]] = True
+    expected = reference_threshold(image, mask, DEFAULT, max_valid=30_000_000)
+    found = find_spots(image, mask, max_valid=30_000_000, n_threads=2)
+    np.testing.assert_array_equal(
+        dispersion_threshold(image, mask, max_valid=30_000_000, n_threads=2), expected
+    )
+    assert found.n_overloads == 3
+
+
+def test_negative_max_valid_is_refused() -> None:
+    image, mask = frame_with_one_spot()
+    with pytest.raises(ValueError, match="max_valid must be at least 0"):
+        find_spots(image, mask, max_valid=-1)

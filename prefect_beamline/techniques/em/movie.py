@@ -35,7 +35,7 @@ from prefect_beamline.ext.motioncor import (
     shift_accumulate,
 )
 from prefect_beamline.formats.errors import DataFileError
-from prefect_beamline.formats.mrc import MovieReader, read_gain_reference
+from prefect_beamline.formats.mrc import EERRendering, MovieReader, read_gain_reference
 from prefect_beamline.techniques.em.ctf import CTFFit, Microscope, fit_ctf
 from prefect_beamline.techniques.em.motion import MotionModel, accumulated_motion, estimate_motion
 
@@ -62,6 +62,8 @@ class MovieSettings:
     ctf_max_resolution: float = 4.0
     min_defocus: float = 3000.0
     max_defocus: float = 50000.0
+    # EER movies only: frames summed per dose fraction, and 4K (1) or 8K (2) rendering.
+    eer: EERRendering = field(default_factory=EERRendering)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def process_movie(
     `n_threads` is where the kernels run (0: all cores), not what they compute.
     """
     timings: dict[str, float] = {}
-    with _timed(timings, "open"), MovieReader(movie) as reader:
+    with _timed(timings, "open"), MovieReader(movie, settings.eer) as reader:
         reader.check_complete()
         pixel_size = settings.pixel_size_angstrom or reader.pixel_size_angstrom
         if not pixel_size:
@@ -150,7 +152,7 @@ def process_movie(
         gain = read_gain_reference(gain_reference, reader.shape) if gain_reference else None
         binning = binning_for(reader.shape, settings.alignment_size)
         n_frames, shape = reader.n_frames, reader.shape
-    with MovieReader(movie) as reader:
+    with MovieReader(movie, settings.eer) as reader:
         with _timed(timings, "bin"):
             binned = np.stack(
                 [gain_bin(frame, gain, binning, n_threads) for frame in reader.iter_frames()]

@@ -161,6 +161,8 @@ class MotionResult:
     power_spectrum_path: str
     early_motion: float | None = None
     late_motion: float | None = None
+    # RELION's per-movie motion metadata STAR (not a LIMS column: None when read back).
+    metadata_path: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -188,6 +190,8 @@ class CTFResult:
     min_defocus: float
     max_defocus: float
     power_spectrum_path: str
+    # The diagnostic power spectrum MRC RELION shows (rlnCtfImage); not a LIMS column.
+    ctf_image_path: str | None = None
 
 
 @dataclass(frozen=True)

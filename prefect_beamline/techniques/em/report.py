@@ -39,20 +39,29 @@ def drift_png(shifts: np.ndarray, pixel_size: float, title: str) -> bytes:
     return figure_png(figure, dpi=DPI)
 
 
+def ctf_diagnostic(
+    flat_spectrum: np.ndarray, fit: CTFFit, pixel_size: float, microscope: Microscope
+) -> np.ndarray:
+    """The centred (n, n) power spectrum, scaled to 0..1, with the fitted CTF² in its
+    right half: CTFFIND's diagnostic image (what RELION shows as rlnCtfImage)."""
+    n = flat_spectrum.shape[0]
+    data = np.fft.fftshift(full_plane(flat_spectrum))
+    kx, ky = frequency_grid((n, n), pixel_size)
+    model_half = ctf_values(kx, ky, fit.parameters, microscope) ** 2
+    model = np.fft.fftshift(full_plane(model_half.astype(np.float32)))
+    low, high = np.percentile(data, [2, 98])
+    combined = np.clip((data - low) / max(high - low, 1e-12), 0, 1)
+    combined[:, n // 2 :] = model[:, n // 2 :]
+    return combined.astype(np.float32)
+
+
 def power_spectrum_png(
     flat_spectrum: np.ndarray, fit: CTFFit, pixel_size: float, microscope: Microscope, name: str
 ) -> bytes:
     """Background-subtracted spectrum (left half) beside the fitted CTF² (right half),
     titled with the fit."""
     ctf = fit.parameters
-    n = flat_spectrum.shape[0]
-    data = np.fft.fftshift(full_plane(flat_spectrum))
-    kx, ky = frequency_grid((n, n), pixel_size)
-    model_half = ctf_values(kx, ky, ctf, microscope) ** 2
-    model = np.fft.fftshift(full_plane(model_half.astype(np.float32)))
-    low, high = np.percentile(data, [2, 98])
-    combined = np.clip((data - low) / max(high - low, 1e-12), 0, 1)
-    combined[:, n // 2 :] = model[:, n // 2 :]
+    combined = ctf_diagnostic(flat_spectrum, fit, pixel_size, microscope)
     figure, axes = pyplot().subplots(figsize=(4.5, 4.5))
     axes.imshow(combined, cmap="gray", origin="lower")
     axes.set_xticks([])

@@ -23,7 +23,7 @@ import httpx
 
 from prefect_beamline.events import CollectionEvent, CollectionEventKind
 
-MOVIE_PATTERNS = ("*.mrc", "*.mrcs", "*.tif", "*.tiff")
+MOVIE_PATTERNS = ("*.mrc", "*.mrcs", "*.tif", "*.tiff", "*.eer")
 STATE_FILE = ".prefect-beamline-watch.json"
 
 

@@ -30,6 +30,8 @@ class ImageQuality:
     LIMS's ImageQualityIndicators.
 
     `n_spots_no_ice` (spots off ice rings) is stored when a finder gives it; ours does not.
+    `n_overloads` counts the image's valid pixels masked for it: the detector's overflow
+    value (2^n - 1) or counts above its saturation_value; they are in no intensity.
     """
 
     image_number: int
@@ -37,6 +39,7 @@ class ImageQuality:
     n_spots_no_ice: int | None = field(default=None, kw_only=True)
     total_intensity: float
     d_min_angstrom: float | None
+    n_overloads: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ Differences from ISPyB, each for idempotent writes:
 - `XrayCentring.autoProcProgramId` (unique) ties a grid-scan result to the program that
   found it; ISPyB ties it only to the DataCollectionGroup, which reruns share.
 - `XrayCentringResult.maxCount`: the best per-image count, which ISPyB has no column for.
+- `ImageQualityIndicators.overloadCount`: the image's pixels masked as overflowed or
+  saturated, which ISPyB has no column for.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class ImageQualityIndicators(Base):
     method1Res: Mapped[float | None] = mapped_column(Float)
     method2Res: Mapped[float | None] = mapped_column(Float)
     totalIntegratedSignal: Mapped[float | None] = mapped_column(Double)
+    # Not in ISPyB (see the module docstring).
+    overloadCount: Mapped[int | None] = mapped_column(Integer)
     recordTimeStamp: Mapped[datetime | None] = mapped_column(DateTime)
 
 
@@ -126,6 +130,7 @@ def record_image_quality(
             "method1Res": quality.d_min_angstrom,
             "method2Res": quality.d_min_angstrom,
             "totalIntegratedSignal": quality.total_intensity,
+            "overloadCount": quality.n_overloads,
             "recordTimeStamp": recorded,
         }
         for _, quality in sorted(by_image.items())
@@ -182,6 +187,7 @@ def image_quality(lims: Lims, program_id: int) -> list[ImageQuality]:
                 ImageQualityIndicators.goodBraggCandidates,
                 ImageQualityIndicators.totalIntegratedSignal,
                 ImageQualityIndicators.method2Res,
+                ImageQualityIndicators.overloadCount,
             )
             .filter_by(autoProcProgramId=program_id)
             .order_by(ImageQualityIndicators.imageNumber)
@@ -193,8 +199,9 @@ def image_quality(lims: Lims, program_id: int) -> list[ImageQuality]:
             n_spots_no_ice=no_ice,
             total_intensity=intensity or 0.0,
             d_min_angstrom=d_min,
+            n_overloads=overloads,
         )
-        for number, spots, no_ice, intensity, d_min in rows
+        for number, spots, no_ice, intensity, d_min, overloads in rows
     ]
 
 

@@ -170,6 +170,7 @@ def reconstruct_scan(
         state.errors,
         key=key,
         positions_px=positions,
+        pixel_size_m=(float(geometry.object_pixel_m[0]), float(geometry.object_pixel_m[1])),
         attributes={
             "algorithm": settings.algorithm,
             "object_pixel_size_m": pixel_m,

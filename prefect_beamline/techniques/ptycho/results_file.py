@@ -1,7 +1,13 @@
 """Files a ptychographic reconstruction leaves: the result HDF5 and the checkpoint.
 
 Both hold the complex object and probe, the iteration count and the error of every
-iteration. The checkpoint also holds a key (scan file + the parameters that shape the
+iteration, as plottable NeXus: `/@default` -> `/entry/@default` -> the NXdata `object`
+(amplitude as its signal, phase as an auxiliary signal, the complex object beside them,
+x/y axes and the pixel sizes as datasets in metres), and an NXdata `probe` alike, so
+NeXus viewers (NeXpy, silx, h5web) plot the object when the file is opened. The raw
+fields stay in the NXprocess `reconstruction` (hard links, no second copy).
+
+The checkpoint also holds a key (scan file + the parameters that shape the
 iterations), so a retried run resumes only from its own state. Writes go to a temporary
 file renamed over the target, so a run killed mid-write leaves the previous checkpoint
 whole, never a torn one.
@@ -44,14 +50,17 @@ def write_reconstruction(
     key: str = "",
     positions_px: np.ndarray | None = None,
     attributes: dict[str, Any] | None = None,
+    pixel_size_m: tuple[float, float] | None = None,
 ) -> Path:
     """Write object, probe, errors (and the patch corners) to `path` atomically
-    (temp file + rename)."""
+    (temp file + rename). `pixel_size_m` is the object's (y, x) pixel size."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with h5py.File(temporary, "w") as handle:
+        handle.attrs["default"] = "entry"
         entry = handle.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
+        entry.attrs["default"] = "object"
         group = entry.create_group("reconstruction")
         group.attrs["NX_class"] = "NXprocess"
         group.create_dataset("object", data=obj.astype(np.complex64))
@@ -65,8 +74,47 @@ def write_reconstruction(
         group.attrs["key"] = key
         for name, value in (attributes or {}).items():
             group.attrs[name] = value
+        _plottable(entry, "object", group, pixel_size_m)
+        _plottable(entry, "probe", group, pixel_size_m)
     os.replace(temporary, path)
     return path
+
+
+def _plottable(
+    entry: h5py.Group, name: str, process: h5py.Group, pixel_size_m: tuple[float, float] | None
+) -> None:
+    """NXdata `entry/name` of the complex image `process/name`: amplitude (signal), phase
+    (auxiliary signal, radians), the complex values, and y/x axes in metres (pixel
+    indices when the pixel size is not known)."""
+    values = process[name][()]
+    data = entry.create_group(name)
+    data.attrs["NX_class"] = "NXdata"
+    data.attrs["signal"] = "amplitude"
+    data.attrs["auxiliary_signals"] = ["phase"]
+    data.attrs["axes"] = ["y", "x"]
+    data.attrs["y_indices"] = 0
+    data.attrs["x_indices"] = 1
+    if name == "object":
+        data["amplitude"] = process["object_amplitude"]
+        data["phase"] = process["object_phase"]
+    else:
+        data.create_dataset("amplitude", data=np.abs(values).astype(np.float32))
+        data.create_dataset("phase", data=np.angle(values).astype(np.float32))
+    data["phase"].attrs["units"] = "rad"
+    data["amplitude"].attrs["long_name"] = f"{name} amplitude"
+    data["phase"].attrs["long_name"] = f"{name} phase (rad)"
+    data["complex"] = process[name]
+    ny, nx = values.shape[-2:]
+    for axis, size, index in (("y", ny, 0), ("x", nx, 1)):
+        if pixel_size_m is None:
+            coordinate = data.create_dataset(axis, data=np.arange(size, dtype=np.float64))
+            coordinate.attrs["units"] = "pixel"
+            continue
+        step = float(pixel_size_m[index])
+        coordinate = data.create_dataset(axis, data=np.arange(size, dtype=np.float64) * step)
+        coordinate.attrs["units"] = "m"
+        pixel = data.create_dataset(f"{axis}_pixel_size", data=step)
+        pixel.attrs["units"] = "m"
 
 
 def read_reconstruction(path: Path) -> SavedReconstruction:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
+import starfile
 
-from prefect_beamline.formats.mrc import read_micrograph, write_mrc
+from prefect_beamline.formats.eer import write_eer_movie
+from prefect_beamline.formats.mrc import EERRendering, read_micrograph, write_mrc
 from prefect_beamline.techniques.em.demo import angle_difference
 from prefect_beamline.techniques.em.movie import MovieSettings, process_movie
+from prefect_beamline.techniques.em.results_files import write_movie_results, write_tables
+from prefect_beamline.techniques.em.session import CTF_STAR, MOTION_STAR
 from prefect_beamline.techniques.em.synth import SyntheticSession, write_em_session
 
 SETTINGS = dict(patches=(3, 3), ctf_tile=256)
@@ -95,3 +100,53 @@ def test_without_dose_weighting_the_sum_keeps_the_mean(session: SyntheticSession
     # The same image, reweighted at high frequency only.
     correlation = np.corrcoef(weighted.micrograph.ravel(), plain.micrograph.ravel())[0, 1]
     assert 0.8 < correlation < 0.9999
+
+
+def test_relion_reads_the_ctf_image_and_motion_metadata_we_name(
+    tmp_path: Path, session: SyntheticSession, results: list
+) -> None:
+    """rlnCtfImage is the CTFFIND-style MRC power spectrum (`.ctf:mrc`), and
+    rlnMicrographMetadata a per-movie motion STAR with the movie, dose and shifts."""
+    movie = str(session.movies[0].path)
+    settings = MovieSettings(dose_per_frame=session.dose_per_frame, **SETTINGS)
+    result = write_movie_results(movie, results[0], settings, tmp_path / "job", "gain.mrc")
+    write_tables(result, settings.microscope, tmp_path / "job", tmp_path / "session")
+    tables = starfile.read(tmp_path / "job" / CTF_STAR, always_dict=True)
+    row = tables["micrographs"].iloc[0]
+    ctf_file, _, kind = row["rlnCtfImage"].rpartition(":")
+    assert kind == "mrc" and ctf_file.endswith(".ctf")
+    with mrcfile.open(ctf_file) as ctf:
+        assert ctf.data.shape == (256, 256) and ctf.data.dtype == np.float32
+        assert np.isfinite(ctf.data).all() and ctf.data.max() > ctf.data.min()
+    motion = starfile.read(tmp_path / "session" / MOTION_STAR, always_dict=True)
+    metadata_file = motion["micrographs"]["rlnMicrographMetadata"].iloc[0]
+    assert metadata_file == row["rlnMicrographMetadata"]
+    metadata = starfile.read(metadata_file, always_dict=True)
+    general, shifts = metadata["general"], metadata["global_shift"]
+    assert general["rlnMicrographMovieName"] == movie
+    assert general["rlnImageSizeZ"] == 10 and general["rlnImageSizeX"] == 512
+    assert general["rlnMicrographDoseRate"] == pytest.approx(session.dose_per_frame)
+    assert general["rlnMicrographGainName"] == "gain.mrc"
+    assert list(shifts["rlnMicrographFrameNumber"]) == list(range(1, 11))
+    np.testing.assert_allclose(
+        shifts[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(),
+        results[0].motion.global_shifts,
+        atol=1e-6,
+    )
+
+
+def test_an_eer_movie_is_processed_in_dose_fractions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    sensor = (256, 256)
+    frames = []
+    for _ in range(12):
+        positions = np.sort(rng.choice(sensor[0] * sensor[1], 3000, replace=False))
+        frames.append((positions, rng.integers(0, 4, 3000), rng.integers(0, 4, 3000)))
+    path = write_eer_movie(tmp_path / "falcon.eer", frames, sensor, pixel_size_angstrom=1.6)
+    settings = MovieSettings(
+        patches=(1, 1), ctf_tile=128, eer=EERRendering(frames_per_group=3, upsampling=2)
+    )
+    result = process_movie(path, None, settings)
+    assert result.n_frames == 4 and result.shape == (512, 512)
+    assert result.pixel_size_angstrom == pytest.approx(0.8)
+    assert np.isfinite(result.micrograph).all()

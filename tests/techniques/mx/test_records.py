@@ -125,3 +125,10 @@ def test_each_program_reads_back_its_own_rows_and_grid_result(lims: Lims) -> Non
         0,
         None,
     )
+
+
+def test_overloads_per_image_round_trip(lims: Lims) -> None:
+    program = mx_program(lims)
+    rows = [ImageQuality(i, 10, 100.0, 2.0, n_overloads=i % 3) for i in range(1, 6)]
+    records.record_image_quality(lims, program, DC, rows)
+    assert [row.n_overloads for row in records.image_quality(lims, program)] == [1, 2, 0, 1, 2]
