@@ -17,6 +17,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Comparisons below are on the bit patterns (as integers: positive floats order as
+   their bits), not on floats: under GCC's default -ftrapping-math a float comparison
+   is a branch the vectoriser will not turn into a blend. */
 static inline float fast_logf(float x) {
     uint32_t bits;
     memcpy(&bits, &x, sizeof bits);
@@ -24,9 +27,11 @@ static inline float fast_logf(float x) {
     bits = (bits & 0x007fffffu) | 0x3f000000u; /* mantissa in [0.5, 1) */
     float m;
     memcpy(&m, &bits, sizeof m);
-    int below = m < 0.707106781186547524f;
-    exponent = below ? exponent - 1.0f : exponent;
-    m = below ? m + m - 1.0f : m - 1.0f;
+    /* m < sqrt(1/2) (0x3f3504f3): take 2m - 1 and one less in the exponent, with a 0/1
+       factor ((m - 1) + m = 2m - 1 exactly). */
+    float below = (float)(int32_t)((bits - 0x3f3504f3u) >> 31); /* 1 if below, else 0 */
+    exponent -= below;
+    m = (m - 1.0f) + below * m;
     float z = m * m;
     float y = 7.0376836292e-2f;
     y = y * m - 1.1514610310e-1f;
@@ -46,13 +51,20 @@ static inline float fast_logf(float x) {
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-static void normalise_row(const float* counts, const float* dark, const float* inverse_open,
-                          float* out, Py_ssize_t n, float min_transmission) {
+static void normalise_row(const float* restrict counts, const float* restrict dark,
+                          const float* restrict inverse_open, float* restrict out,
+                          Py_ssize_t n, float min_transmission) {
+#pragma GCC ivdep
     for (Py_ssize_t i = 0; i < n; i++) {
         float transmission = (counts[i] - dark[i]) * inverse_open[i];
         transmission = transmission > min_transmission ? transmission : min_transmission;
         float value = -fast_logf(transmission);
-        out[i] = inverse_open[i] > 0.0f ? value : 0.0f;
+        /* 0 where inverse_open is 0 (it is never negative): a mask on the bits. */
+        uint32_t value_bits, open_bits;
+        memcpy(&value_bits, &value, sizeof value_bits);
+        memcpy(&open_bits, &inverse_open[i], sizeof open_bits);
+        value_bits &= (uint32_t)((int32_t)(0u - open_bits) >> 31); /* all ones if > 0 */
+        memcpy(&out[i], &value_bits, sizeof value_bits);
     }
 }
 
