@@ -64,8 +64,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ),
         "sector_counts_equal_reference": bool(np.array_equal(sector_counts, ref_sector_counts)),
         "sector_max_relative_difference_of_sums": float(
-            np.abs(sector_sums - ref_sector_sums).max()
-            / max(np.abs(ref_sector_sums).max(), 1e-30)
+            np.abs(sector_sums - ref_sector_sums).max() / max(np.abs(ref_sector_sums).max(), 1e-30)
         ),
     }
 

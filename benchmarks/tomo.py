@@ -66,7 +66,9 @@ def _peers(
             # column n//2: astra centres both its volume and its detector, so the volume
             # is shifted by half a pixel and the detector gets one more column.
             n = sinogram.shape[1]
-            volume = astra.create_vol_geom(n, n, -n / 2 - 0.5, n / 2 - 0.5, -n / 2 + 0.5, n / 2 + 0.5)
+            volume = astra.create_vol_geom(
+                n, n, -n / 2 - 0.5, n / 2 - 0.5, -n / 2 + 0.5, n / 2 + 0.5
+            )
             padded = np.pad(sinogram, ((0, 0), (0, 1)))
             projection = astra.create_proj_geom("parallel", 1.0, n + 1, angles_rad)
             sino_id = astra.data2d.create("-sino", projection, padded)
@@ -105,9 +107,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         return reconstruct(sinogram[None], angles_rad, centre, circle=False, n_threads=threads)[0]
 
     def fourier(threads: int) -> np.ndarray:
-        return reconstruct_fourier(
-            sinogram, angles_rad, centre, circle=False, n_threads=threads
-        )[0]
+        return reconstruct_fourier(sinogram, angles_rad, centre, circle=False, n_threads=threads)[0]
 
     def scikit_image() -> np.ndarray:
         return np.asarray(

@@ -102,9 +102,7 @@ def _crop_factors(
     )
 
 
-def radial_weights(
-    grid: int, n_angles: int, centre: float, filter_name: FilterName
-) -> np.ndarray:
+def radial_weights(grid: int, n_angles: int, centre: float, filter_name: FilterName) -> np.ndarray:
     """Weight of each radial frequency k = 0..G/2 (complex64): the FBP filter, the
     frequency response of linear interpolation, the phase that moves the rotation axis to
     the origin, FBP's pi / (2 n_angles) and the inverse FFT's 1/G; halved at k = 0 and
@@ -160,7 +158,11 @@ def reconstruct_fourier(
         raise ValueError("angles_rad must be finite (radians)")
     centre = require_number("centre", centre)
     n_threads = kernel_threads(n_threads)
-    size = n_detector if output_size is None else require_integer("output_size", output_size, minimum=1)
+    size = (
+        n_detector
+        if output_size is None
+        else require_integer("output_size", output_size, minimum=1)
+    )
     oversampling = require_number("oversampling", oversampling, at_least=1.25)
     if oversampling > 4:
         raise ValueError(f"oversampling must be at most 4, got {oversampling}")

@@ -6,8 +6,8 @@ the trigonometric polynomial its G-point FFT defines, instead of linearly: for e
 angle and pixel, f(t) = (1/G) sum_k S_k H_k exp(2 pi i k t / G) at
 t = centre + x cos + y sin, with the same filter H and scale pi / (2 n_angles) as
 `backproject_reference.reference_fbp`, times the frequency response of the linear
-interpolation FBP does, sinc²(k / G) (gridrec applies it: same resolution). Gridding only approximates this non-uniform sum;
-the reference evaluates it term by term.
+interpolation FBP does, sinc²(k / G) (gridrec applies it: same resolution). Gridding
+only approximates this non-uniform sum; the reference evaluates it term by term.
 """
 
 from __future__ import annotations
