@@ -42,13 +42,11 @@ def elliptical_average_kernel(
                     counts[index] += 1.0
 
 
-def sector_average_kernel(
-    const float[:, ::1] spectrum,
-    double[:, ::1] sums,
-    double[:, ::1] counts,
-):
-    cdef Py_ssize_t ny = spectrum.shape[0], nxh = spectrum.shape[1]
-    cdef Py_ssize_t n_sectors = sums.shape[0], n_bins = sums.shape[1]
+def sector_map_kernel(int[:, ::1] bins, Py_ssize_t n_sectors, Py_ssize_t n_bins):
+    """bins[i, j] = sector * n_bins + radius bin of half-plane pixel (i, j), or -1 (the
+    origin, and radii past the last bin): the atan2 and sqrt of every pixel, done once
+    per spectrum shape so `binned_sum_kernel` is one pass over the spectrum."""
+    cdef Py_ssize_t ny = bins.shape[0], nxh = bins.shape[1]
     cdef Py_ssize_t i, j, index, sector
     cdef double kx, ky, theta
     with nogil:
@@ -56,6 +54,7 @@ def sector_average_kernel(
             ky = signed_frequency(i, ny)
             for j in range(nxh):
                 kx = j
+                bins[i, j] = -1
                 if kx == 0 and ky == 0:
                     continue
                 index = <Py_ssize_t>(sqrt(kx * kx + ky * ky) + 0.5)
@@ -65,5 +64,17 @@ def sector_average_kernel(
                 sector = clamp_index(
                     <Py_ssize_t>((theta + 0.5 * M_PI) / M_PI * n_sectors), n_sectors
                 )
-                sums[sector, index] += spectrum[i, j]
-                counts[sector, index] += 1.0
+                bins[i, j] = <int>(sector * n_bins + index)
+
+
+def binned_sum_kernel(const float[:, ::1] spectrum, const int[:, ::1] bins, double[::1] sums):
+    """sums[bins[i, j]] += spectrum[i, j] for every pixel whose bin is not -1."""
+    cdef Py_ssize_t ny = spectrum.shape[0], nxh = spectrum.shape[1]
+    cdef Py_ssize_t i, j
+    cdef int index
+    with nogil:
+        for i in range(ny):
+            for j in range(nxh):
+                index = bins[i, j]
+                if index >= 0:
+                    sums[index] += spectrum[i, j]

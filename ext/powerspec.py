@@ -8,9 +8,15 @@ are in spectrum pixels, bins of width 1 centred on integers.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-from prefect_beamline.ext._powerspec import elliptical_average_kernel, sector_average_kernel
+from prefect_beamline.ext._powerspec import (
+    binned_sum_kernel,
+    elliptical_average_kernel,
+    sector_map_kernel,
+)
 from prefect_beamline.ext.arguments import (
     REAL_KINDS,
     require_array,
@@ -48,11 +54,30 @@ def sector_average(
     spectrum: np.ndarray, n_sectors: int, n_bins: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sums, counts), shape (n_sectors, n_bins): sector s spans angles
-    -90° + 180° s / n_sectors .. -90° + 180° (s + 1) / n_sectors from the kx axis."""
+    -90° + 180° s / n_sectors .. -90° + 180° (s + 1) / n_sectors from the kx axis.
+
+    Each pixel's (sector, radius) bin is looked up in a map made once per spectrum shape
+    (`sector_map`), so an average is one pass over the spectrum.
+    """
     checked = _checked(spectrum)
     n_sectors = require_integer("n_sectors", n_sectors, minimum=1)
     n_bins = require_integer("n_bins", n_bins, minimum=1)
-    sums = np.zeros((n_sectors, n_bins), dtype=np.float64)
-    counts = np.zeros((n_sectors, n_bins), dtype=np.float64)
-    sector_average_kernel(checked, sums, counts)
-    return sums, counts
+    bins, counts = sector_map(checked.shape[0], n_sectors, n_bins)
+    sums = np.zeros(n_sectors * n_bins, dtype=np.float64)
+    binned_sum_kernel(checked, bins, sums)
+    return sums.reshape(n_sectors, n_bins), counts.copy()
+
+
+@lru_cache(maxsize=8)
+def sector_map(size: int, n_sectors: int, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, counts) of an (size, size//2 + 1) half plane: each pixel's flat index
+    sector * n_bins + radius bin (int32, -1 outside every bin), and the pixels per bin
+    (float64, (n_sectors, n_bins)). Cached: read only."""
+    if n_sectors * n_bins >= 2**31:
+        raise ValueError(f"n_sectors x n_bins must be below 2**31, got {n_sectors} x {n_bins}")
+    bins = np.empty((size, size // 2 + 1), dtype=np.int32)
+    sector_map_kernel(bins, n_sectors, n_bins)
+    counts = np.bincount(bins[bins >= 0], minlength=n_sectors * n_bins).astype(np.float64)
+    bins.flags.writeable = False
+    counts.flags.writeable = False
+    return bins, counts.reshape(n_sectors, n_bins)

@@ -7,8 +7,10 @@ ring filter or slice range.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import numpy as np
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.ext.backproject import FilterName, reconstruct
+from prefect_beamline.ext.gridrec import reconstruct_fourier
 from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
@@ -43,9 +46,16 @@ from prefect_beamline.techniques.tomo.analysis import (
     opposite_pair,
     summarise,
 )
+from prefect_beamline.techniques.tomo.staging import StagedRows, needs_staging, stage_rows
 from prefect_beamline.techniques.tomo.volume import VolumeWriter
 
 VOLUME_FILE = "volume.h5"
+ReconstructionMethod = Literal["gridrec", "fbp"]
+# What each method is called in the LIMS (AutoProcProgram) and the summary.
+METHOD_PROGRAMS = {
+    "gridrec": "gridrec (Fourier-domain filtered back projection)",
+    "fbp": "filtered back projection",
+}
 # Chunks in flight per chunk the Compute block runs at once: each finished chunk is
 # written while the next ones compute.
 IN_FLIGHT_PER_PARALLEL_CHUNK = 2
@@ -74,6 +84,12 @@ class TomoParameters(BaseModel):
     )
     filter_name: FilterName = Field(
         "ramp", description="FBP filter: ramp, shepp-logan, cosine, hamming or hann"
+    )
+    method: ReconstructionMethod = Field(
+        "gridrec",
+        description="gridrec: Fourier-domain (gridding) reconstruction, O(N² log N) per "
+        "slice; fbp: the exact back projector, O(N² x angles), the reference "
+        "(docs/tomography.md compares them)",
     )
     first_slice: int | None = Field(
         None, ge=0, description="First detector row to reconstruct (0-based); empty: the first"
@@ -160,10 +176,24 @@ def find_centre(
     )
 
 
+@task(**infrastructure_retries())
+def stage_sinograms(
+    scan: ScanInfo, rows: tuple[int, int], rows_per_task: int, results_dir: Path
+) -> StagedRows | None:
+    """When the scan's storage chunks are taller than a chunk task's rows, copy the rows
+    to reconstruct into the job's folder, reading the scan once, so each task reads only
+    its rows (techniques/tomo/staging.py); None when the scan can be read in place."""
+    with TomoScan(scan.path) as data:
+        if not needs_staging(data, rows_per_task):
+            return None
+        return stage_rows(data, *rows, rows_per_task, results_dir)
+
+
 @task(
     task_run_name="reconstruct-rows-{first_row}-{stop_row}",
-    # Kernel threads do not change the slices: a rerun on other compute reuses the chunk.
-    cache_policy=INPUTS - "n_threads",
+    # Kernel threads do not change the slices, nor does where the rows are read from (the
+    # scan or its staged copy): a rerun on other compute reuses the chunk.
+    cache_policy=INPUTS - "n_threads" - "staged",
     cache_expiration=CHUNK_CACHE_EXPIRATION,
     persist_result=True,
     **infrastructure_retries(),
@@ -177,17 +207,22 @@ def reconstruct_rows(
     centre: float,
     parameters: TomoParameters,
     n_threads: int = 1,
+    staged: StagedRows | None = None,
 ) -> np.ndarray:
     """Slices (row, y, x) of detector rows first_row..stop_row-1: normalise, remove
-    rings, filter and back-project. Reads only those rows' sinograms."""
+    rings, and reconstruct by the chosen method. Reads only those rows' sinograms, from
+    the `staged` copy if the flow made one."""
     get_run_logger().info("rows %d-%d on %s", first_row, stop_row - 1, where_this_runs())
-    with TomoScan(scan_file) as scan:
-        flat, dark = scan.flat_and_dark(first_row, stop_row)
-        sinograms = normalise(scan.read_rows(first_row, stop_row), flat, dark, n_threads=n_threads)
+    offset = staged.first_row if staged else 0
+    with TomoScan(staged.path if staged else scan_file) as scan:
+        first, stop = first_row - offset, stop_row - offset
+        flat, dark = scan.flat_and_dark(first, stop)
+        sinograms = normalise(scan.read_rows(first, stop), flat, dark, n_threads=n_threads)
         angles = scan.angles_rad
     if parameters.ring_filter:
         ring_filter(sinograms, width=parameters.ring_filter_width, n_threads=n_threads)
-    return reconstruct(
+    method = reconstruct_fourier if parameters.method == "gridrec" else reconstruct
+    return method(
         sinograms, angles, centre, filter_name=parameters.filter_name, n_threads=n_threads
     )
 
@@ -229,7 +264,11 @@ def reconstruct_volume(
         if parameters.cache_chunks
         else reconstruct_rows.with_options(cache_policy=NO_CACHE, persist_result=False)
     )
-    with VolumeWriter(results_dir / VOLUME_FILE, shape, first_row=first, process=process) as out:
+    staged = stage_sinograms(scan, rows, parameters.slices_per_chunk, results_dir)
+    with (
+        removed_after(staged),
+        VolumeWriter(results_dir / VOLUME_FILE, shape, first_row=first, process=process) as out,
+    ):
         waiting = iter(chunks)
         submitted: dict[PrefectFuture[np.ndarray], int] = {}
 
@@ -237,7 +276,7 @@ def reconstruct_volume(
             chunk = next(waiting, None)
             if chunk is not None:
                 future = chunk_task.submit(
-                    scan.path, scan.signature, *chunk, centre.centre, parameters, n_threads
+                    scan.path, scan.signature, *chunk, centre.centre, parameters, n_threads, staged
                 )
                 submitted[future] = chunk[0]
 
@@ -260,6 +299,16 @@ def reconstruct_volume(
         centre_of_rotation=centre.centre,
         centre_method=centre.method,
     )
+
+
+@contextmanager
+def removed_after(staged: StagedRows | None) -> Iterator[None]:
+    """Delete the staged rows when the volume is written, or has failed."""
+    try:
+        yield
+    finally:
+        if staged is not None:
+            Path(staged.path).unlink(missing_ok=True)
 
 
 def reconstruct_on_compute(
@@ -322,7 +371,7 @@ def process_tomo(
         chosen,
         triggered_by=triggered_by,
         lims_block=lims_block,
-        program="filtered back projection",
+        program=METHOD_PROGRAMS[chosen.method],
     )
     with job.failure_recorded():
         scan = inspect_scan(job.collection.data_files[0])
@@ -331,7 +380,12 @@ def process_tomo(
         tomogram = reconstruct_on_compute(scan, rows, centre, chosen, job)
         tomogram = write_previews(job, tomogram)
         summary = summarise(
-            scan, rows, tomogram, filter_name=chosen.filter_name, ring_filter=chosen.ring_filter
+            scan,
+            rows,
+            tomogram,
+            filter_name=chosen.filter_name,
+            ring_filter=chosen.ring_filter,
+            method=chosen.method,
         )
         files = write_tomo_summary(job, summary, tomogram)
         record_tomogram(job, tomogram)

@@ -177,6 +177,18 @@ class TomoScan(FileReader):
     def angles_rad(self) -> np.ndarray:
         return np.asarray(np.deg2rad(self.angles_deg))
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The projections' dtype as stored (counts)."""
+        return np.dtype(self._data.dtype)
+
+    @property
+    def rows_per_storage_chunk(self) -> int:
+        """Detector rows one HDF5 chunk of the projections spans (1 if contiguous):
+        reading any row of a chunk reads, and decompresses, all of its rows."""
+        chunks = self._data.chunks
+        return 1 if chunks is None else int(chunks[1])
+
     def _check_rows(self, first_row: int, stop_row: int) -> None:
         if not 0 <= first_row < stop_row <= self.n_rows:
             raise ValueError(

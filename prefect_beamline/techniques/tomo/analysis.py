@@ -89,6 +89,7 @@ def summarise(
     *,
     filter_name: str,
     ring_filter: bool,
+    method: str = "fbp",
 ) -> dict[str, Any]:
     """The numbers of summary.json, the report and the completion event.
 
@@ -101,6 +102,7 @@ def summarise(
         "slice_range": [rows[0], rows[1] - 1],
         "centre_of_rotation": tomogram.centre_of_rotation,
         "centre_method": tomogram.centre_method,
+        "method": method,
         "filter_name": filter_name,
         "ring_filter": ring_filter,
         "volume_file": tomogram.volume_file,

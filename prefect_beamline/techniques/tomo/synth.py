@@ -47,6 +47,7 @@ Z_RANGE = (-0.40, 0.10)
 MAX_ABSORBANCE = 1.2  # the largest -log(transmission) of the scan
 DARK_COUNTS = 100.0
 _SUBSAMPLES = 4
+_RASTER_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -102,20 +103,25 @@ def _line_integrals(
 def _rasterise(
     ellipses: list[tuple[float, float, float, float, float, float]], size: int
 ) -> np.ndarray:
-    """Mean density over each pixel (4 x 4 samples) of an N x N slice, origin at N//2."""
+    """Mean density over each pixel (4 x 4 samples) of an N x N slice, origin at N//2;
+    by bands of rows, so a 2048² slice needs no more than a few tens of MB."""
     offsets = (np.arange(_SUBSAMPLES) + 0.5) / _SUBSAMPLES - 0.5
     half = size // 2
     pixel = np.arange(size, dtype=np.float64)
-    x = (pixel[None, :, None] - half + offsets[None, None, :]).repeat(size, axis=0)
-    y = (half - pixel[:, None, None] + offsets[None, None, :]).repeat(size, axis=1)
-    x = np.repeat(x[..., None], _SUBSAMPLES, axis=3)
-    y = np.repeat(y[..., None, :], _SUBSAMPLES, axis=2)
-    image = np.zeros((size, size, _SUBSAMPLES, _SUBSAMPLES))
-    for density, a, b, x0, y0, phi in ellipses:
-        u = (x - x0) * np.cos(phi) + (y - y0) * np.sin(phi)
-        v = -(x - x0) * np.sin(phi) + (y - y0) * np.cos(phi)
-        image += density * ((u / a) ** 2 + (v / b) ** 2 <= 1.0)
-    return np.asarray(image.mean(axis=(2, 3)))
+    image = np.empty((size, size))
+    for start in range(0, size, _RASTER_ROWS):
+        rows = pixel[start : start + _RASTER_ROWS]
+        x = (pixel[None, :, None] - half + offsets[None, None, :]).repeat(rows.size, axis=0)
+        y = (half - rows[:, None, None] + offsets[None, None, :]).repeat(size, axis=1)
+        x = np.repeat(x[..., None], _SUBSAMPLES, axis=3)
+        y = np.repeat(y[..., None, :], _SUBSAMPLES, axis=2)
+        band = np.zeros((rows.size, size, _SUBSAMPLES, _SUBSAMPLES))
+        for density, a, b, x0, y0, phi in ellipses:
+            u = (x - x0) * np.cos(phi) + (y - y0) * np.sin(phi)
+            v = -(x - x0) * np.sin(phi) + (y - y0) * np.cos(phi)
+            band += density * ((u / a) ** 2 + (v / b) ** 2 <= 1.0)
+        image[start : start + rows.size] = band.mean(axis=(2, 3))
+    return image
 
 
 def _field_of_view(n_columns: int, centre: float) -> tuple[float, float]:
@@ -139,12 +145,32 @@ def phantom_sinogram(
     For benchmarks and kernel tests that need a realistic sinogram without a file. The
     phantom fills the detector as in `write_tomo_scan`; `centre` defaults to n // 2.
     """
+    sinogram, _ = _phantom(n_columns, angles_deg, centre, z)
+    return sinogram
+
+
+def phantom_slice(
+    n_columns: int, angles_deg: np.ndarray, centre: float | None = None, z: float = -0.25
+) -> np.ndarray:
+    """The truth (N x N attenuation per pixel, float32) of `phantom_sinogram` with the
+    same arguments: what a reconstruction of that sinogram is scored against."""
+    _, mu_per_density = _phantom(n_columns, angles_deg, centre, z)
+    axis = n_columns // 2 if centre is None else centre
+    ellipses = _slices_at(z, _field_of_view(n_columns, axis)[1])
+    return np.asarray(_rasterise(ellipses, n_columns) * mu_per_density, dtype=np.float32)
+
+
+def _phantom(
+    n_columns: int, angles_deg: np.ndarray, centre: float | None, z: float
+) -> tuple[np.ndarray, float]:
+    """The sinogram of `phantom_sinogram` and its attenuation per unit density."""
     axis = n_columns // 2 if centre is None else centre
     _, scale = _field_of_view(n_columns, axis)
     t = np.arange(n_columns, dtype=np.float64) - axis
     ellipses = _slices_at(z, scale)
     sinogram = _line_integrals(ellipses, np.deg2rad(np.asarray(angles_deg)), t)
-    return np.asarray(sinogram * (MAX_ABSORBANCE / max(sinogram.max(), 1e-12)), dtype=np.float32)
+    mu_per_density = MAX_ABSORBANCE / max(float(sinogram.max()), 1e-12)
+    return np.asarray(sinogram * mu_per_density, dtype=np.float32), mu_per_density
 
 
 def write_tomo_scan(

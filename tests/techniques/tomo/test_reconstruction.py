@@ -8,12 +8,14 @@ the error at the three defective columns' ring radii about three-fold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from prefect_beamline.ext.backproject import reconstruct
+from prefect_beamline.ext.gridrec import reconstruct_fourier
 from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
 from prefect_beamline.formats.nxtomo import TomoScan
 from prefect_beamline.techniques.tomo.analysis import (
@@ -66,16 +68,19 @@ def test_centre_by_sinogram_metric_without_a_180_projection(tmp_path: Path, offs
     assert abs(centre - scan.centre_true) < CENTRE_TOLERANCE_PX
 
 
-def test_reconstruction_matches_the_phantom(scan: SyntheticTomoScan, sinograms: np.ndarray) -> None:
+@pytest.mark.parametrize("method", [reconstruct, reconstruct_fourier], ids=["fbp", "gridrec"])
+def test_reconstruction_matches_the_phantom(
+    scan: SyntheticTomoScan, sinograms: np.ndarray, method: Callable[..., np.ndarray]
+) -> None:
     filtered = ring_filter(sinograms.copy(), width=9)
-    volume = reconstruct(filtered, np.deg2rad(scan.angles_deg), scan.centre_true, n_threads=2)
+    volume = method(filtered, np.deg2rad(scan.angles_deg), scan.centre_true, n_threads=2)
     assert volume.shape == (N_ROWS, N_COLUMNS, N_COLUMNS)
     # Within the field every angle saw (the axis is off the detector's middle).
     mask = circle_mask(N_COLUMNS, margin=abs(scan.centre_true - (N_COLUMNS - 1) / 2) + 2)
     errors = [nrmse(volume[row], scan.truth[row], mask) for row in range(N_ROWS)]
     assert max(errors) < NRMSE_LIMIT, errors
     # A wrong centre by 3 pixels is visibly worse: the score measures something.
-    shifted = reconstruct(sinograms[:1], np.deg2rad(scan.angles_deg), scan.centre_true + 3)
+    shifted = method(sinograms[:1], np.deg2rad(scan.angles_deg), scan.centre_true + 3)
     assert nrmse(shifted[0], scan.truth[0], mask) > 1.5 * errors[0]
 
 
