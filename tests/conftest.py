@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from prefect_beamline.lims import Lims
 from prefect_beamline.stack import LocalStack, embedded_stack
+from tests.rabbit import rabbit_vhost, zocalo_config  # noqa: F401  (Zocalo tests' fixtures)
 
 LIMS_DATABASES = ("sqlite", "postgresql", "mariadb")
 # The Beamline Compute block the session stack's flows compute on: local threads unless

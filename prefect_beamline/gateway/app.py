@@ -98,6 +98,10 @@ class Receipt(BaseModel):
         "before, nothing written; skipped: stored, not emitted (Bluesky run not completed)"
     )
     sequence: int = Field(description="Position in the outbox; events reach Prefect in order")
+    collection_id: int = Field(
+        description="The LIMS dataCollectionId (for a Bluesky start without one: created "
+        "by the gateway)"
+    )
 
 
 class Ignored(BaseModel):
@@ -374,6 +378,7 @@ def build_app(
             "prefect_event_id": str(prefect_event_id(event.event_id)),
             "status": answer,
             "sequence": sequence,
+            "collection_id": event.collection_id,
         }
         return JSONResponse(receipt, status_code=202 if is_new else 200)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from prefect_beamline.techniques.mx.analysis import GridResult
-from prefect_beamline.zocalo.transport import pika_transport
+from prefect_beamline.zocalo.transport import ensure_queue, pika_transport
 
 if TYPE_CHECKING:
     from prefect_beamline.lims import Lims
@@ -31,9 +31,9 @@ class XrcResult(TypedDict):
 
     centre_of_mass: list[float]
     max_voxel: list[int]
-    max_count: float
+    max_count: int
     n_voxels: int
-    total_count: float
+    total_count: int
     bounding_box: list[list[int]]
     sample_id: int | None
 
@@ -45,9 +45,11 @@ def xrc_result(result: GridResult) -> XrcResult:
     return {
         "centre_of_mass": [result.x + 0.5, result.y + 0.5, 0.5],
         "max_voxel": [int(max_x), int(max_y), 0],
-        "max_count": result.max_count,
+        "max_count": round(result.max_count),
         "n_voxels": int(result.n_voxels if result.n_voxels is not None else 1),
-        "total_count": result.total_count if result.total_count is not None else result.max_count,
+        "total_count": round(
+            result.total_count if result.total_count is not None else result.max_count
+        ),
         "bounding_box": [
             [int(result.box_min_x), int(result.box_min_y), 0],
             [int(result.box_max_x) + 1, int(result.box_max_y) + 1, 1],
@@ -74,6 +76,7 @@ def publish_xrc_results(
     """Send one results message to `queue` at the RabbitMQ `url` (no crystal: `[]`)."""
     from workflows.recipe import RecipeWrapper
 
+    ensure_queue(url, queue)
     transport = pika_transport(url)
     transport.connect()
     try:

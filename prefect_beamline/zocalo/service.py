@@ -23,34 +23,9 @@ from prefect_beamline.gateway.outbox import Outbox
 from prefect_beamline.settings import BeamlineSettings, get_settings
 from prefect_beamline.zocalo.bridge import ZocaloBridge
 from prefect_beamline.zocalo.routing import RoutingTable, deployments_of_prefect_yaml
-from prefect_beamline.zocalo.transport import display, pika_transport
+from prefect_beamline.zocalo.transport import display, ensure_queue, pika_transport
 
 logger = logging.getLogger("prefect_beamline.zocalo")
-
-
-def ensure_queue(url: str, name: str) -> None:
-    """Declare `name` durable unless it exists (a facility's RabbitMQ configuration, with
-    its dead-letter exchange and queue type, is left as it is)."""
-    import pika
-    from pika.exceptions import ChannelClosedByBroker
-
-    from prefect_beamline.zocalo.transport import transport_options
-
-    options = transport_options(url)
-    parameters = pika.ConnectionParameters(
-        host=options["--rabbit-host"],
-        port=int(options["--rabbit-port"]),
-        virtual_host=options["--rabbit-vhost"],
-        credentials=pika.PlainCredentials(options["--rabbit-user"], options["--rabbit-pass"]),
-    )
-    connection = pika.BlockingConnection(parameters)
-    try:
-        try:
-            connection.channel().queue_declare(name, passive=True)
-        except ChannelClosedByBroker:
-            connection.channel().queue_declare(name, durable=True)
-    finally:
-        connection.close()
 
 
 @contextlib.contextmanager

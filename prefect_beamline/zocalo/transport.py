@@ -57,3 +57,26 @@ def pika_transport(url: str) -> PikaTransport:
     transport = PikaTransport()
     transport.config = transport_options(url)  # this instance only, not the class's
     return transport
+
+
+def ensure_queue(url: str, name: str) -> None:
+    """Declare `name` durable unless it exists (a facility's RabbitMQ configuration, with
+    its dead-letter exchange and queue type, is left as it is)."""
+    import pika
+    from pika.exceptions import ChannelClosedByBroker
+
+    options = transport_options(url)
+    parameters = pika.ConnectionParameters(
+        host=options["--rabbit-host"],
+        port=int(options["--rabbit-port"]),
+        virtual_host=options["--rabbit-vhost"],
+        credentials=pika.PlainCredentials(options["--rabbit-user"], options["--rabbit-pass"]),
+    )
+    connection = pika.BlockingConnection(parameters)
+    try:
+        try:
+            connection.channel().queue_declare(name, passive=True)
+        except ChannelClosedByBroker:
+            connection.channel().queue_declare(name, durable=True)
+    finally:
+        connection.close()

@@ -27,10 +27,14 @@ from prefect_beamline.gateway.outbox import Outbox, StoredEvent
 from prefect_beamline.lims import Lims
 from prefect_beamline.zocalo.bridge import Delivery, Rejected, ZocaloBridge
 from prefect_beamline.zocalo.routing import RoutingTable, UnknownRecipe
-from prefect_beamline.zocalo.service import ensure_queue
-from prefect_beamline.zocalo.transport import display, pika_transport, transport_options
+from prefect_beamline.zocalo.transport import (
+    display,
+    ensure_queue,
+    pika_transport,
+    transport_options,
+)
 from tests.helpers import collection_event
-from tests.zocalo.conftest import TRIGGER_ENVIRONMENT, amqp_url, declare_with_dead_letters
+from tests.rabbit import TRIGGER_ENVIRONMENT, amqp_url, declare_with_dead_letters
 
 CLOSED_PORT_API = "http://127.0.0.1:9/api"
 RECIPE_QUEUE = "processing_recipe"

@@ -1,4 +1,5 @@
-"""RabbitMQ for the Zocalo tests: this machine's broker (127.0.0.1:5672, guest), a vhost
+"""RabbitMQ for the Zocalo tests (tests/zocalo, tests/e2e/test_zocalo.py; the fixtures are
+registered in tests/conftest.py): this machine's broker (127.0.0.1:5672, guest), a vhost
 of this test session's own, and a Zocalo configuration file for dodal and zocalo.go.
 
 dodal's ZocaloTrigger and `zocalo.go` always send to the queue `processing_recipe`, so the
