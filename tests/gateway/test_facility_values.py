@@ -186,3 +186,9 @@ def test_results_need_the_daq_token_and_name_an_unknown_collection(
     assert found.status_code == 200, found.text
     assert found.json()["collection"]["visit"] == "cm40607-3"
     assert found.json()["jobs"] == []
+
+
+def test_the_docs_table_lists_every_ispyb_experiment_type() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "zocalo.md").read_text()
+    for ispyb_type in ISPYB_EXPERIMENT_TYPES:
+        assert f"| `{ispyb_type}`" in page, ispyb_type
