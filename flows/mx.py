@@ -213,6 +213,18 @@ def record_mx_results(
         records.record_grid_result(lims, job.program_id, job.data_collection_id, grid_result)
 
 
+@task(**infrastructure_retries())
+def publish_xray_centre(job: Job, grid_result: GridResult | None) -> None:
+    """A grid scan's X-ray centre on RabbitMQ for dodal's ZocaloResults, for the
+    beamlines in `zocalo_xrc_beamlines`; nothing for a rotation."""
+    if job.collection.grid is None:
+        return
+    from prefect_beamline.zocalo.results import publish_configured
+
+    collection = job.collection
+    publish_configured(job.lims(), collection.beamline, job.data_collection_id, grid_result)
+
+
 @task
 def publish_mx_report(
     job: Job,
@@ -250,6 +262,7 @@ def process_mx(
         summary = summarise(images, grid_result)
         files = write_mx_results(job, images, summary)
         record_mx_results(job, images, grid_result)
+        publish_xray_centre(job, grid_result)
         job.attach(files)
         publish_mx_report(job, images, summary, files)
     return job.finish(summary, message=f"{summary['n_images']} images analysed")

@@ -270,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.set_defaults(handler=_gateway)
 
+    bridge = commands.add_parser(
+        "zocalo-bridge",
+        help="consume Zocalo's processing_recipe queue on RabbitMQ (dodal, zocalo.go)",
+    )
+    bridge.set_defaults(handler=_zocalo_bridge)
+
     serve = commands.add_parser("serve", help="serve the deployments of prefect.yaml with triggers")
     serve.add_argument("--prefect-file", type=Path, default=None, help="path of prefect.yaml")
     serve.add_argument("--deployment", action="append", help="serve only this deployment")
@@ -322,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
             module, _, function = spec.cli.partition(":")
             getattr(importlib.import_module(module), function)(commands)
     return parser
+
+
+def _zocalo_bridge(args: argparse.Namespace) -> int:
+    from prefect_beamline.zocalo.service import run_bridge
+
+    run_bridge()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,6 +118,32 @@ class BeamlineSettings(BaseSettings):
         "(Prefect's process worker: PREFECT_WORKER_QUERY_SECONDS, 10 s)",
     )
 
+    # The Zocalo bridge (`prefect-beamline zocalo-bridge`, docs/zocalo.md).
+    zocalo_rabbitmq_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="RabbitMQ the Zocalo bridge consumes from and publishes results to "
+        "(amqp://user:password@host:port/vhost)",
+    )
+    zocalo_recipe_queue: str = Field(
+        "processing_recipe", description="Queue of Zocalo trigger messages (dodal, zocalo.go)"
+    )
+    zocalo_recipes: dict[str, str] = Field(
+        default_factory=lambda: {"mimas": "automatic"},
+        description="Routing table (Zocalo's Mimas): recipe -> `automatic` (the triggers "
+        "of prefect.yaml decide) or a deployment `flow-name/deployment-name`; a recipe "
+        "named like a deployment routes to it without an entry. JSON in the environment",
+    )
+    zocalo_xrc_queue: str = Field(
+        "xrc.{beamline}",
+        description="Queue dodal's ZocaloResults reads grid-scan results from "
+        "({beamline} is replaced; dodal's default channel is xrc.i03)",
+    )
+    zocalo_xrc_beamlines: list[str] = Field(
+        default_factory=list,
+        description="Beamlines whose grid-scan X-ray centres the MX flow publishes on "
+        "RabbitMQ for dodal's ZocaloResults (JSON list); empty: none",
+    )
+
     @cached_property
     def resolved_lims_url(self) -> str:
         return self.lims_url or f"sqlite:///{self.home / 'lims.db'}"

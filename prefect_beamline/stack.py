@@ -256,6 +256,7 @@ def embedded_stack(
     compute_block: str | None = None,
     data_roots: Sequence[Path] | None = None,
     observe: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[LocalStack]:
     """Start what is missing of server, gateway and runner; stop all of it on exit.
 
@@ -276,6 +277,7 @@ def embedded_stack(
     env = stack_environment(workdir, api_url, token, gateway_port, data_roots=data_roots)
     if compute_block:
         env["PREFECT_BEAMLINE_COMPUTE_BLOCK"] = compute_block
+    env.update(settings or {})  # more PREFECT_BEAMLINE_ settings of every process
     if observe:
         env["PREFECT_BEAMLINE_METRICS_PORT"] = str(free_port())
         env["PREFECT_BEAMLINE_TRACE_FILE"] = str(workdir / "traces.jsonl")

@@ -23,11 +23,15 @@ from sqlalchemy.pool import NullPool
 
 from prefect_beamline.lims import Lims
 from prefect_beamline.stack import LocalStack, embedded_stack
+from tests.rabbit import rabbit_vhost, zocalo_config  # noqa: F401  (Zocalo tests' fixtures)
 
 LIMS_DATABASES = ("sqlite", "postgresql", "mariadb")
 # The Beamline Compute block the session stack's flows compute on: local threads unless
 # a test points it at a Dask cluster (and back).
 E2E_COMPUTE_BLOCK = "e2e-compute"
+# The beamline whose grid scans the stack's MX flow publishes for dodal (tests/e2e/test_zocalo.py):
+# results go to RabbitMQ's queue xrc.<beamline> on the default vhost; no other test's beamline.
+ZOCALO_E2E_BEAMLINE = "zb-e2e"
 SERVER_URL_VARIABLES = {
     "postgresql": "PREFECT_BEAMLINE_TEST_POSTGRES_URL",
     "mariadb": "PREFECT_BEAMLINE_TEST_MARIADB_URL",
@@ -99,5 +103,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         compute_block=E2E_COMPUTE_BLOCK,
         data_roots=[tmp_path_factory.getbasetemp()],
         observe=True,
+        settings={"PREFECT_BEAMLINE_ZOCALO_XRC_BEAMLINES": f'["{ZOCALO_E2E_BEAMLINE}"]'},
     ) as running:
         yield running

@@ -50,6 +50,7 @@ from prefect_beamline.gateway.auth import (
     Role,
     check_signature,
 )
+from prefect_beamline.gateway.collection_results import add_results_endpoint
 from prefect_beamline.gateway.door_paths import DoorPathCheck
 from prefect_beamline.gateway.emittable import (
     NotEmittable,
@@ -60,6 +61,7 @@ from prefect_beamline.gateway.emittable import (
 )
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.fast_path import AnnouncementFastPath
+from prefect_beamline.gateway.handled import HandledPairs, NotHandled
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
     RUN_NOT_COMPLETED,
@@ -79,7 +81,9 @@ from prefect_beamline.gateway.mapping import (
 )
 from prefect_beamline.gateway.metrics_endpoint import add_metrics_endpoint
 from prefect_beamline.gateway.outbox import PENDING, SKIPPED, Outbox, OutboxStatus, Submission
+from prefect_beamline.gateway.refused import RefusedStarts
 from prefect_beamline.gateway.writer import GroupCommitWriter
+from prefect_beamline.lims import Lims
 from prefect_beamline.settings import BeamlineSettings
 
 logger = logging.getLogger("prefect_beamline.gateway")
@@ -101,6 +105,10 @@ class Receipt(BaseModel):
         "before, nothing written; skipped: stored, not emitted (Bluesky run not completed)"
     )
     sequence: int = Field(description="Position in the outbox; events reach Prefect in order")
+    collection_id: int = Field(
+        description="The LIMS dataCollectionId (for a Bluesky start without one: created "
+        "by the gateway)"
+    )
 
 
 class Ignored(BaseModel):
@@ -238,9 +246,13 @@ def build_app(
     drainer: Drainer,
     lookup: CollectionLookup,
     access: GatewayAccess | None = None,
+    lims: Lims | None = None,
 ) -> FastAPI:
     """The gateway app; the drainer runs as a background task of its lifespan.
 
+    `lims` creates the DataCollection of a Bluesky start without a `data_collection_id`
+    and serves `GET /api/v1/collections/{id}/results`; None: neither (such a start is
+    refused).
     `access` defaults to the settings' tokens on `settings.gateway_host`; a configuration
     that would leave the gateway open raises GatewayConfigError here.
     """
@@ -251,6 +263,8 @@ def build_app(
     limit = settings.gateway_max_body_bytes
     event_limit = prefect_event_limit()
     writer = GroupCommitWriter(outbox, max_pending=settings.outbox_max_pending)
+    handled = HandledPairs.from_prefect_yaml()
+    refused_starts = RefusedStarts()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -281,6 +295,8 @@ def build_app(
     app.state.outbox = outbox
     app.state.drainer = drainer
     add_metrics_endpoint(app, access=access, outbox=outbox, drainer=drainer)
+    if lims is not None:
+        add_results_endpoint(app, access=access, lims=lims)
     app.state.writer = writer
 
     @app.exception_handler(RequestError)
@@ -332,20 +348,10 @@ def build_app(
         note: str | None = None,
         bluesky_start: dict[str, Any] | None = None,
     ) -> JSONResponse:
-        """Data files under a root (422), the event's size (413 if Prefect would drop it),
-        commit, then answer; 503 (retry) if the outbox cannot be written or is full, 409 if
-        the event id was accepted before with a different body."""
-        try:
-            # Inline, not on a thread: an lstat or two (the files need not exist yet)
-            # cost less than the hop to a worker thread and back.
-            door_paths.check(event.data_files)
-        except OutsideDataRoots as error:
-            raise RequestError(422, str(error)) from None
-        event = tracing.stamp_trace(event)
-        try:
-            encoded = encode_for_prefect(event, event_limit)
-        except NotEmittable as error:
-            raise RequestError(413, str(error)) from None
+        """Checked at the door (`admissible`), commit, then answer; 503 (retry) if the
+        outbox cannot be written or is full, 409 if the event id was accepted before with
+        a different body."""
+        event, encoded = admissible(event)
         try:
             admission = await writer.submit(Submission(event, body, status, note, bluesky_start))
         except SQLAlchemyError as error:
@@ -380,8 +386,61 @@ def build_app(
             "prefect_event_id": prefect_event_id_text(event.event_id),
             "status": answer,
             "sequence": sequence,
+            "collection_id": event.collection_id,
         }
         return JSONResponse(receipt, status_code=202 if is_new else 200)
+
+    def admissible(event: CollectionEvent) -> tuple[CollectionEvent, bytes]:
+        """A deployment processes its technique and experiment type (422), its data files
+        lie under a root (422), Prefect would take its size (413); the event, traced, and
+        its Prefect event as the drainer will send it."""
+        try:
+            handled.check(event)
+        except NotHandled as error:
+            raise RequestError(422, str(error)) from None
+        try:
+            # Inline, not on a thread: an lstat or two (the files need not exist yet)
+            # cost less than the hop to a worker thread and back.
+            door_paths.check(event.data_files)
+        except OutsideDataRoots as error:
+            raise RequestError(422, str(error)) from None
+        event = tracing.stamp_trace(event)
+        try:
+            return event, encode_for_prefect(event, event_limit)
+        except NotEmittable as error:
+            raise RequestError(413, str(error)) from None
+
+    async def accept_start(
+        start: BlueskyStart, body: bytes, document: dict[str, Any]
+    ) -> JSONResponse:
+        """A start document; without a dataCollectionId, the LIMS makes one once the
+        start has passed the door (a start posted again gets the same one)."""
+        event = bluesky_start_to_event(start)
+        if start.data_collection_id is None:
+            stored = await run_in_threadpool(outbox.bluesky_start, start.uid)
+            if stored is not None and stored.get("data_collection_id"):
+                start = start.with_collection(int(stored["data_collection_id"]))
+            else:
+                admissible(event)
+                if lims is None:
+                    raise RequestError(
+                        422, "doc.data_collection_id: required (this gateway creates none)"
+                    )
+                try:
+                    created = await run_in_threadpool(lims.create_data_collection, event)
+                except ValueError as error:
+                    raise RequestError(422, f"doc: {error}") from None
+                except Exception as error:
+                    logger.exception(
+                        "LIMS: creating the data collection of run %s failed", start.uid
+                    )
+                    raise RequestError(
+                        503, f"LIMS: creating the data collection failed; retry: {error!r}"
+                    ) from None
+                start = start.with_collection(created)
+            event = bluesky_start_to_event(start)
+            document = document | {"data_collection_id": start.data_collection_id}
+        return await accept(event, body, bluesky_start=document)
 
     @app.post(
         "/api/v1/collections",
@@ -439,14 +498,20 @@ def build_app(
         if document.name in BLUESKY_IGNORED_DOCUMENTS:
             ignored = Ignored(status="ignored", name=document.name)
             return JSONResponse(ignored.model_dump(), status_code=200)
+        if document.name == "start":
+            with refused_starts.remembered(document.doc.get("uid")):
+                try:
+                    start = parse_bluesky_start(document.doc)
+                    return await accept_start(start, body, document.doc)
+                except InvalidDocument as error:
+                    raise RequestError(422, error.errors, str(error)) from None
+                except MappingError as error:
+                    raise RequestError(error.status_code, str(error)) from None
         try:
-            if document.name == "start":
-                start = parse_bluesky_start(document.doc)
-                return await accept(bluesky_start_to_event(start), body, bluesky_start=document.doc)
             stop = parse_bluesky_stop(document.doc)
             stored = await run_in_threadpool(outbox.bluesky_start, stop.run_start)
             stored_start = BlueskyStart.model_validate(stored) if stored is not None else None
-            event = bluesky_stop_to_event(stop, stored_start)
+            event = bluesky_stop_to_event(stop, stored_start, refused_starts.reason(stop.run_start))
         except InvalidDocument as error:
             raise RequestError(422, error.errors, str(error)) from None
         except MappingError as error:

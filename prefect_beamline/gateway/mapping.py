@@ -20,7 +20,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prefect_beamline.events import (
     CollectionEvent,
@@ -31,6 +38,7 @@ from prefect_beamline.events import (
     TechniqueName,
 )
 from prefect_beamline.lims import CollectionDescription
+from prefect_beamline.lims.schema import ISPYB_EXPERIMENT_TYPES, technique_for_experiment_type
 
 CollectionLookup = Callable[[int], CollectionDescription | None]
 """Resolves a data collection id, e.g. `Lims(url).get_collection`; None when unknown."""
@@ -54,6 +62,9 @@ BlueskyDocumentName = Literal[
     "stream_datum",
 ]
 BLUESKY_IGNORED_DOCUMENTS = frozenset(get_args(BlueskyDocumentName)) - {"start", "stop"}
+# The collection id of a start document without one while it is checked at the door,
+# before the gateway creates its DataCollection (`BlueskyStart.with_collection`).
+PROVISIONAL_COLLECTION_ID = 1
 RUN_NOT_COMPLETED = "run ended with exit_status {exit_status!r}: recorded, not emitted"
 
 
@@ -192,7 +203,11 @@ class BlueskyDocument(BaseModel):
 class BlueskyStart(BaseModel):
     """The keys of a start document the gateway reads (RE.md or plan metadata).
 
-    Other keys (scan_id, plan_name, ...) are allowed and ignored.
+    Without `data_collection_id` (a DAQ whose ISPyB row is made during the run, as
+    Hyperion's ISPyB callback does) the gateway creates the DataCollection in the LIMS.
+    `data_file` and `num_images` are read as `data_files` and `image_range` (1, n); an
+    ISPyB experimentType ("SAD", "Mesh3D", ...) as `experiment_type` names the technique
+    too. Other keys (scan_id, plan_name, ...) are allowed and ignored.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -200,25 +215,60 @@ class BlueskyStart(BaseModel):
     uid: str = Field(min_length=1, max_length=200, description="Run uid; the event id")
     time: EpochSeconds | None = Field(None, description="Start time, seconds since the epoch")
     technique: TechniqueName = Field(
-        description="a registered technique: mx, tomo, em, ptycho, ..."
+        description="a registered technique: mx, tomo, em, ptycho, ...; may be left out "
+        "when experiment_type is an ISPyB experimentType"
     )
-    experiment_type: str = Field("default", description="e.g. rotation, gridscan")
+    experiment_type: str = Field(
+        "default", description="e.g. rotation, gridscan, or ISPyB's SAD, Mesh3D, OSC"
+    )
     beamline: str = Field(description="Beamline name, e.g. i03")
     visit: str = Field(description="Visit, e.g. mx12345-1")
-    data_collection_id: LimsId = Field(description="LIMS dataCollectionId (1 to 2**31 - 1)")
-    data_files: list[str] = Field(description="Absolute path(s) of the data (NXmx: master)")
+    data_collection_id: LimsId | None = Field(
+        None,
+        description="LIMS dataCollectionId (1 to 2**31 - 1); absent: the gateway "
+        "creates the DataCollection",
+    )
+    data_files: list[str] = Field(
+        description="Absolute path(s) of the data (NXmx: master); or `data_file`"
+    )
     image_range: tuple[ImageNumber, ImageNumber] | None = Field(
-        None, description="First, last image (1-based)"
+        None, description="First, last image (1-based); or `num_images`"
     )
     grid: GridScan | None = Field(None, description="Grid geometry of a grid scan")
     processing: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the flow's processing parameters"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _usual_keys(cls, value: Any) -> Any:
+        """`data_file`, `num_images` and ISPyB experiment types, read as our keys."""
+        if not isinstance(value, dict):
+            return value
+        document = dict(value)
+        if "data_files" not in document and "data_file" in document:
+            document["data_files"] = document["data_file"]
+        images = document.get("num_images")
+        if document.get("image_range") is None and isinstance(images, int) and images >= 1:
+            document["image_range"] = (1, images)
+        ispyb_type = document.get("experiment_type")
+        if isinstance(ispyb_type, str) and ispyb_type in ISPYB_EXPERIMENT_TYPES:
+            try:
+                technique, experiment_type = technique_for_experiment_type(ispyb_type)
+            except ValueError:
+                return document  # not processed here: the door names the pair
+            if document.setdefault("technique", technique) == technique:
+                document["experiment_type"] = experiment_type
+        return document
+
     @field_validator("data_files", mode="before")
     @classmethod
     def _one_path_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    def with_collection(self, data_collection_id: int) -> BlueskyStart:
+        """This start with the dataCollectionId the gateway created for it."""
+        return self.model_copy(update={"data_collection_id": data_collection_id})
 
 
 class BlueskyStop(BaseModel):
@@ -256,8 +306,19 @@ def bluesky_start_to_event(start: BlueskyStart) -> CollectionEvent:
     return _event_from_start(start, CollectionEventKind.started, start.uid, start.time)
 
 
-def bluesky_stop_to_event(stop: BlueskyStop, start: BlueskyStart | None) -> CollectionEvent:
-    """A `finished` event for a stop document, completed from its stored start document."""
+def bluesky_stop_to_event(
+    stop: BlueskyStop, start: BlueskyStart | None, refused: str | None = None
+) -> CollectionEvent:
+    """A `finished` event for a stop document, completed from its stored start document.
+
+    `refused`: why this gateway refused the start document, when it did.
+    """
+    if start is None and refused is not None:
+        raise MappingError(
+            f"doc.run_start: the start document {stop.run_start!r} was refused ({refused}); "
+            "nothing of this run is processed",
+            status_code=409,
+        )
     if start is None:
         raise MappingError(
             f"doc.run_start: no start document with uid {stop.run_start!r} was accepted; "
@@ -290,7 +351,7 @@ def _event_from_start(
             experiment_type=start.experiment_type,
             beamline=start.beamline,
             visit=start.visit,
-            collection_id=start.data_collection_id,
+            collection_id=start.data_collection_id or PROVISIONAL_COLLECTION_ID,
             data_files=start.data_files,
             image_range=start.image_range,
             grid=start.grid,

@@ -7,7 +7,7 @@ import gc
 import importlib.util
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,6 +27,9 @@ from prefect_beamline.gateway.outbox import Outbox, Page
 from prefect_beamline.settings import BeamlineSettings, get_settings
 from prefect_beamline.tracing import configure_tracing
 
+if TYPE_CHECKING:
+    from prefect_beamline.lims import Lims
+
 
 def prefect_api_url() -> str:
     """PREFECT_API_URL as Prefect resolves it (environment or profile)."""
@@ -41,15 +44,20 @@ def prefect_api_url() -> str:
     return str(url)
 
 
-def lims_lookup(settings: BeamlineSettings) -> CollectionLookup:
-    """`Lims.get_collection` of the configured LIMS; an embedded SQLite LIMS gets its
-    tables created (a production ISPyB is left alone)."""
+def gateway_lims(settings: BeamlineSettings) -> Lims:
+    """The configured LIMS; an embedded SQLite LIMS gets its tables created (a
+    production ISPyB is left alone)."""
     from prefect_beamline.lims import Lims
 
     lims = Lims(settings.resolved_lims_url)
     if make_url(settings.resolved_lims_url).get_backend_name() == "sqlite":
         lims.create_schema()
-    return lims.get_collection
+    return lims
+
+
+def lims_lookup(settings: BeamlineSettings) -> CollectionLookup:
+    """`Lims.get_collection` of the configured LIMS."""
+    return gateway_lims(settings).get_collection
 
 
 def create_app(
@@ -73,20 +81,33 @@ def create_app(
     configure_tracing("prefect-beamline-gateway")
     outbox = Outbox(settings.resolved_outbox_url)
     outbox.take_over_checkpoints()  # the drainer's thread checkpoints, not a request's commit
-    emitter = PrefectEmitter(api_url or prefect_api_url(), headers=prefect_auth_headers())
+    lims = gateway_lims(settings)
     return build_app(
         settings=settings,
         outbox=outbox,
-        drainer=Drainer(
-            outbox,
-            emitter,
-            backoff=backoff,
-            event_backoff=event_backoff,
-            max_attempts=settings.outbox_max_attempts,
-            retention=timedelta(hours=settings.outbox_retention_hours),
-        ),
-        lookup=lookup or lims_lookup(settings),
+        drainer=configured_drainer(outbox, settings, api_url, backoff, event_backoff),
+        lookup=lookup or lims.get_collection,
         access=access,
+        lims=lims,
+    )
+
+
+def configured_drainer(
+    outbox: Outbox,
+    settings: BeamlineSettings,
+    api_url: str | None = None,
+    backoff: Backoff | None = None,
+    event_backoff: Backoff = EVENT_BACKOFF,
+) -> Drainer:
+    """The drainer of `outbox` to `api_url` (default PREFECT_API_URL), as configured."""
+    emitter = PrefectEmitter(api_url or prefect_api_url(), headers=prefect_auth_headers())
+    return Drainer(
+        outbox,
+        emitter,
+        backoff=backoff,
+        event_backoff=event_backoff,
+        max_attempts=settings.outbox_max_attempts,
+        retention=timedelta(hours=settings.outbox_retention_hours),
     )
 
 

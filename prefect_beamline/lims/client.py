@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -249,6 +249,38 @@ class Lims:
             if event.grid is not None:
                 upsert_grid(session, collection, event.grid)
         return event.collection_id
+
+    def create_data_collection(self, event: CollectionEvent) -> int:
+        """A new DataCollection for an announcement that has no id yet (as Hyperion's
+        ISPyB callback makes one during the run); returns its dataCollectionId.
+
+        The id is the largest one + 1, taken under the write lock (a unique-key race on
+        a server database is retried by `retrying`); `event.collection_id` is ignored.
+        """
+        new_id = self._allocate_collection(event)
+        self.record_data_collection(event.model_copy(update={"collection_id": new_id}))
+        return new_id
+
+    @retrying
+    def _allocate_collection(self, event: CollectionEvent) -> int:
+        experiment_type = ispyb_experiment_type(event.technique, event.experiment_type)
+        code, number, visit_number = split_visit(event.visit)
+        with self.transaction(write=True) as session:
+            new_id = (session.scalar(select(func.max(DataCollection.dataCollectionId))) or 0) + 1
+            session_id = upsert_session(
+                session, event.visit, code, number, visit_number, event.beamline
+            )
+            group = DataCollectionGroup(sessionId=session_id, experimentType=experiment_type)
+            session.add(group)
+            session.flush()
+            session.add(
+                DataCollection(
+                    dataCollectionId=new_id,
+                    dataCollectionGroupId=group.dataCollectionGroupId,
+                    startTime=naive_utc(event.timestamp),
+                )
+            )
+        return new_id
 
     @retrying
     def get_collection(self, data_collection_id: int) -> CollectionDescription | None:

@@ -53,6 +53,37 @@ TEXT_LENGTH = 255
 ATTACHMENT_FILE_TYPES = ("Log", "Result", "Graph", "Debug", "Input")
 
 
+# ISPyB's DataCollectionGroup.experimentType enumeration (ispyb-database, up to 'Atlas').
+# Each value is mapped to a technique by that technique's spec, or listed in
+# ISPYB_NOT_PROCESSED with the reason; docs/zocalo.md has the table.
+ISPYB_EXPERIMENT_TYPES = (
+    "SAD", "SAD - Inverse Beam", "OSC", "Collect - Multiwedge", "MAD", "Helical",
+    "Multi-positional", "Mesh", "Burn", "MAD - Inverse Beam", "Characterization",
+    "Dehydration", "tomo", "experiment", "EM", "PDF", "PDF+Bragg", "Bragg",
+    "single particle", "Serial Fixed", "Serial Jet", "Standard", "Time Resolved",
+    "Diamond Anvil High Pressure", "Custom", "XRF map", "Energy scan", "XRF spectrum",
+    "XRF map xas", "Mesh3D", "Screening", "Still", "SSX-Chip", "SSX-Jet", "Metal ID", "Atlas",
+)  # fmt: skip
+# ISPyB values no installed technique processes, and why (a technique that does takes
+# them into its spec's experiment_types).
+ISPYB_NOT_PROCESSED = {
+    "Serial Fixed": "serial crystallography (fixed target): no ssx technique installed",
+    "Serial Jet": "serial crystallography (jet): no ssx technique installed",
+    "SSX-Chip": "serial crystallography (chip): no ssx technique installed",
+    "SSX-Jet": "serial crystallography (jet): no ssx technique installed",
+    "PDF": "pair distribution function: no powder technique installed",
+    "PDF+Bragg": "pair distribution function: no powder technique installed",
+    "Bragg": "powder diffraction: no powder technique installed",
+    "XRF map": "X-ray fluorescence: no spectroscopy technique installed",
+    "XRF spectrum": "X-ray fluorescence: no spectroscopy technique installed",
+    "XRF map xas": "X-ray absorption: no spectroscopy technique installed",
+    "Energy scan": "absorption-edge scan: no spectroscopy technique installed",
+    "experiment": "generic experiment: nothing says which technique it is",
+    "Custom": "non-standard collection: nothing says which technique it is",
+    "Atlas": "cryo-EM grid atlas (overview images): nothing to process",
+}
+
+
 def ispyb_experiment_type(technique: str, experiment_type: str) -> str:
     """ISPyB's DataCollectionGroup.experimentType for an event's technique and variant.
 
@@ -78,9 +109,10 @@ def technique_for_experiment_type(ispyb_type: str | None) -> tuple[str, str]:
     try:
         return mapping[ispyb_type or ""]
     except KeyError:
+        why = ISPYB_NOT_PROCESSED.get(ispyb_type or "")
         raise ValueError(
             f"DataCollectionGroup.experimentType {ispyb_type!r} is not mapped to a "
-            f"technique; mapped: {', '.join(mapping)} "
+            f"technique{f' ({why})' if why else ''}; mapped: {', '.join(mapping)} "
             "(a technique's spec lists its experiment_types)"
         ) from None
 

@@ -231,7 +231,7 @@ def test_bluesky_stop_without_its_start_is_409_naming_the_uid(
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"data_collection_id": None}, "doc.data_collection_id"),
+        ({"data_collection_id": 0}, "doc.data_collection_id"),
         ({"technique": "xrf"}, "doc.technique"),
         ({"data_files": "relative.h5"}, "doc"),
         ({"processing": [1]}, "doc.processing"),

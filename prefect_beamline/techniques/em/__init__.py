@@ -5,7 +5,7 @@ from prefect_beamline.techniques import Benchmark, TechniqueSpec
 SPEC = TechniqueSpec(
     name="em",
     title="Cryo-EM on the fly: motion correction, dose weighting and CTF per movie",
-    experiment_types=(("EM", "default"),),
+    experiment_types=(("EM", "default"), ("single particle", "default")),
     benchmarks={
         "em": Benchmark(
             "benchmarks.em",

@@ -18,7 +18,9 @@ Differences from ISPyB, each for idempotent writes:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -235,3 +237,21 @@ def grid_result(lims: Lims, program_id: int) -> GridResult | None:
             n_voxels=row.numberOfVoxels,
             total_count=row.totalCount,
         )
+
+
+def results_summary(lims: Lims, program_id: int) -> dict[str, Any]:
+    """What the gateway's results endpoint shows of one MX program: per-image totals and
+    the X-ray centre (ours, and in the shape dodal's ZocaloResults reads)."""
+    from prefect_beamline.zocalo.results import xrc_result
+
+    images = image_quality(lims, program_id)
+    centre = grid_result(lims, program_id)
+    return {
+        "n_images": len(images),
+        "n_spots_total": sum(image.n_spots for image in images),
+        "best_d_min_angstrom": min(
+            (i.d_min_angstrom for i in images if i.d_min_angstrom is not None), default=None
+        ),
+        "xray_centre": asdict(centre) if centre is not None else None,
+        "zocalo_xrc": [xrc_result(centre)] if centre and centre.status == "success" else [],
+    }
