@@ -54,6 +54,7 @@ from prefect_beamline.flows.rerun import (
     describe_run_trigger,
     flow_run_url,
     rename_run,
+    rerun_form_url,
     run_created_by_automation,
     run_name,
     starting_run_name,
@@ -127,7 +128,7 @@ class Job:
     recipe: str
     results_dir: Path
     lims_block: str | None = None
-    # The effective parameters (science model fields, JSON values) this job runs with.
+    # The effective settings (the technique model's fields, JSON values) it runs with.
     parameters: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -169,7 +170,29 @@ class Job:
             "processing_job_id": self.processing_job_id,
         }
         publish_processing_event(self.collection, self, result)
+        publish_job_card(self, message)
+        get_run_logger().info("%s; results in %s", message, self.results_dir)
         return result
+
+
+def publish_job_card(job: Job, message: str) -> None:
+    """A markdown artifact on the run: its LIMS job, results folder, and the run form
+    filled in with this job's parameters (to rerun the collection changing one)."""
+    from prefect.runtime import deployment
+
+    lines = [
+        f"# dc{job.data_collection_id} job {job.processing_job_id}: {message}",
+        "",
+        f"- Results folder: `{job.results_dir}`",
+        f"- LIMS: ProcessingJob {job.processing_job_id} ({job.recipe}), "
+        f"AutoProcProgram {job.program_id}",
+        f"- Rerun command: `{(job.results_dir / 'command.txt').name}` in the folder",
+    ]
+    ui_url = ui_base_url()
+    if ui_url and deployment.id:
+        form = rerun_form_url(ui_url, str(deployment.id), job.data_collection_id, job.parameters)
+        lines.append(f"- [Rerun this collection with these values, changing any]({form})")
+    create_markdown_artifact("\n".join(lines), description=f"Job {job.processing_job_id}")
 
 
 @task(**infrastructure_retries())
@@ -207,7 +230,6 @@ def record_processing_job(
     trigger: Trigger,
     lims_block: str | None,
     program: str,
-    science: bool = True,
     traceparent: str | None = None,
 ) -> Job | EventAlreadyProcessed:
     """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run),
@@ -249,7 +271,7 @@ def record_processing_job(
     command = rerun_command(
         collection.collection_id,
         recipe,
-        chosen.effective.model_dump(mode="json") if science else {},
+        chosen.effective.model_dump(mode="json"),
     )
     program_id = lims.start_program(
         processing_job_id=job_id,
@@ -269,7 +291,8 @@ def record_processing_job(
         "flow_run_url": run_url,
     }
     write_job_folder(results_dir, inputs, command, provenance)
-    job = Job(collection, job_id, program_id, recipe, results_dir, lims_block, values)
+    settings = chosen.effective.model_dump(mode="json")
+    job = Job(collection, job_id, program_id, recipe, results_dir, lims_block, settings)
     logger = get_run_logger()
     logger.info(
         "%s job %d of dc%d (%s, %s): results in %s",
@@ -489,7 +512,6 @@ def open_job(
         trigger=trigger,
         lims_block=lims_block,
         program=program,
-        science=model is not None,
         traceparent=announced.traceparent if announced else None,
     )
     if isinstance(job, EventAlreadyProcessed):

@@ -14,6 +14,7 @@ finished, the session's defocus, drift and fit-resolution statistics.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
     Announcement,
     CollectionId,
     LimsBlock,
@@ -174,7 +176,10 @@ def refresh_session_statistics(job: Job) -> None:
 
 
 def reprocess_session(
-    collection_id: int, parameters: EMParameters | None, triggered_by: str, lims_block: str | None
+    collection_id: int,
+    parameters: EMParameters | Mapping[str, Any],
+    triggered_by: str,
+    lims_block: str | None,
 ) -> dict[str, Any]:
     """One flow run of this deployment per recorded movie (inline when run locally)."""
     from prefect.deployments import run_deployment
@@ -182,7 +187,10 @@ def reprocess_session(
     movies = records.movies_for_collection(open_lims(lims_block), collection_id)
     if not movies:
         raise ValueError(f"data collection {collection_id} has no movies recorded in the LIMS")
-    overrides = parameters.model_dump(exclude_unset=True) if parameters else {}
+    if isinstance(parameters, EMParameters):
+        overrides = parameters.model_dump(mode="json", exclude_unset=True)
+    else:
+        overrides = dict(parameters)
     deployment_name = current_deployment.name
     runs = []
     for movie in movies:
@@ -223,15 +231,15 @@ def announced_movie(movie: str | None, collection: CollectionEvent | None) -> st
 )
 def process_em_movie(
     collection_id: CollectionId,
-    parameters: EMParameters | SkipJsonSchema[None] = None,
+    parameters: EMParameters = NO_CHANGES,
     collection: Announcement = None,
     triggered_by: TriggeredBy = "",
     lims_block: LimsBlock = None,
-    movie: str | SkipJsonSchema[None] = None,
+    movie: str = "",
 ) -> dict[str, Any]:
     """Motion correction, dose weighting and CTF estimation of one movie."""
-    movie = announced_movie(movie, collection)
-    if movie is None:
+    movie_file = announced_movie(movie, collection)
+    if movie_file is None:
         return reprocess_session(collection_id, parameters, triggered_by, lims_block)
     job = open_job(
         collection_id,
@@ -241,14 +249,16 @@ def process_em_movie(
         triggered_by=triggered_by,
         lims_block=lims_block,
         program="motion correction + CTF",
-        data_file=movie,
-        extra={"movie": movie},
+        data_file=movie_file,
+        extra={"movie": movie_file},
     )
     chosen = job.settings(EMParameters)
-    with job.failure_recorded(what=Path(movie).name):
+    with job.failure_recorded(what=Path(movie_file).name):
         n_threads = configured_compute().threads_per_chunk
-        movie_id = record_movie(job, movie)
-        result = correct_movie(movie, Path(movie).stem, chosen, job.results_dir, n_threads)
+        movie_id = record_movie(job, movie_file)
+        result = correct_movie(
+            movie_file, Path(movie_file).stem, chosen, job.results_dir, n_threads
+        )
         files = write_star_rows(job, result, chosen)
         record_em_results(job, movie_id, result)
         job.attach(files)

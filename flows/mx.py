@@ -17,7 +17,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
 from pydantic import Field
-from pydantic.json_schema import SkipJsonSchema
 
 from prefect_beamline.events import GridScan
 from prefect_beamline.ext.spotfind import DispersionParameters, find_spots
@@ -30,6 +29,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
     Announcement,
     CollectionId,
     LimsBlock,
@@ -228,7 +228,7 @@ def publish_mx_report(
 @technique_flow("mx-processing")
 def process_mx(
     collection_id: CollectionId,
-    parameters: MXParameters | SkipJsonSchema[None] = None,
+    parameters: MXParameters = NO_CHANGES,
     collection: Announcement = None,
     triggered_by: TriggeredBy = "",
     lims_block: LimsBlock = None,

@@ -17,7 +17,6 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import Field, field_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from prefect_beamline.flows.common import (
     Job,
@@ -28,6 +27,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
     Announcement,
     CollectionId,
     LimsBlock,
@@ -62,6 +62,7 @@ class PtychoParameters(ScienceParameters):
         description="Starting probe: reconstruction.h5 of an earlier run, or its processing "
         "job id; empty: estimated from the mean diffraction pattern",
     )
+
     @field_validator("probe_from", mode="before")
     @classmethod
     def _job_id_as_text(cls, value: object) -> object:
@@ -159,7 +160,7 @@ def publish_ptycho_artifacts(
 @technique_flow("ptycho-processing")
 def process_ptycho(
     collection_id: CollectionId,
-    parameters: PtychoParameters | SkipJsonSchema[None] = None,
+    parameters: PtychoParameters = NO_CHANGES,
     collection: Announcement = None,
     triggered_by: TriggeredBy = "",
     lims_block: LimsBlock = None,

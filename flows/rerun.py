@@ -63,6 +63,9 @@ class ScienceParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_form_fields)
 
 
+# The default of a flow's `parameters`: no change. The form starts with every field blank
+# (an object, not the null of `Model | None` that the UI shows as a type switch).
+NO_CHANGES: Any = {}
 # The flow parameters nobody types: left out of the UI's run form.
 Announcement = SkipJsonSchema[CollectionEvent | None]
 TriggeredBy = SkipJsonSchema[str]

@@ -17,7 +17,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from pydantic import Field, field_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from prefect_beamline.ext.backproject import FilterName, reconstruct
 from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
@@ -30,6 +29,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
     Announcement,
     CollectionId,
     LimsBlock,
@@ -313,7 +313,7 @@ def publish_tomo_report(job: Job, summary: dict[str, Any], tomogram: TomogramRec
 @technique_flow("tomo-processing")
 def process_tomo(
     collection_id: CollectionId,
-    parameters: TomoParameters | SkipJsonSchema[None] = None,
+    parameters: TomoParameters = NO_CHANGES,
     collection: Announcement = None,
     triggered_by: TriggeredBy = "",
     lims_block: LimsBlock = None,
