@@ -16,19 +16,19 @@ differing only in `triggered_by`.
 from __future__ import annotations
 
 import functools
-import getpass
 import inspect
 import json
+import shlex
 import textwrap
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prefect import Flow, Task, flow, task
+from prefect import Flow, Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.events import emit_event
@@ -47,9 +47,23 @@ from prefect_beamline.events import (
     LABEL_VISIT,
     CollectionEvent,
 )
+from prefect_beamline.flows.rerun import (
+    Chosen,
+    Trigger,
+    choose_parameters,
+    describe_run_trigger,
+    flow_run_url,
+    rename_run,
+    rerun_form_url,
+    run_created_by_automation,
+    run_name,
+    starting_run_name,
+    ui_base_url,
+)
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.lims import CollectionDescription, EventAlreadyProcessed, Lims
 from prefect_beamline.metrics import count_run_states
+from prefect_beamline.provenance import PROVENANCE_FILE, code_identity, job_provenance, lims_summary
 from prefect_beamline.settings import get_settings
 from prefect_beamline.tracing import configure_tracing, job_trace_id
 
@@ -66,7 +80,7 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
 )
 INFRASTRUCTURE_RETRIES = 3
 INFRASTRUCTURE_BACKOFF = exponential_backoff(backoff_factor=2)
-AUTOMATION = "automation"
+ParametersT = TypeVar("ParametersT", bound=BaseModel)
 # The final state of a run whose event already has its job (see `run_once_per_event`).
 ALREADY_PROCESSED = "AlreadyProcessed"
 
@@ -100,28 +114,6 @@ def open_lims(lims_block: str | None) -> Lims:
     return Lims.from_settings()
 
 
-def describe_trigger(triggered_by: str) -> tuple[bool, str]:
-    """(automatic, who) from the flow's `triggered_by` parameter.
-
-    Automations pass "automation:<event id>"; anything else is a person or a script,
-    recorded with the OS user of the process that created the run when not given.
-    """
-    if triggered_by.startswith(AUTOMATION):
-        return True, triggered_by
-    return False, triggered_by or f"manual:{getpass.getuser()}"
-
-
-def trigger_event(triggered_by: str) -> str | None:
-    """The DAQ event id of an automatic run ("automation:<event id>"), else None.
-
-    An automatic run claims its event in the LIMS, so the event makes one job however
-    often Prefect starts a run for it; manual reruns are new jobs by design.
-    """
-    automatic, who = describe_trigger(triggered_by)
-    event_id = who.removeprefix(f"{AUTOMATION}:") if automatic else ""
-    return event_id or None
-
-
 @dataclass(frozen=True)
 class Job:
     """One processing job: its collection, LIMS ids, recipe and results folder.
@@ -136,10 +128,18 @@ class Job:
     recipe: str
     results_dir: Path
     lims_block: str | None = None
+    # The effective settings (the technique model's fields, JSON values) it runs with.
+    parameters: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def data_collection_id(self) -> int:
         return self.collection.collection_id
+
+    def settings(self, model: type[ParametersT]) -> ParametersT:
+        """The effective parameters as the technique's model."""
+        return model.model_validate(
+            {key: value for key, value in self.parameters.items() if key in model.model_fields}
+        )
 
     def lims(self) -> Lims:
         """The LIMS this job is recorded in."""
@@ -170,7 +170,29 @@ class Job:
             "processing_job_id": self.processing_job_id,
         }
         publish_processing_event(self.collection, self, result)
+        publish_job_card(self, message)
+        get_run_logger().info("%s; results in %s", message, self.results_dir)
         return result
+
+
+def publish_job_card(job: Job, message: str) -> None:
+    """A markdown artifact on the run: its LIMS job, results folder, and the run form
+    filled in with this job's parameters (to rerun the collection changing one)."""
+    from prefect.runtime import deployment
+
+    lines = [
+        f"# dc{job.data_collection_id} job {job.processing_job_id}: {message}",
+        "",
+        f"- Results folder: `{job.results_dir}`",
+        f"- LIMS: ProcessingJob {job.processing_job_id} ({job.recipe}), "
+        f"AutoProcProgram {job.program_id}",
+        f"- Rerun command: `{(job.results_dir / 'command.txt').name}` in the folder",
+    ]
+    ui_url = ui_base_url()
+    if ui_url and deployment.id:
+        form = rerun_form_url(ui_url, str(deployment.id), job.data_collection_id, job.parameters)
+        lines.append(f"- [Rerun this collection with these values, changing any]({form})")
+    create_markdown_artifact("\n".join(lines), description=f"Job {job.processing_job_id}")
 
 
 @task(**infrastructure_retries())
@@ -204,49 +226,103 @@ def record_processing_job(
     collection: CollectionDescription,
     *,
     recipe: str,
-    parameters: Mapping[str, Any],
-    triggered_by: str,
+    chosen: Chosen[Any],
+    trigger: Trigger,
     lims_block: str | None,
     program: str,
     traceparent: str | None = None,
 ) -> Job | EventAlreadyProcessed:
-    """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run).
+    """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run),
+    its job folder (inputs, provenance, rerun command), and name the run for it.
 
     An automatic run whose event already has a job of another flow run gets that
     answer back (returned, not raised: the task did its work, it found the first job).
     """
-    automatic, who = describe_trigger(triggered_by)
     lims = open_lims(lims_block)
     run_id = str(flow_run.get_id() or "local")
+    flow_name = str(flow_run.get_flow_name() or recipe)
+    run_url = flow_run_url(ui_base_url(), run_id) if flow_run.get_id() else None
+    values = chosen.values()
+    provenance = job_provenance(collection.data_files, values)
+    record: dict[str, Any] = {
+        "rerun.changed": chosen.changed,
+        "rerun.based_on_job": chosen.based_on_job,
+        "prefect.flow_run_url": run_url,
+        **{f"provenance.{key}": value for key, value in lims_summary(provenance).items()},
+    }
     try:
         job_id = lims.record_processing_job(
             data_collection_id=collection.collection_id,
             recipe=recipe,
-            display_name=f"{recipe} ({flow_run.get_name() or run_id})",
-            automatic=automatic,
-            triggered_by=who,
-            parameters=parameters,
+            display_name=run_name(flow_name, collection.collection_id, None) + "-job{job}",
+            automatic=trigger.automatic,
+            triggered_by=trigger.who,
+            parameters=values,
             run_key=run_id,
-            trigger_event=trigger_event(triggered_by),
+            trigger_event=trigger.event_id if trigger.automatic else None,
             trace_id=job_trace_id(traceparent),
+            record=record,
         )
     except EventAlreadyProcessed as first:
         return first
-    command = rerun_command(collection.collection_id, recipe)
+    name = run_name(flow_name, collection.collection_id, job_id)
+    if flow_run.get_id():
+        rename_run(name)
+    command = rerun_command(
+        collection.collection_id,
+        recipe,
+        chosen.effective.model_dump(mode="json"),
+    )
     program_id = lims.start_program(
         processing_job_id=job_id,
-        programs=f"prefect-beamline {recipe}",
+        programs=f"{code_identity()['package']} {code_identity()['version']} {recipe}",
         command_line=command,
-        environment=f"prefect flow run {run_id}",
+        environment=f"prefect flow run {name} ({run_id})",
     )
     results_dir = results_directory(collection, recipe, job_id)
-    write_job_folder(results_dir, parameters, command, triggered_by=who, flow_run_id=run_id)
-    return Job(collection, job_id, program_id, recipe, results_dir, lims_block)
+    inputs = {
+        "parameters": values,
+        "changed": chosen.changed,
+        "based_on_job": chosen.based_on_job,
+        "triggered_by": trigger.who,
+        "automatic": trigger.automatic,
+        "flow_run_id": run_id,
+        "flow_run_name": name,
+        "flow_run_url": run_url,
+    }
+    write_job_folder(results_dir, inputs, command, provenance)
+    settings = chosen.effective.model_dump(mode="json")
+    job = Job(collection, job_id, program_id, recipe, results_dir, lims_block, settings)
+    logger = get_run_logger()
+    logger.info(
+        "%s job %d of dc%d (%s, %s): results in %s",
+        recipe,
+        job_id,
+        collection.collection_id,
+        "automatic" if trigger.automatic else "manual",
+        trigger.who,
+        results_dir,
+    )
+    if trigger.ignored:
+        logger.warning(
+            "triggered_by=%r ignored: Prefect did not create this run from an automation, "
+            "so it is recorded as manual",
+            trigger.ignored,
+        )
+    if chosen.based_on_job is not None:
+        logger.info(
+            "parameters of job %d, changed: %s", chosen.based_on_job, chosen.changed or "nothing"
+        )
+    return job
 
 
-def rerun_command(collection_id: int, recipe: str) -> str:
-    """The CLI command that reruns this job's deployment on its collection."""
-    return f"prefect-beamline rerun {collection_id} --deployment {recipe}"
+def rerun_command(collection_id: int, recipe: str, parameters: Mapping[str, Any]) -> str:
+    """The CLI command that reruns this job: its deployment on its collection with every
+    effective parameter spelled out, so it reproduces the job whatever ran since."""
+    settings = [
+        f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in parameters.items()
+    ]
+    return " ".join([f"prefect-beamline rerun {collection_id} --deployment {recipe}", *settings])
 
 
 def require_results_under_roots(results_dir: Path) -> None:
@@ -261,22 +337,14 @@ def results_directory(collection: CollectionDescription, recipe: str, job_id: in
 
 
 def write_job_folder(
-    results_dir: Path,
-    parameters: Mapping[str, Any],
-    command: str,
-    *,
-    triggered_by: str,
-    flow_run_id: str,
+    results_dir: Path, inputs: Mapping[str, Any], command: str, provenance: Mapping[str, Any]
 ) -> None:
-    """Leave inputs and the rerun command beside the results, readable without a server."""
+    """Leave inputs, provenance and the rerun command beside the results, readable
+    without a server."""
     require_results_under_roots(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    inputs = {
-        "parameters": dict(parameters),
-        "triggered_by": triggered_by,
-        "flow_run_id": flow_run_id,
-    }
     (results_dir / "inputs.json").write_text(json.dumps(inputs, indent=2, default=str))
+    (results_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, default=str))
     (results_dir / "command.txt").write_text(command + "\n")
 
 
@@ -348,9 +416,6 @@ def publish_processing_event(
 CHUNK_CACHE_EXPIRATION = timedelta(days=14)
 
 
-ParametersT = TypeVar("ParametersT", bound=BaseModel)
-
-
 def merge_parameters(
     model: type[ParametersT], announced: CollectionEvent | None, chosen: ParametersT | None
 ) -> ParametersT:
@@ -391,17 +456,23 @@ def current_recipe(collection: CollectionDescription) -> str:
 def open_job(
     collection_id: int,
     announced: CollectionEvent | None,
-    parameters: BaseModel | Mapping[str, Any],
+    parameters: BaseModel | Mapping[str, Any] | None,
     *,
     triggered_by: str,
     lims_block: str | None,
     program: str,
+    model: type[BaseModel] | None = None,
     data_file: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Job:
     """Record the collection and this run's ProcessingJob with a running program.
 
     Every flow opens its job here, whatever started it, so automatic and manual runs
-    leave the same rows. `data_file` narrows the collection to one file (a movie).
+    leave the same rows. With `model` (the technique's ScienceParameters), `parameters`
+    are what this run asks to change (`flows.rerun.choose_parameters`); `job.settings`
+    gives the effective ones. Without, `parameters` are recorded as given. `data_file`
+    narrows the collection to one file (a movie); `extra` values (the movie) are
+    recorded with the parameters and pick the latest job to start from.
 
     Data files outside PREFECT_BEAMLINE_DATA_ROOTS, or missing, fail the run here, before
     the LIMS or any folder is written.
@@ -415,12 +486,30 @@ def open_job(
     require_data_files(collection.data_files, roots, must_exist=True)  # a rerun's LIMS row
     recipe = current_recipe(collection)
     require_results_under_roots(results_directory(collection, recipe, 0).parent)
-    values = parameters.model_dump() if isinstance(parameters, BaseModel) else dict(parameters)
+    trigger = describe_run_trigger(triggered_by, run_created_by_automation())
+    chosen: Chosen[Any]
+    if model is not None:
+        chosen = choose_parameters(
+            model,
+            open_lims(lims_block),
+            collection_id,
+            recipe,
+            announced,
+            parameters,
+            automatic=trigger.automatic,
+            same=extra,
+        )
+        chosen = replace(chosen, extra=dict(extra or {}))
+    else:
+        values = (
+            parameters.model_dump() if isinstance(parameters, BaseModel) else dict(parameters or {})
+        )
+        chosen = Chosen(_AsGiven(), extra=values)
     job = record_processing_job(
         collection,
         recipe=recipe,
-        parameters=values,
-        triggered_by=triggered_by,
+        chosen=chosen,
+        trigger=trigger,
         lims_block=lims_block,
         program=program,
         traceparent=announced.traceparent if announced else None,
@@ -428,6 +517,10 @@ def open_job(
     if isinstance(job, EventAlreadyProcessed):
         raise job  # ends the run as AlreadyProcessed (`run_once_per_event`)
     return job
+
+
+class _AsGiven(BaseModel):
+    """No science model: the parameters are recorded as the flow gives them."""
 
 
 def run_once_per_event(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -440,7 +533,7 @@ def run_once_per_event(function: Callable[..., Any]) -> Callable[..., Any]:
 
     # Prefect builds the parameter model from the annotations in the wrapper's module
     # (this one): resolve them here, while the flow module's names are at hand.
-    function.__annotations__ = typing.get_type_hints(function)
+    function.__annotations__ = typing.get_type_hints(function, include_extras=True)
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -462,11 +555,12 @@ def run_once_per_event(function: Callable[..., Any]) -> Callable[..., Any]:
 # The parameters every technique flow takes, documented once: Prefect shows these
 # descriptions in the deployment's run form.
 FLOW_ARGUMENTS = """Args:
-    collection_id: LIMS dataCollectionId; a manual rerun needs only this.
-    parameters: this technique's settings; fields left out keep the values of the
-        DAQ's announcement, else their defaults.
-    collection: the DAQ's announcement (automations pass it; it is recorded in the LIMS).
-    triggered_by: "automation:<event id>" from a trigger, else who ran it.
+    collection_id: the data collection (LIMS dataCollectionId); a rerun needs only this.
+    parameters: this technique's settings; a field left blank keeps the value the
+        collection's latest run used (the DAQ's, unless a rerun changed it).
+    collection: the DAQ's announcement (automations pass it; hidden from the form).
+    triggered_by: who ran it (the CLI passes "cli:USER"; hidden from the form). A run is
+        automatic only if a Prefect automation created it.
     lims_block: name of a LIMS Database block; empty: PREFECT_BEAMLINE_LIMS_URL.
 """
 
@@ -474,7 +568,8 @@ FLOW_ARGUMENTS = """Args:
 def technique_flow(
     name: str, *, more_arguments: str = ""
 ) -> Callable[[Callable[..., Any]], Flow[..., Any]]:
-    """`@flow(name=..., log_prints=True)` with the shared arguments' documentation.
+    """`@flow(name=..., log_prints=True)` with the shared arguments' documentation; runs
+    are named `<technique>-dc<collection>` (then `-job<id>` once the job is recorded).
 
     `more_arguments` documents a flow's own extra parameters in the same style
     (`name: text`, continuation lines indented).
@@ -484,6 +579,7 @@ def technique_flow(
     def decorate(function: Callable[..., Any]) -> Flow[..., Any]:
         summary = inspect.cleandoc(function.__doc__ or "")
         function.__doc__ = f"{summary}\n\n{FLOW_ARGUMENTS}{extra}"
-        return count_run_states(flow(name=name, log_prints=True)(run_once_per_event(function)))
+        decorated = flow(name=name, log_prints=True, flow_run_name=starting_run_name)
+        return count_run_states(decorated(run_once_per_event(function)))
 
     return decorate

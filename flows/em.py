@@ -14,25 +14,34 @@ finished, the session's defocus, drift and fit-resolution statistics.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import (
     Job,
     infrastructure_retries,
-    merge_parameters,
     open_job,
     open_lims,
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
 from prefect_beamline.formats.mrc import EERRendering
+from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
+    Announcement,
+    CollectionId,
+    LimsBlock,
+    ScienceParameters,
+    TriggeredBy,
+)
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.em import records, report, session
@@ -43,10 +52,8 @@ from prefect_beamline.techniques.em.results_files import write_movie_results, wr
 from prefect_beamline.techniques.em.session import MOVIE_DEPLOYMENT, MOVIE_FLOW
 
 
-class EMParameters(BaseModel):
+class EMParameters(ScienceParameters):
     """Motion correction and CTF settings; the Prefect UI shows these as a form."""
-
-    model_config = ConfigDict(extra="forbid")
 
     pixel_size_angstrom: float | None = Field(
         None, gt=0, description="Pixel size of the movie, Å; empty: from the MRC header"
@@ -177,7 +184,10 @@ def refresh_session_statistics(job: Job) -> None:
 
 
 def reprocess_session(
-    collection_id: int, parameters: EMParameters | None, triggered_by: str, lims_block: str | None
+    collection_id: int,
+    parameters: EMParameters | Mapping[str, Any],
+    triggered_by: str,
+    lims_block: str | None,
 ) -> dict[str, Any]:
     """One flow run of this deployment per recorded movie (inline when run locally)."""
     from prefect.deployments import run_deployment
@@ -185,7 +195,10 @@ def reprocess_session(
     movies = records.movies_for_collection(open_lims(lims_block), collection_id)
     if not movies:
         raise ValueError(f"data collection {collection_id} has no movies recorded in the LIMS")
-    overrides = parameters.model_dump(exclude_unset=True) if parameters else {}
+    if isinstance(parameters, EMParameters):
+        overrides = parameters.model_dump(mode="json", exclude_unset=True)
+    else:
+        overrides = dict(parameters)
     deployment_name = current_deployment.name
     runs = []
     for movie in movies:
@@ -225,31 +238,35 @@ def announced_movie(movie: str | None, collection: CollectionEvent | None) -> st
     """,
 )
 def process_em_movie(
-    collection_id: int,
-    parameters: EMParameters | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
-    movie: str | None = None,
+    collection_id: CollectionId,
+    parameters: EMParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
+    movie: str = "",
 ) -> dict[str, Any]:
     """Motion correction, dose weighting and CTF estimation of one movie."""
-    movie = announced_movie(movie, collection)
-    if movie is None:
+    movie_file = announced_movie(movie, collection)
+    if movie_file is None:
         return reprocess_session(collection_id, parameters, triggered_by, lims_block)
-    chosen = merge_parameters(EMParameters, collection, parameters)
     job = open_job(
         collection_id,
         collection,
-        {**chosen.model_dump(), "movie": movie},
+        parameters,
+        model=EMParameters,
         triggered_by=triggered_by,
         lims_block=lims_block,
         program="motion correction + CTF",
-        data_file=movie,
+        data_file=movie_file,
+        extra={"movie": movie_file},
     )
-    with job.failure_recorded(what=Path(movie).name):
+    chosen = job.settings(EMParameters)
+    with job.failure_recorded(what=Path(movie_file).name):
         n_threads = configured_compute().threads_per_chunk
-        movie_id = record_movie(job, movie)
-        result = correct_movie(movie, Path(movie).stem, chosen, job.results_dir, n_threads)
+        movie_id = record_movie(job, movie_file)
+        result = correct_movie(
+            movie_file, Path(movie_file).stem, chosen, job.results_dir, n_threads
+        )
         files = write_star_rows(job, result, chosen)
         record_em_results(job, movie_id, result)
         job.attach(files)
@@ -286,11 +303,11 @@ def wait_for_movie_runs(collection_id: int, timeout_s: float) -> int:
     more_arguments="wait_timeout_s: how long to wait for the movie runs still going, s",
 )
 def em_session_summary(
-    collection_id: int,
-    parameters: dict[str, Any] | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
+    collection_id: CollectionId,
+    parameters: SkipJsonSchema[dict[str, Any] | None] = None,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
     wait_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Session statistics once its movie runs are done (the `finished` event starts it)."""

@@ -16,19 +16,26 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from prefect_beamline.events import CollectionEvent, GridScan
+from prefect_beamline.events import GridScan
 from prefect_beamline.ext.spotfind import DispersionParameters, find_spots
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     Job,
     infrastructure_retries,
-    merge_parameters,
     open_job,
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
+from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
+    Announcement,
+    CollectionId,
+    LimsBlock,
+    ScienceParameters,
+    TriggeredBy,
+)
 from prefect_beamline.formats.nxmx import NXmxCollection
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
@@ -43,14 +50,12 @@ from prefect_beamline.techniques.mx.analysis import (
 )
 
 
-class MXParameters(BaseModel):
+class MXParameters(ScienceParameters):
     """Spot-finding settings; the Prefect UI shows these as a form.
 
     Science only: where the chunks run is the Compute block's business, so a DAQ that
     sends `dask_scheduler` or the like is refused (extra="forbid").
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     gain: float = Field(1.0, gt=0, description="Detector gain (ADU per photon)")
     sigma_background: float = Field(
@@ -239,22 +244,23 @@ def publish_mx_report(
 
 @technique_flow("mx-processing")
 def process_mx(
-    collection_id: int,
-    parameters: MXParameters | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
+    collection_id: CollectionId,
+    parameters: MXParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
 ) -> dict[str, Any]:
     """Per-image spot finding for an MX collection, and the X-ray centre of a grid scan."""
-    chosen = merge_parameters(MXParameters, collection, parameters)
     job = open_job(
         collection_id,
         collection,
-        chosen,
+        parameters,
+        model=MXParameters,
         triggered_by=triggered_by,
         lims_block=lims_block,
         program="spot finding (dispersion)",
     )
+    chosen = job.settings(MXParameters)
     with job.failure_recorded():
         first, last = count_images(job.collection)
         images = find_spots_on_every_image(job.collection, first, last, chosen)

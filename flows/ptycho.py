@@ -16,18 +16,24 @@ from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
-from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import (
     Job,
     infrastructure_retries,
-    merge_parameters,
     open_job,
     open_lims,
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
+from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
+    Announcement,
+    CollectionId,
+    LimsBlock,
+    ScienceParameters,
+    TriggeredBy,
+)
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
@@ -37,10 +43,8 @@ from prefect_beamline.techniques.ptycho.reconstruct import reconstruct_scan
 from prefect_beamline.techniques.ptycho.records import PtychoResult
 
 
-class PtychoParameters(BaseModel):
+class PtychoParameters(ScienceParameters):
     """Reconstruction settings; the Prefect UI shows these as a form."""
-
-    model_config = ConfigDict(extra="forbid")
 
     iterations: int = Field(100, ge=1, le=100_000, description="Passes over every position")
     algorithm: Literal["epie", "rpie"] = Field(
@@ -53,11 +57,18 @@ class PtychoParameters(BaseModel):
     probe_update_start: int = Field(
         1, ge=0, description="Iteration from which the probe is refined (0: from the start)"
     )
-    probe_from: int | str | None = Field(
+    probe_from: str | None = Field(
         None,
         description="Starting probe: reconstruction.h5 of an earlier run, or its processing "
         "job id; empty: estimated from the mean diffraction pattern",
     )
+
+    @field_validator("probe_from", mode="before")
+    @classmethod
+    def _job_id_as_text(cls, value: object) -> object:
+        """A processing job id may come as a number (the DAQ's JSON)."""
+        return str(value) if isinstance(value, int) else value
+
     iterations_per_checkpoint: int = Field(
         20, ge=1, description="Iterations between checkpoints (and progress reports)"
     )
@@ -148,22 +159,23 @@ def publish_ptycho_artifacts(
 
 @technique_flow("ptycho-processing")
 def process_ptycho(
-    collection_id: int,
-    parameters: PtychoParameters | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
+    collection_id: CollectionId,
+    parameters: PtychoParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
 ) -> dict[str, Any]:
     """Reconstruct object and probe of a ptychography scan; publish phase and amplitude."""
-    chosen = merge_parameters(PtychoParameters, collection, parameters)
     job = open_job(
         collection_id,
         collection,
-        chosen,
+        parameters,
+        model=PtychoParameters,
         triggered_by=triggered_by,
         lims_block=lims_block,
-        program=chosen.algorithm,
+        program="ePIE / rPIE",
     )
+    chosen = job.settings(PtychoParameters)
     with job.failure_recorded():
         n_threads = configured_compute().threads_per_chunk
         probe_file = resolve_probe_file(chosen.probe_from, lims_block)

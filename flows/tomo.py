@@ -18,9 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from prefect_beamline.events import CollectionEvent
 from prefect_beamline.ext.backproject import FilterName, reconstruct
 from prefect_beamline.ext.gridrec import reconstruct_fourier
 from prefect_beamline.ext.tomo_preprocess import normalise, ring_filter
@@ -28,11 +27,18 @@ from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     Job,
     infrastructure_retries,
-    merge_parameters,
     open_job,
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
+from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
+    Announcement,
+    CollectionId,
+    LimsBlock,
+    ScienceParameters,
+    TriggeredBy,
+)
 from prefect_beamline.formats.nxtomo import TomoScan
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.tomo import records, report
@@ -61,14 +67,12 @@ METHOD_PROGRAMS = {
 IN_FLIGHT_PER_PARALLEL_CHUNK = 2
 
 
-class TomoParameters(BaseModel):
+class TomoParameters(ScienceParameters):
     """Reconstruction settings; the Prefect UI shows these as a form.
 
     Science only: where the chunks run is the Compute block's business, so a DAQ that
     sends `dask_scheduler` or the like is refused (extra="forbid").
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     centre_of_rotation: float | None = Field(
         None,
@@ -357,22 +361,23 @@ def publish_tomo_report(job: Job, summary: dict[str, Any], tomogram: TomogramRec
 
 @technique_flow("tomo-processing")
 def process_tomo(
-    collection_id: int,
-    parameters: TomoParameters | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
+    collection_id: CollectionId,
+    parameters: TomoParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
 ) -> dict[str, Any]:
     """Reconstruct a tomography scan into a volume, with previews and LIMS rows."""
-    chosen = merge_parameters(TomoParameters, collection, parameters)
     job = open_job(
         collection_id,
         collection,
-        chosen,
+        parameters,
+        model=TomoParameters,
         triggered_by=triggered_by,
         lims_block=lims_block,
         program=METHOD_PROGRAMS[chosen.method],
     )
+    chosen = job.settings(TomoParameters)
     with job.failure_recorded():
         scan = inspect_scan(job.collection.data_files[0])
         rows = slice_range(scan, chosen)

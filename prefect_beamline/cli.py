@@ -155,13 +155,35 @@ def _rerun(args: argparse.Namespace) -> int:
         raise UsageError("PREFECT_API_URL is not set: point it at the Prefect server's API")
     _check_prefect_api(api_url)
     flow_and_deployment = qualified_deployment_name(api_url, deployment)
-    run = start_rerun(api_url, flow_and_deployment, args.collection_id, overrides)
-    print(f"started {run.name} ({run.id}) of {flow_and_deployment} with {overrides}")
+    if args.form:
+        print(_prefilled_form(api_url, flow_and_deployment, args.collection_id, overrides))
+        return 0
+    run = start_rerun(api_url, flow_and_deployment, args.collection_id, overrides, args.as_user)
+    print(f"started {run.name} ({run.id}) of {flow_and_deployment} changing {overrides}")
     if args.wait:
         final = wait_for_state(api_url, run.id, TERMINAL_STATES, args.timeout)
         print(f"{final.name}: {final.state}")
         return 0 if final.state == "COMPLETED" else 1
     return 0
+
+
+def _prefilled_form(
+    api_url: str, flow_and_deployment: str, collection_id: int, overrides: dict[str, Any]
+) -> str:
+    """The UI's run form of the deployment, filled in with the collection's latest values
+    (and `overrides`): a scientist changes what they mean and submits."""
+    from prefect_beamline.flows.rerun import latest_job_parameters, rerun_form_url
+    from prefect_beamline.lims import Lims
+    from prefect_beamline.runs import deployment_id, science_fields
+
+    recipe = flow_and_deployment.split("/")[-1]
+    latest = latest_job_parameters(Lims.from_settings(), collection_id, recipe, {})
+    fields = science_fields(api_url, flow_and_deployment)
+    values = {k: v for k, v in (latest[1] if latest else {}).items() if k in fields}
+    ui_url = api_url.removesuffix("/api")
+    return rerun_form_url(
+        ui_url, deployment_id(api_url, flow_and_deployment), collection_id, {**values, **overrides}
+    )
 
 
 def _lims_collection(lims: Lims, collection_id: int) -> CollectionDescription | None:
@@ -308,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rerun.add_argument("--deployment", default=None, help="deployment (default: from the LIMS)")
     rerun.add_argument("--wait", action="store_true", help="wait for the run to finish")
+    rerun.add_argument(
+        "--as",
+        dest="as_user",
+        default=None,
+        metavar="NAME",
+        help="who asks for the rerun, as the LIMS records it (default: your user name)",
+    )
+    rerun.add_argument(
+        "--form",
+        action="store_true",
+        help="print the Prefect UI's run form filled in with the collection's latest "
+        "values (and any --set) instead of starting a run",
+    )
     rerun.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     rerun.set_defaults(handler=_rerun)
 

@@ -82,6 +82,7 @@ class DemoRun:
     state: str
     accepted: dict[str, Any]
     webhook_to_running_s: float
+    flow_run_name: str = ""
 
 
 def announce_and_wait(
@@ -99,7 +100,7 @@ def announce_and_wait(
     )
     webhook_to_running_s = time.monotonic() - posted_at
     final = wait_for_state(stack.api_url, running.id, TERMINAL_STATES, timeout_s)
-    return DemoRun(final.id, final.state, accepted, round(webhook_to_running_s, 3))
+    return DemoRun(final.id, final.state, accepted, round(webhook_to_running_s, 3), final.name)
 
 
 def new_collection_id() -> int:
@@ -135,6 +136,7 @@ class DemoSession:
         )
         report: dict[str, Any] = {
             "flow_run_id": run.flow_run_id,
+            "flow_run_name": run.flow_run_name,
             "state": run.state,
             "triggered_by": job.triggered_by if job else None,
             "automatic": job.automatic if job else None,
@@ -174,7 +176,7 @@ def print_run(
 ) -> None:
     """The human-readable report: which run, the technique's `details` lines, where the
     results are (files, LIMS rows: the jobs, or `lims_rows`), the UI."""
-    print(f"flow run   {report['flow_run_id']}  {report['state']}")
+    print(f"flow run   {report['flow_run_name']} ({report['flow_run_id']})  {report['state']}")
     print(f"started by {report['triggered_by']} (automatic={report['automatic']})")
     print(f"webhook -> running in {report['webhook_to_running_s']} s; total {report['total_s']} s")
     print("", *details, sep="\n")

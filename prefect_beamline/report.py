@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,20 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return lines
+
+
+def display_rows(
+    rows: Iterable[Mapping[str, Any]], columns: Mapping[str, tuple[str, int]]
+) -> list[dict[str, Any]]:
+    """Rows for a table artifact: `columns` maps a field to (header with its unit,
+    decimals); numbers are rounded to their precision, fields not named are left out."""
+
+    def shown(value: Any, decimals: int) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        return round(value) if decimals == 0 else round(value, decimals)
+
+    return [
+        {header: shown(row.get(name), decimals) for name, (header, decimals) in columns.items()}
+        for row in rows
+    ]

@@ -143,8 +143,9 @@ def start_rerun(
 ) -> FlowRunInfo:
     """Create a manual flow run of a deployment for one collection with changed parameters.
 
-    Only the overrides are sent: the flow fills the rest from its defaults, exactly as a
-    custom run from the UI does, and records the run as manual.
+    Only the overrides are sent: the flow takes every other value from the collection's
+    latest job (DAQ values included), records the run as manual, by `who` (default: the
+    invoking user), and what it changed.
     """
     body = {
         "parameters": {
@@ -178,3 +179,15 @@ def qualified_deployment_name(api_url: str, deployment: str) -> str:
     flow = httpx.get(f"{api_url}/flows/{found['flow_id']}", timeout=10.0)
     flow.raise_for_status()
     return f"{flow.json()['name']}/{found['name']}"
+
+
+def science_fields(api_url: str, deployment: str) -> set[str]:
+    """Names of the fields of a deployment's `parameters` form (its settings model)."""
+    response = httpx.get(
+        f"{api_url}/deployments/{deployment_id(api_url, deployment)}", timeout=10.0
+    )
+    response.raise_for_status()
+    schema = response.json().get("parameter_openapi_schema") or {}
+    reference = schema.get("properties", {}).get("parameters", {}).get("$ref", "")
+    model = (schema.get("definitions") or {}).get(reference.rsplit("/", 1)[-1], {})
+    return set(model.get("properties", {}))

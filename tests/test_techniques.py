@@ -98,9 +98,19 @@ def test_every_technique_has_an_entry_point_line() -> None:
     "deployment", read_deployment_specs(find_prefect_yaml()), ids=lambda spec: spec.name
 )
 def test_every_flow_parameter_is_described_in_the_run_form(deployment: Any) -> None:
-    """The UI's run form shows each parameter's description: none may be missing."""
+    """The UI's run form shows each parameter's description, the science fields directly
+    (no "Model / None" switch, no null type, no default that would overwrite the
+    collection's values), and nothing internal a person could type into."""
     flow = load_flow_from_entrypoint(deployment.entrypoint)
-    properties = parameter_schema(flow).model_dump()["properties"]
-    assert {"collection_id", "parameters", "collection", "triggered_by"} <= set(properties)
+    schema = parameter_schema(flow).model_dump()
+    properties = schema["properties"]
+    assert "collection_id" in properties
+    assert not {"collection", "triggered_by", "lims_block"} & set(properties)
     undocumented = [name for name, field in properties.items() if not field.get("description")]
     assert not undocumented, f"{deployment.entrypoint}: no description for {undocumented}"
+    for definition in schema["definitions"].values():
+        for name, field in definition.get("properties", {}).items():
+            assert field.get("description"), f"{name} has no description"
+            assert "anyOf" not in field and "default" not in field, (name, field)
+    if "parameters" in properties:
+        assert set(properties["parameters"]) - {"default"} >= {"$ref"}, properties["parameters"]

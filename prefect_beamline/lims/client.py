@@ -76,6 +76,9 @@ TRIGGERED_BY_PARAMETER = "triggered_by"
 # ISPyB's ProcessingJob has no column for it: the OpenTelemetry trace id of the run.
 TRACE_ID_PARAMETER = "trace_id"
 _RESERVED_PARAMETERS = (RUN_KEY_PARAMETER, TRIGGERED_BY_PARAMETER, TRACE_ID_PARAMETER)
+# Keys of what a job records about itself beside its parameters (`job_record`): what a
+# rerun changed and the job it started from, links to its run, its provenance.
+RECORD_PREFIXES = ("rerun.", "prefect.", "provenance.")
 # GDA's DataCollection.runStatus at the end of a good collection.
 RUN_STATUS_SUCCESSFUL = "DataCollection Successful"
 
@@ -120,6 +123,13 @@ class ProcessingJobSummary:
     program_end: datetime | None = None
     attachments: list[str] = field(default_factory=list)
     trace_id: str | None = None
+    # `rerun.changed`, `rerun.based_on_job`, `prefect.flow_run_url`, `provenance.version`...
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> dict[str, Any]:
+        """What this job's run changed from its base (the latest job, or the DAQ's)."""
+        return dict(self.record.get("rerun.changed") or {})
 
     @property
     def results_dir(self) -> str | None:
@@ -339,6 +349,7 @@ class Lims:
         run_key: str,
         trace_id: str | None = None,
         trigger_event: str | None = None,
+        record: Mapping[str, object] | None = None,
     ) -> int:
         """The ProcessingJob of one flow run on one collection, created once per run_key.
 
@@ -352,6 +363,9 @@ class Lims:
         same event and recipe gets `EventAlreadyProcessed` naming the first job, durably
         and across processes (a racing insert loses on the unique key and, retried,
         finds the winner).
+
+        `record` (keys starting with one of RECORD_PREFIXES) is stored the same way and
+        read back apart from the parameters; `{job}` in `display_name` becomes the id.
         """
         if not run_key:
             raise ValueError("run_key must not be empty: pass the Prefect flow-run id")
@@ -365,6 +379,10 @@ class Lims:
         values[TRIGGERED_BY_PARAMETER] = clip(triggered_by, PARAMETER_VALUE_LENGTH)
         if trace_id:
             values[TRACE_ID_PARAMETER] = trace_id
+        for key, value in (record or {}).items():
+            if not key.startswith(RECORD_PREFIXES):
+                raise ValueError(f"job record key {key!r} must start with {RECORD_PREFIXES}")
+            values[key] = _encode_parameters({key: value}, record=True)[key]
         with self.transaction(write=True) as session:
             collection = session.get(
                 DataCollection, data_collection_id, with_for_update={"key_share": True}
@@ -405,6 +423,9 @@ class Lims:
             )
             session.add(job)
             session.flush()
+            job.displayName = clip(
+                display_name.replace("{job}", str(job.processingJobId)), DISPLAY_NAME_LENGTH
+            )
             session.add_all(
                 ProcessingJobParameter(
                     processingJobId=job.processingJobId, parameterKey=key, parameterValue=value
@@ -595,6 +616,11 @@ class Lims:
             triggered_by = values.pop(TRIGGERED_BY_PARAMETER, None)
             run_key = values.pop(RUN_KEY_PARAMETER, None)
             trace_id = values.pop(TRACE_ID_PARAMETER, None)
+            record = {
+                key: _decode(values.pop(key))
+                for key in list(values)
+                if key.startswith(RECORD_PREFIXES)
+            }
             job_program = programs.get(job.processingJobId)
             job_program_id = job_program.autoProcProgramId if job_program else None
             summaries.append(
@@ -619,6 +645,7 @@ class Lims:
                         for directory, name in attachments.get(job_program_id or -1, [])
                     ],
                     trace_id=trace_id,
+                    record=record,
                 )
             )
         return summaries
@@ -630,10 +657,10 @@ class Lims:
         return transaction(self.engine, write=write)
 
 
-def _encode_parameters(parameters: Mapping[str, object]) -> dict[str, str]:
+def _encode_parameters(parameters: Mapping[str, object], *, record: bool = False) -> dict[str, str]:
     encoded: dict[str, str] = {}
     for key, value in parameters.items():
-        if key in _RESERVED_PARAMETERS:
+        if key in _RESERVED_PARAMETERS or (key.startswith(RECORD_PREFIXES) and not record):
             raise ValueError(
                 f"processing parameter {key!r} is reserved by the LIMS writer "
                 f"({', '.join(_RESERVED_PARAMETERS)})"

@@ -11,7 +11,13 @@ import numpy as np
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefect_beamline.lims import CollectionDescription
-from prefect_beamline.report import figure_png, markdown_image, markdown_table, pyplot
+from prefect_beamline.report import (
+    display_rows,
+    figure_png,
+    markdown_image,
+    markdown_table,
+    pyplot,
+)
 from prefect_beamline.techniques.em.ctf import (
     CTFFit,
     Microscope,
@@ -154,6 +160,17 @@ def publish_movie_artifacts(collection: CollectionDescription, result: EMMovieRe
     )
 
 
+# The session's movie table as the UI shows it: header with unit, decimals.
+MOVIE_COLUMNS = {
+    "movie": ("movie", 0),
+    "defocus_u": ("defocus U (Å)", 0),
+    "defocus_v": ("defocus V (Å)", 0),
+    "astigmatism_angle": ("astigmatism angle (°)", 1),
+    "fit_resolution": ("CTF fit resolution (Å)", 2),
+    "total_motion": ("total motion (Å)", 2),
+}
+
+
 def publish_session_artifacts(
     collection_id: int, statistics: dict[str, Any], histograms: Path
 ) -> None:
@@ -162,7 +179,9 @@ def publish_session_artifacts(
     movies = statistics["movies"]
     if movies:
         create_table_artifact(
-            key=f"{key}-movies", table=movies, description=f"Movies of dc{collection_id}"
+            key=f"{key}-movies",
+            table=display_rows(movies, MOVIE_COLUMNS),
+            description=f"Movies of dc{collection_id}",
         )
     create_markdown_artifact(
         key=f"{key}-statistics",

@@ -17,6 +17,7 @@ from prefect_beamline.events import GridScan
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.report import (
     SUMMARY_FILE,
+    display_rows,
     figure_png,
     markdown_image,
     markdown_table,
@@ -90,6 +91,15 @@ def grid_heatmap_png(
     return figure_png(figure)
 
 
+# The per-image table as the UI shows it: header with unit, decimals.
+PER_IMAGE_COLUMNS = {
+    "image_number": ("image", 0),
+    "n_spots": ("spots", 0),
+    "total_intensity": ("integrated intensity (counts)", 0),
+    "d_min_angstrom": ("d_min (Å)", 2),
+}
+
+
 def report_markdown(
     collection: CollectionDescription, summary: dict[str, Any], plot_file: Path
 ) -> str:
@@ -105,7 +115,7 @@ def report_markdown(
                     summary["n_images"],
                     summary["n_spots_total"],
                     summary["images_with_spots"],
-                    summary["best_d_min_angstrom"],
+                    _rounded(summary["best_d_min_angstrom"], 2),
                 ]
             ],
         ),
@@ -133,9 +143,13 @@ def publish_artifacts(
     key = f"mx-dc{collection.collection_id}"
     create_table_artifact(
         key=f"{key}-per-image",
-        table=[asdict(image) for image in images],
+        table=display_rows((asdict(image) for image in images), PER_IMAGE_COLUMNS),
         description=f"Per-image spot finding, data collection {collection.collection_id}",
     )
     create_markdown_artifact(
         key=f"{key}-report", markdown=report_markdown(collection, summary, plot_file)
     )
+
+
+def _rounded(value: float | None, decimals: int) -> float | None:
+    return None if value is None else round(value, decimals)
