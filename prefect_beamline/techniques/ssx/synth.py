@@ -155,7 +155,7 @@ def synthetic_frames(
     hit_fraction: float,
     seed: int,
     background_level: float = 0.6,
-    spots_per_hit: tuple[int, int] = (25, 60),
+    spots_per_hit: tuple[int, int] = (15, 60),
     ice_fraction: float = 0.2,
 ) -> Iterator[tuple[np.ndarray, bool, np.ndarray, np.ndarray]]:
     """(uint32 frame, is hit, spots, pixel mask) for each frame, one at a time."""
@@ -172,7 +172,7 @@ def synthetic_frames(
         spots = np.zeros((0, 3))
         if hits[index]:
             n_spots = int(frame_rng.integers(*spots_per_hit))
-            spots = lattice_spots(frame_rng, geometry, valid, n_spots, (150.0, 3000.0))
+            spots = lattice_spots(frame_rng, geometry, valid, n_spots, (40.0, 3000.0))
             draw_spots(mean, spots)
         elif frame_rng.random() < ice_fraction:
             mean += ice_rings(geometry, radius, strength=frame_rng.uniform(2.0, 8.0))
