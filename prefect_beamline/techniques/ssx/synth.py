@@ -103,7 +103,8 @@ def lattice_spots(
     intensity_range: tuple[float, float],
 ) -> np.ndarray:
     """(n, 3) x, y, total counts of the spots of one randomly oriented 2-D lattice slice,
-    clear of masked pixels, the edges and the beam stop, at least 8 pixels apart."""
+    clear of the pixels not `valid` (masked, hot), the edges and the beam stop, at least
+    12 pixels apart."""
     ny, nx = geometry.shape
     bx, by = geometry.beam_centre_px
     spacing = rng.uniform(14.0, 22.0)
@@ -166,13 +167,15 @@ def synthetic_frames(
     rows, columns = np.indices(geometry.shape, dtype=np.float64)
     radius = np.hypot(rows + 0.5 - geometry.beam_centre_px[1], columns + 0.5 - geometry.beam_centre_px[0])
     hot = mask_rng.integers(0, geometry.shape[0] * geometry.shape[1], size=5)
+    clear_of_hot = valid.copy()
+    clear_of_hot.ravel()[hot] = False  # spots keep clear of hot pixels too
     hits = frame_rng.random(n_frames) < hit_fraction
     for index in range(n_frames):
         mean = base.copy()
         spots = np.zeros((0, 3))
         if hits[index]:
             n_spots = int(frame_rng.integers(*spots_per_hit))
-            spots = lattice_spots(frame_rng, geometry, valid, n_spots, (40.0, 3000.0))
+            spots = lattice_spots(frame_rng, geometry, clear_of_hot, n_spots, (40.0, 3000.0))
             draw_spots(mean, spots)
         elif frame_rng.random() < ice_fraction:
             mean += ice_rings(geometry, radius, strength=frame_rng.uniform(2.0, 8.0))
