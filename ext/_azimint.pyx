@@ -42,10 +42,16 @@ def integrate_kernel(
     """
     cdef Py_ssize_t n_frames = frames.shape[0], n_pixels = frames.shape[1]
     cdef Py_ssize_t n_parts = partial_signal.shape[1] // 2
+    cdef Py_ssize_t n_bins = partial_signal.shape[2]
     cdef Py_ssize_t part_size = (n_pixels + n_parts - 1) // n_parts
-    cdef Py_ssize_t f, part, pix, start, stop, k, copy
-    cdef uint16_t b
+    cdef Py_ssize_t f, part, pix, start, stop, k
     cdef double v, c, positive
+    cdef double* signal
+    cdef double* variance
+    cdef double* removed
+    cdef const int64_t* rows = &indptr[0]
+    cdef const uint16_t* bins = &indices[0]
+    cdef const float* weights = &coefs[0]
     for f in range(n_frames):
         for part in prange(n_parts, nogil=True, num_threads=n_threads, schedule="static"):
             start = part * part_size
@@ -54,14 +60,17 @@ def integrate_kernel(
                 stop = n_pixels
             for pix in range(start, stop):
                 v = <double> frames[f, pix]
-                copy = 2 * part + (pix & 1)
+                # Even and odd pixels accumulate apart: no store-to-load chain between
+                # neighbours that fall in the same bin.
+                signal = &partial_signal[f, 2 * part + (pix & 1), 0]
+                variance = &partial_variance[f, 2 * part + (pix & 1), 0]
                 if v >= lowest and v < overflow:
                     positive = v if v > 0.0 else 0.0
-                    for k in range(indptr[pix], indptr[pix + 1]):
-                        c = coefs[k]
-                        b = indices[k]
-                        partial_signal[f, copy, b] += c * v
-                        partial_variance[f, copy, b] += c * c * positive
+                    for k in range(rows[pix], rows[pix + 1]):
+                        c = weights[k]
+                        signal[bins[k]] += c * v
+                        variance[bins[k]] += c * c * positive
                 else:
-                    for k in range(indptr[pix], indptr[pix + 1]):
-                        partial_removed[f, copy, indices[k]] += coefs[k] * norm[pix]
+                    removed = &partial_removed[f, 2 * part + (pix & 1), 0]
+                    for k in range(rows[pix], rows[pix + 1]):
+                        removed[bins[k]] += weights[k] * norm[pix]

@@ -62,7 +62,9 @@ def test_crafted_frame_edges_mask_overflow_size_and_local_maximum() -> None:
 
 def test_resolution_limits_and_max_peaks_truncate_like_the_reference() -> None:
     chunk, valid = frames(1, 11, hit_fraction=1.0)
-    assert assert_same_peaks(chunk[0], valid, PeakFinderParameters(min_res_px=40, max_res_px=70)) > 0
+    assert (
+        assert_same_peaks(chunk[0], valid, PeakFinderParameters(min_res_px=40, max_res_px=70)) > 0
+    )
     assert assert_same_peaks(chunk[0], valid, PeakFinderParameters(max_peaks=3)) > 3
 
 

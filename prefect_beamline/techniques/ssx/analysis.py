@@ -196,16 +196,15 @@ def summarise(chunks: Sequence[ChunkResult], radial: np.ndarray, unit: str) -> S
     ordered = sorted(chunks, key=lambda chunk: chunk.first)
     n_peaks = np.concatenate([chunk.n_peaks for chunk in ordered])
     hit = np.concatenate([chunk.hit for chunk in ordered])
-    profiles_hits = [chunk.profiles[chunk.hit].sum(axis=0) for chunk in ordered]
-    profiles_blanks = [chunk.profiles[~chunk.hit].sum(axis=0) for chunk in ordered]
+    profiles = np.concatenate([chunk.profiles for chunk in ordered]).astype(np.float64)
     return SerialSummary(
         first_image=ordered[0].first if ordered else 1,
         hit=hit,
         n_peaks=n_peaks,
         radial=radial,
         unit=unit,
-        hits_profile=np.sum(profiles_hits, axis=0, dtype=np.float64),
-        blanks_profile=np.sum(profiles_blanks, axis=0, dtype=np.float64),
+        hits_profile=profiles[hit].sum(axis=0),
+        blanks_profile=profiles[~hit].sum(axis=0),
         chunks=[ChunkHitRate.of(chunk) for chunk in chunks],
     )
 

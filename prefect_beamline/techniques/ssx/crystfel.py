@@ -63,7 +63,9 @@ def write_cxi(
             ("peakTotalIntensity", peaks.intensity),
             ("peakNPixels", peaks.n_pixels),
         ):
-            result.create_dataset(name, data=np.asarray(values).reshape(n_hits, max_peaks).astype(np.float32))
+            result.create_dataset(
+                name, data=np.asarray(values).reshape(n_hits, max_peaks).astype(np.float32)
+            )
         result["imageNumber"] = np.asarray(image_numbers, dtype=np.int64)
     return path
 
@@ -112,7 +114,9 @@ def read_cxi_peaks(path: Path) -> list[np.ndarray]:
     with h5py.File(path, "r") as cxi:
         result = cxi[RESULT]
         counts = result["nPeaks"][()]
-        columns = [result[name][()] for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity")]
+        columns = [
+            result[name][()] for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity")
+        ]
     return [
         np.column_stack([column[index, :count] for column in columns])
         for index, count in enumerate(counts)

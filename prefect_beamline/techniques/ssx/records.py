@@ -56,7 +56,9 @@ class SSXDataCollection(Base):
 class SSXProcessingResult(Base):
     __tablename__ = "SSXProcessingResult"
 
-    ssxProcessingResultId: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ssxProcessingResultId: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=True
+    )
     dataCollectionId: Mapped[int] = mapped_column(
         ForeignKey("DataCollection.dataCollectionId"), index=True
     )

@@ -138,4 +138,6 @@ def publish_artifacts(
         table=[asdict(chunk) for chunk in sorted(summary.chunks, key=lambda c: c.first_image)],
         description=f"Hit rate per chunk, data collection {collection.collection_id}",
     )
-    create_markdown_artifact(key=f"{key}-report", markdown=report_markdown(collection, summary, plots))
+    create_markdown_artifact(
+        key=f"{key}-report", markdown=report_markdown(collection, summary, plots)
+    )

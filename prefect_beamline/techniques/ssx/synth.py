@@ -78,11 +78,16 @@ def detector_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     return mask
 
 
+def radius_map(geometry: SerialGeometry) -> np.ndarray:
+    """Distance of every pixel centre from the beam, pixels."""
+    rows, columns = np.indices(geometry.shape, dtype=np.float64)
+    beam_x, beam_y = geometry.beam_centre_px
+    return np.hypot(rows + 0.5 - beam_y, columns + 0.5 - beam_x)
+
+
 def background(geometry: SerialGeometry, level: float) -> np.ndarray:
     """Mean counts per pixel: flat `level` plus the solvent's broad water ring."""
-    ny, nx = geometry.shape
-    rows, columns = np.indices(geometry.shape, dtype=np.float64)
-    radius = np.hypot(rows + 0.5 - geometry.beam_centre_px[1], columns + 0.5 - geometry.beam_centre_px[0])
+    radius = radius_map(geometry)
     water = geometry.radius_px(WATER_RING_ANGSTROM)
     return level + 2.0 * level * np.exp(-0.5 * ((radius - water) / (0.12 * water)) ** 2)
 
@@ -121,18 +126,22 @@ def lattice_spots(
     inside = (x > clear) & (x < nx - 1 - clear) & (y > clear) & (y < ny - 1 - clear)
     x, y = x[inside], y[inside]
     radius = np.hypot(x - (bx - 0.5), y - (by - 0.5))
-    x, y = x[(radius > 25.0) & (radius < 0.48 * min(ny, nx))], y[(radius > 25.0) & (radius < 0.48 * min(ny, nx))]
+    x, y = (
+        x[(radius > 25.0) & (radius < 0.48 * min(ny, nx))],
+        y[(radius > 25.0) & (radius < 0.48 * min(ny, nx))],
+    )
     blocked = ~valid
     keep = [
         not blocked[
-            int(round(yy)) - clear : int(round(yy)) + clear + 1,
-            int(round(xx)) - clear : int(round(xx)) + clear + 1,
+            round(yy) - clear : round(yy) + clear + 1,
+            round(xx) - clear : round(xx) + clear + 1,
         ].any()
         for xx, yy in zip(x, y, strict=True)
     ]
     x, y = x[keep], y[keep]
     chosen = rng.permutation(x.size)[:n_wanted]
-    totals = np.exp(rng.uniform(*np.log(intensity_range), size=chosen.size))
+    low, high = np.log(intensity_range[0]), np.log(intensity_range[1])
+    totals = np.exp(rng.uniform(low, high, size=chosen.size))
     return np.column_stack([x[chosen], y[chosen], totals])
 
 
@@ -140,7 +149,7 @@ def draw_spots(frame_mean: np.ndarray, spots: np.ndarray) -> None:
     """Add Gaussian spots (pixel-centre sampled, normalised on their patch) in place."""
     offsets = np.arange(-_PATCH, _PATCH + 1)
     for x, y, total in spots:
-        cx, cy = int(round(x)), int(round(y))
+        cx, cy = round(x), round(y)
         dx = (cx + offsets)[None, :] - x
         dy = (cy + offsets)[:, None] - y
         profile = np.exp(-0.5 * (dx * dx + dy * dy) / SPOT_SIGMA_PX**2)
@@ -164,8 +173,7 @@ def synthetic_frames(
     mask = detector_mask(geometry.shape, mask_rng)
     valid = mask == 0
     base = background(geometry, background_level)
-    rows, columns = np.indices(geometry.shape, dtype=np.float64)
-    radius = np.hypot(rows + 0.5 - geometry.beam_centre_px[1], columns + 0.5 - geometry.beam_centre_px[0])
+    radius = radius_map(geometry)
     hot = mask_rng.integers(0, geometry.shape[0] * geometry.shape[1], size=5)
     clear_of_hot = valid.copy()
     clear_of_hot.ravel()[hot] = False  # spots keep clear of hot pixels too
@@ -268,6 +276,9 @@ def write_master(
         detector["saturation_value"] = np.int64(SATURATION_VALUE)
         detector["description"] = "Dectris EIGER2 (synthetic serial)"
         detector.create_dataset(
-            "pixel_mask", data=mask, chunks=mask.shape, **hdf5plugin.Bitshuffle(nelems=0, cname="lz4")
+            "pixel_mask",
+            data=mask,
+            chunks=mask.shape,
+            **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"),
         )
         detector["detectorSpecific/nimages"] = np.uint64(n_frames)

@@ -56,9 +56,7 @@ def test_event_list_and_geometry_point_at_the_cxi_layout(tmp_path: Path) -> None
     events = crystfel.write_event_list(tmp_path / "hits.lst", tmp_path / "hits.cxi", 3)
     assert events.read_text().splitlines() == ["hits.cxi //0", "hits.cxi //1", "hits.cxi //2"]
     geom = crystfel.write_geometry(tmp_path / "detector.geom", GEOMETRY)
-    fields = dict(
-        line.split(" = ", 1) for line in geom.read_text().splitlines() if " = " in line
-    )
+    fields = dict(line.split(" = ", 1) for line in geom.read_text().splitlines() if " = " in line)
     assert fields["data"] == "/entry_1/data_1/data"
     assert fields["peak_list"] == "/entry_1/result_1"
     assert fields["peak_list_type"] == "cxi"
