@@ -32,11 +32,11 @@ from prefect_beamline.ext.peakfinder import PeakFinderParameters, RingMap, find_
 from prefect_beamline.techniques.ssx.synth import SerialGeometry, background, detector_mask
 
 SIZES = {"4M": (2070, 2167), "16M": (4148, 4362)}
-QUICK_SIZES = {"1M": (1024, 1030)}
+QUICK_SIZES = {"0.3M": (514, 530)}
 N_BINS = 1000
 # Frame rates a serial experiment's detector runs at, frames per second (EIGER2 X data
 # sheets: 4M up to 560 Hz, 16M up to 133 Hz), which a jet or a chip is run to fill.
-DETECTOR_RATE_HZ = {"4M": 560, "16M": 133, "1M": 2000}
+DETECTOR_RATE_HZ = {"4M": 560, "16M": 133, "0.3M": 2000}
 
 
 def blank_frame(
