@@ -49,3 +49,11 @@ cdef inline Py_ssize_t clamp_to_range(double value, Py_ssize_t low, Py_ssize_t h
 cdef inline Py_ssize_t signed_frequency(Py_ssize_t index, Py_ssize_t n) noexcept nogil:
     """Row `index` of an n-point FFT as a signed frequency: 0..n//2, then -(n - n//2 - 1)..-1."""
     return index if index <= n // 2 else index - n
+
+
+# Integer counts of a photon-counting detector frame (Eiger, Pilatus, Jungfrau in photons)
+# as the serial-crystallography hit finder takes them; its ring statistics are exact.
+ctypedef fused photon_count_t:
+    uint16_t
+    uint32_t
+    int32_t

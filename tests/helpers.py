@@ -22,6 +22,7 @@ SITES = {
     "tomo": ("i13", "mg12345-1", "/data/i13/mg12345-1/tomo_1.nxs"),
     "em": ("m02", "bi23047-1", "/data/m02/bi23047-1/FoilHole_1_Data_0001.mrc"),
     "ptycho": ("i14", "cm12345-1", "/data/i14/cm12345-1/scan_1.h5"),
+    "ssx": ("i24", "mx23456-1", "/data/i24/mx23456-1/jet_1_master.h5"),
 }
 
 

@@ -101,3 +101,20 @@ def test_gateway_benchmark_reports_throughput_integrity_lag_and_the_zocalo_peer(
         assert result["zocalo_note"]  # the reason it was not measured
     else:
         assert result["zocalo_per_s"] > 0
+
+
+def test_ssx_benchmark_reports_every_number_and_agrees_with_pyfai_and_reference() -> None:
+    result = run_quick("ssx")
+    (size,) = result["sizes"].values()
+    for key in (
+        "integrate_ms_1t",
+        "integrate_ms_all",
+        "pyfai_ms",
+        "memory_pass_ms",
+        "hitfind_ms_1t",
+        "hitfind_ms_all",
+        "reference_hitfind_ms",
+    ):
+        assert size[key] > 0
+    assert size["max_rel_diff_vs_pyfai"] < 1e-5
+    assert size["reference_equals_kernel_n_peaks"] is True
