@@ -149,6 +149,29 @@ class RawFrameReader(FileReader):
             raise NXmxError(f"{self.master_file}: no data file written yet")
         return self._blocks[0]
 
+    @property
+    def first_block(self) -> _Block:
+        """The first data file's dataset (NXmxError while none is written)."""
+        return self._first_block()
+
+    def planned_images(self) -> int:
+        """Images the collection will hold when complete: the master's
+        detectorSpecific/nimages (times ntrigger) as the DECTRIS filewriter writes it,
+        else the last opened data file's image_nr_high, else the images readable now."""
+        specific = "/entry/instrument/detector/detectorSpecific"
+        nimages = self._master.get(f"{specific}/nimages")
+        if isinstance(nimages, h5py.Dataset):
+            triggers = self._master.get(f"{specific}/ntrigger")
+            count = int(np.asarray(nimages[()]).reshape(-1)[0])
+            if isinstance(triggers, h5py.Dataset):
+                count *= max(1, int(np.asarray(triggers[()]).reshape(-1)[0]))
+            return count
+        if self._blocks:
+            high = self._blocks[-1].dataset.attrs.get("image_nr_high")
+            if high is not None and len(self._blocks) == len(self._names):
+                return int(np.asarray(high).reshape(-1)[0])
+        return self.n_images
+
     def refresh(self) -> int:
         """Re-read the image counts (SWMR) and open data files that appeared; the count."""
         for block in self._blocks:
@@ -189,8 +212,11 @@ class RawFrameReader(FileReader):
                 if self.swmr:
                     return None  # being created: try again at the next refresh
                 raise NXmxError(f"{path}: data file is not readable HDF5 ({error})") from error
-            self._files.append(handle)
             node = handle.get(link.path)
+            if node is None and self.swmr:
+                handle.close()  # created, its dataset not yet: try again at the next refresh
+                return None
+            self._files.append(handle)
             where = f"{path}:{link.path}"
         else:
             path, node, where = self.master_file, self._master.get(link_path), link_path

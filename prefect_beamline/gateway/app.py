@@ -53,6 +53,7 @@ from prefect_beamline.gateway.auth import (
 from prefect_beamline.gateway.door_paths import DoorPathCheck
 from prefect_beamline.gateway.emittable import event_size_problem, flaws, too_deep
 from prefect_beamline.gateway.emitter import Drainer
+from prefect_beamline.gateway.live_results import add_live_results_endpoints
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
     RUN_NOT_COMPLETED,
@@ -294,6 +295,11 @@ def build_app(
             raise RequestError(403, str(error)) from None
         except AuthError as error:
             raise RequestError(401, str(error)) from None
+
+    # The live results stream (prefect_beamline.live publishes, the DAQ follows).
+    add_live_results_endpoints(
+        app, authenticate=authenticate, refuse=RequestError, max_body_bytes=limit
+    )
 
     async def authenticated_body(request: Request) -> bytes:
         """Token, size limit, then the signature of the bytes actually received."""
