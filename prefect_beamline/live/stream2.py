@@ -270,16 +270,18 @@ class Stream2Simulator:
     """A detector's Stream V2 output: binds a ZeroMQ PUSH socket and sends a series.
 
     `send_series` paces images at `rate_hz` (0: as fast as the socket takes them) and
-    blocks while no consumer is connected, as a detector's PUSH socket does.
+    blocks while no consumer is connected, as a detector's PUSH socket does (up to
+    `send_timeout_s` per message, then TimeoutError).
     """
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, send_timeout_s: float = 60.0) -> None:
         import zmq
 
         self.endpoint = endpoint
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 5000)
+        self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
         self._socket.bind(endpoint)
 
     def close(self) -> None:
@@ -287,7 +289,13 @@ class Stream2Simulator:
         self._context.term()
 
     def send(self, message: dict[str, Any]) -> None:
-        self._socket.send(encode_message(message), copy=False)
+        """Send one message; TimeoutError when no consumer takes it in time."""
+        import zmq
+
+        try:
+            self._socket.send(encode_message(message), copy=False)
+        except zmq.Again:
+            raise TimeoutError(f"{self.endpoint}: no Stream V2 consumer took a message") from None
 
     def send_series(
         self,
