@@ -251,7 +251,10 @@ def process_mx(
     lims_block: LimsBlock = None,
 ) -> dict[str, Any]:
     """Per-image spot finding for an MX collection, and the X-ray centre of a grid scan."""
-    job = open_job(
+    # The live run's job, when the collection had one: its results are reused (flows/live).
+    from prefect_beamline.flows.live import LIVE_RECIPE, adopt_live_job, reuse_live_results
+
+    job = adopt_live_job(collection_id, collection, lims_block) or open_job(
         collection_id,
         collection,
         parameters,
@@ -263,7 +266,13 @@ def process_mx(
     chosen = job.settings(MXParameters)
     with job.failure_recorded():
         first, last = count_images(job.collection)
-        images = find_spots_on_every_image(job.collection, first, last, chosen)
+        images: list[ImageQuality] = []
+        missing = [(first, last)]
+        if job.recipe == LIVE_RECIPE:
+            images, missing = reuse_live_results(job, first, last)
+        for start, end in missing:  # all images without a live run; a lost frame with one
+            images += find_spots_on_every_image(job.collection, start, end, chosen)
+        images.sort(key=lambda image: image.image_number)
         grid_result = locate_crystal(images, job.collection.grid, first)
         summary = summarise(images, grid_result)
         files = write_mx_results(job, images, summary)

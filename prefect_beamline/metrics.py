@@ -246,12 +246,24 @@ def timed_chunk(technique: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 def set_live_backlog(technique: str, chunks: int) -> None:
-    """Hook for the live path (not built yet): how many announced chunks wait.
-
-    Nothing calls it today, so `beamline_live_backlog_chunks` is absent rather than a
-    made-up zero. The live consumer calls this whenever its queue length changes.
-    """
+    """How many frames the live path accepted and has not analysed yet (on the live
+    path a chunk is one frame: `prefect_beamline.live.analysis`)."""
     LIVE_BACKLOG.labels(technique=technique).set(chunks)
+
+
+LIVE_LAG = Histogram(
+    "beamline_live_lag_seconds",
+    "Live path: frame written or received -> its result ready, by technique",
+    ["technique"],
+    buckets=LAG_BUCKETS,
+    registry=RUNNER_REGISTRY,
+)
+
+
+def observe_live_result(technique: str, lag_s: float, backlog: int) -> None:
+    """One live result: its lag behind its frame, and the backlog left."""
+    LIVE_LAG.labels(technique=technique).observe(lag_s)
+    LIVE_BACKLOG.labels(technique=technique).set(backlog)
 
 
 def use_multiprocess_folder(folder: Path | None = None) -> Path:

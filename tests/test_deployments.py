@@ -36,11 +36,13 @@ def test_every_deployment_is_triggered_by_a_collection_event_of_the_gateway() ->
 
 
 def test_triggers_match_the_labels_the_gateway_emits() -> None:
-    resource = collection_event(7, experiment_type="gridscan").to_prefect_event()["resource"]
+    event = collection_event(7, experiment_type="gridscan").to_prefect_event()
+    resource = event["resource"]
     matching = [
         spec.name
         for spec in read_deployment_specs(REPOSITORY / "prefect.yaml")
-        if all(
+        if event["event"] in spec.triggers[0]["expect"]
+        and all(
             value == "beamline.collection.*" or resource.get(label) == value
             for label, value in spec.triggers[0]["match"].items()
         )

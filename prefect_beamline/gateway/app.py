@@ -62,6 +62,7 @@ from prefect_beamline.gateway.emittable import (
 from prefect_beamline.gateway.emitter import Drainer
 from prefect_beamline.gateway.fast_path import AnnouncementFastPath
 from prefect_beamline.gateway.handled import HandledPairs, NotHandled
+from prefect_beamline.gateway.live_results import add_live_results_endpoints
 from prefect_beamline.gateway.mapping import (
     BLUESKY_IGNORED_DOCUMENTS,
     RUN_NOT_COMPLETED,
@@ -317,6 +318,11 @@ def build_app(
             raise RequestError(403, str(error)) from None
         except AuthError as error:
             raise RequestError(401, str(error)) from None
+
+    # The live results stream (prefect_beamline.live publishes, the DAQ follows).
+    add_live_results_endpoints(
+        app, authenticate=authenticate, refuse=RequestError, max_body_bytes=limit
+    )
 
     async def authenticated_body(request: Request) -> bytes:
         """Token, size limit, then the signature of the bytes actually received."""

@@ -33,5 +33,10 @@ SPEC = TechniqueSpec(
             "benchmarks.spotfind",
             "Cython dispersion spot finder vs numpy/scipy reference and a memory pass",
         ),
+        "live": Benchmark(
+            "benchmarks.live",
+            "live per-image path on a 16 Mpixel Eiger over Stream V2: frames/s/core, "
+            "path/kernel, latency, grid centre; bslz4 decoder vs bitshuffle and h5py",
+        ),
     },
 )

@@ -1,0 +1,144 @@
+"""Where live results go as they happen: the gateway's results stream and the LIMS.
+
+Each sink takes results on the analysis threads and does its I/O on its own thread in
+batches (every `interval_s`), so a slow LIMS or gateway never slows the kernels; what
+is waiting is bounded only by the collection's size (one small record per image).
+A failed batch is retried (infrastructure failures retry) and never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+
+from prefect_beamline.gateway.live_results import LIVE_PREFIX
+from prefect_beamline.lims import Lims
+from prefect_beamline.techniques.mx import records
+from prefect_beamline.techniques.mx.analysis import GridResult, ImageQuality
+
+logger = logging.getLogger("prefect_beamline.live")
+
+
+class BatchingSink:
+    """Collects items and hands them to `write` in batches on a background thread."""
+
+    def __init__(
+        self, write: Callable[[list[Any]], None], *, interval_s: float = 0.05, name: str
+    ) -> None:
+        self._write = write
+        self.interval_s = interval_s
+        self._pending: list[Any] = []
+        self._lock = threading.Condition()
+        self._closing = False
+        self.written = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            self._pending.append(item)
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closing:
+                    self._lock.wait()
+                if not self._pending and self._closing:
+                    return
+                batch, self._pending = self._pending, []
+            self._flush(batch)
+            time.sleep(self.interval_s)
+
+    def _flush(self, batch: list[Any]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._write(batch)
+                self.written += len(batch)
+                return
+            except Exception as error:
+                self.failures += 1
+                logger.warning(
+                    "%s: batch of %d failed, retrying: %r", self._thread.name, len(batch), error
+                )
+                if self._closing and self.failures > 20:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        """Write what is pending, then stop."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+
+
+class ResultsStreamPublisher:
+    """POSTs results to the gateway's live results stream of one collection."""
+
+    def __init__(
+        self, gateway_url: str, collection_id: int, token: str | None, *, interval_s: float = 0.02
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=gateway_url, headers=headers, timeout=10.0)
+        self._path = f"{LIVE_PREFIX}/{collection_id}/results"
+        self._sink = BatchingSink(
+            self._post, interval_s=interval_s, name=f"results-{collection_id}"
+        )
+
+    def _post(self, messages: list[dict[str, Any]]) -> None:
+        response = self._client.post(self._path, json=messages)
+        if response.status_code in (401, 403, 413, 422):
+            raise PermissionError(
+                f"gateway refused results: {response.status_code} {response.text}"
+            )
+        response.raise_for_status()
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self._sink.put(message)
+
+    def close(self) -> None:
+        self._sink.close()
+        self._client.close()
+
+
+class LimsResultsWriter:
+    """ImageQualityIndicators rows of one program, written in batches as results come."""
+
+    def __init__(
+        self, lims: Lims, program_id: int, data_collection_id: int, *, interval_s: float = 0.2
+    ) -> None:
+        self.lims = lims
+        self.program_id = program_id
+        self.data_collection_id = data_collection_id
+        self._sink = BatchingSink(self._write, interval_s=interval_s, name=f"lims-{program_id}")
+
+    def _write(self, rows: Sequence[ImageQuality]) -> None:
+        records.record_image_quality(self.lims, self.program_id, self.data_collection_id, rows)
+
+    def add(self, quality: ImageQuality) -> None:
+        self._sink.put(quality)
+
+    def record_centre(self, result: GridResult) -> None:
+        records.record_grid_result(self.lims, self.program_id, self.data_collection_id, result)
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+def centre_message(result: GridResult | None, after_last_frame_s: float) -> dict[str, Any]:
+    """The `centre` message: the GridResult's fields (None: no diffraction found)."""
+    return {
+        "type": "centre",
+        "centre": asdict(result) if result is not None else None,
+        "after_last_frame_s": round(after_last_frame_s, 4),
+    }
