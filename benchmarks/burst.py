@@ -138,33 +138,39 @@ def chunk_overhead(stack: LocalStack, folder: Path, repeats: int) -> dict[str, f
     from prefect import flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect_beamline.flows.mx import MXParameters, data_signature, find_spots_in_images
+    from prefect_beamline.flows.mx import (
+        MXParameters,
+        data_signature,
+        find_spots_in_images,
+        spots_on_images,
+    )
     from prefect_beamline.formats.shared import shared_reader
 
     master = str(write_mx_collection(folder, n_images=10, shape=ONE_MPIXEL, seed=3).master_file)
     signature = data_signature(master)
     parameters = MXParameters()
 
-    @flow(name="bench-chunk-overhead", persist_result=False)
-    def in_prefect(times: list[float]) -> None:
-        with shared_reader(master):  # as process_mx holds it while its chunks run
-            for _ in range(repeats):
-                # No cache: every call computes (the key would otherwise hit).
-                task = find_spots_in_images.with_options(cache_policy=None, persist_result=False)
-                started = time.perf_counter()
-                task(master, signature, 1, 10, parameters)
-                times.append(time.perf_counter() - started)
+    # No cache, no stored result: every call computes, as a chunk run for the first time.
+    task = find_spots_in_images.with_options(cache_policy=None, persist_result=False)
 
     alone: list[float] = []
-    with shared_reader(master):
-        for _ in range(repeats):
-            started = time.perf_counter()
-            find_spots_in_images.fn(master, signature, 1, 10, parameters)
-            alone.append(time.perf_counter() - started)
-    task_times: list[float] = []
+    in_prefect: list[float] = []
+
+    @flow(name="bench-chunk-overhead", persist_result=False)
+    def interleaved() -> None:
+        """The chunk alone, then as a Prefect task, in turn, in one flow run."""
+        with shared_reader(master, signature) as collection:  # as process_mx holds it
+            for _ in range(repeats):
+                started = time.perf_counter()
+                spots_on_images(collection, 1, 10, parameters, 1)
+                alone.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                task(master, signature, 1, 10, parameters)
+                in_prefect.append(time.perf_counter() - started)
+
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
-        in_prefect(task_times)
-    alone_s, task_s = statistics.median(alone), statistics.median(task_times)
+        interleaved()
+    alone_s, task_s = statistics.median(alone), statistics.median(in_prefect)
     return {
         "chunk_alone_ms": round(1000 * alone_s, 1),
         "chunk_task_ms": round(1000 * task_s, 1),

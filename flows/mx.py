@@ -125,30 +125,37 @@ def find_spots_in_images(
     Streams one frame at a time, so memory stays at one frame whatever the chunk size.
     """
     get_run_logger().info("images %d-%d on %s", first, last, where_this_runs())
-    dispersion = parameters.dispersion()
-    results: list[ImageQuality] = []
     # The run holds its collection open while its chunks run: mask and geometry are read
     # once per run, not once per chunk (prefect_beamline/formats/shared.py).
     with shared_reader(master_file, signature) as collection:
-        valid = collection.valid_pixels
-        geometry = collection.geometry
-        for image_number, frames in collection.iter_chunks(first, last, chunk_size=1):
-            spots = find_spots(
-                frames[0],
-                valid,
-                dispersion,
-                min_spot_size=parameters.min_spot_size,
-                max_spot_size=parameters.max_spot_size,
-                n_threads=n_threads,
+        return spots_on_images(collection, first, last, parameters, n_threads)
+
+
+def spots_on_images(
+    collection: NXmxCollection, first: int, last: int, parameters: MXParameters, n_threads: int
+) -> list[ImageQuality]:
+    """A chunk's compute: images first..last of an open collection, one frame at a time."""
+    dispersion = parameters.dispersion()
+    valid = collection.valid_pixels
+    geometry = collection.geometry
+    results: list[ImageQuality] = []
+    for image_number, frames in collection.iter_chunks(first, last, chunk_size=1):
+        spots = find_spots(
+            frames[0],
+            valid,
+            dispersion,
+            min_spot_size=parameters.min_spot_size,
+            max_spot_size=parameters.max_spot_size,
+            n_threads=n_threads,
+        )
+        results.append(
+            ImageQuality(
+                image_number=image_number,
+                n_spots=len(spots),
+                total_intensity=float(spots.intensity.sum()),
+                d_min_angstrom=estimate_d_min(geometry.resolution_angstrom(spots.x, spots.y)),
             )
-            results.append(
-                ImageQuality(
-                    image_number=image_number,
-                    n_spots=len(spots),
-                    total_intensity=float(spots.intensity.sum()),
-                    d_min_angstrom=estimate_d_min(geometry.resolution_angstrom(spots.x, spots.y)),
-                )
-            )
+        )
     return results
 
 
