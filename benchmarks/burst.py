@@ -136,7 +136,7 @@ def burst(stack: LocalStack, masters: list[Path], first_id: int) -> dict[str, An
 def chunk_overhead(stack: LocalStack, folder: Path, repeats: int) -> dict[str, float]:
     """Median Prefect chunk task time over the same chunk's compute alone (1 Mpixel)."""
     from prefect import flow
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     from prefect_beamline.flows.mx import (
         MXParameters,
@@ -150,13 +150,14 @@ def chunk_overhead(stack: LocalStack, folder: Path, repeats: int) -> dict[str, f
     signature = data_signature(master)
     parameters = MXParameters()
 
-    # No cache, no stored result: every call computes, as a chunk run for the first time.
-    task = find_spots_in_images.with_options(cache_policy=None, persist_result=False)
+    # As the flow runs it (cache key, stored result), but computed every time, as a chunk
+    # is the first time it runs.
+    task = find_spots_in_images.with_options(refresh_cache=True)
 
     alone: list[float] = []
     in_prefect: list[float] = []
 
-    @flow(name="bench-chunk-overhead", persist_result=False)
+    @flow(name="bench-chunk-overhead")
     def interleaved() -> None:
         """The chunk alone, then as a Prefect task, in turn, in one flow run."""
         with shared_reader(master, signature) as collection:  # as process_mx holds it
@@ -168,7 +169,8 @@ def chunk_overhead(stack: LocalStack, folder: Path, repeats: int) -> dict[str, f
                 task(master, signature, 1, 10, parameters)
                 in_prefect.append(time.perf_counter() - started)
 
-    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+    storage = {PREFECT_API_URL: stack.api_url, PREFECT_LOCAL_STORAGE_PATH: folder / "results"}
+    with temporary_settings(storage):
         interleaved()
     alone_s, task_s = statistics.median(alone), statistics.median(in_prefect)
     return {

@@ -30,7 +30,7 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.formats.nxmx import NXmxCollection
-from prefect_beamline.formats.shared import shared_reader
+from prefect_beamline.formats.shared import OpenCollection, shared_reader
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.mx import records, report
@@ -132,17 +132,16 @@ def find_spots_in_images(
 
 
 def spots_on_images(
-    collection: NXmxCollection, first: int, last: int, parameters: MXParameters, n_threads: int
+    collection: OpenCollection, first: int, last: int, parameters: MXParameters, n_threads: int
 ) -> list[ImageQuality]:
     """A chunk's compute: images first..last of an open collection, one frame at a time."""
     dispersion = parameters.dispersion()
-    valid = collection.valid_pixels
     geometry = collection.geometry
     results: list[ImageQuality] = []
-    for image_number, frames in collection.iter_chunks(first, last, chunk_size=1):
+    for image_number, frame in collection.frames(first, last):
         spots = find_spots(
-            frames[0],
-            valid,
+            frame,
+            collection.valid_pixels,
             dispersion,
             min_spot_size=parameters.min_spot_size,
             max_spot_size=parameters.max_spot_size,
