@@ -24,6 +24,10 @@ SPINE = {
         "benchmarks.gateway",
         "gateway accepted events/s, p99, burst integrity and drain lag; Zocalo's transport",
     ),
+    "burst": Benchmark(
+        "benchmarks.burst",
+        "30 MX collections announced within a second: runs created, done, per minute",
+    ),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
@@ -37,6 +37,7 @@ from prefect_beamline.flows.rerun import (
     TriggeredBy,
 )
 from prefect_beamline.formats.nxmx import NXmxCollection
+from prefect_beamline.formats.shared import OpenCollection, shared_reader
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.mx import records, report
@@ -131,62 +132,78 @@ def find_spots_in_images(
     saturation) are masked frame by frame and counted in `n_overloads`.
     """
     get_run_logger().info("images %d-%d on %s", first, last, where_this_runs())
-    dispersion = parameters.dispersion()
-    results: list[ImageQuality] = []
-    with NXmxCollection(master_file) as collection:
-        valid = collection.valid_pixels
-        geometry = collection.geometry
-        max_valid = collection.max_valid_value
-        for image_number, frames in collection.iter_chunks(first, last, chunk_size=1):
-            spots = find_spots(
-                frames[0],
-                valid,
-                dispersion,
-                max_valid=max_valid,
-                min_spot_size=parameters.min_spot_size,
-                max_spot_size=parameters.max_spot_size,
-                n_threads=n_threads,
-            )
-            results.append(
-                ImageQuality(
-                    image_number=image_number,
-                    n_spots=len(spots),
-                    total_intensity=float(spots.intensity.sum()),
-                    d_min_angstrom=estimate_d_min(geometry.resolution_angstrom(spots.x, spots.y)),
-                    n_overloads=spots.n_overloads,
-                )
-            )
-    return results
+    # The run holds its collection open while its chunks run: mask and geometry are read
+    # once per run, not once per chunk (prefect_beamline/formats/shared.py).
+    with shared_reader(master_file, signature) as collection:
+        return spots_on_images(collection, first, last, parameters, n_threads)
 
 
-@flow(name="mx-spot-finding", log_prints=True)
-def analyse_images(
-    master_file: str, first: int, last: int, parameters: MXParameters, n_threads: int = 1
+def spots_on_images(
+    collection: OpenCollection, first: int, last: int, parameters: MXParameters, n_threads: int
 ) -> list[ImageQuality]:
-    """Fan chunks of images out over the task runner, reporting progress as they finish."""
-    signature = data_signature(master_file)
-    chunks = list(image_chunks(first, last, parameters.images_per_chunk))
-    progress = create_progress_artifact(0.0, description="Images analysed (%)")
-    assert isinstance(progress, UUID)
-    futures = [
-        find_spots_in_images.submit(master_file, signature, start, end, parameters, n_threads)
-        for start, end in chunks
-    ]
+    """A chunk's compute: images first..last of an open collection, one frame at a time."""
+    dispersion = parameters.dispersion()
+    geometry = collection.geometry
     results: list[ImageQuality] = []
-    for done, future in enumerate(as_completed(futures), start=1):
-        results.extend(future.result())
-        update_progress_artifact(progress, 100.0 * done / len(futures))
-    get_run_logger().info("analysed %d images in %d chunks", len(results), len(chunks))
-    return sorted(results, key=lambda result: result.image_number)
+    for image_number, frame in collection.frames(first, last):
+        spots = find_spots(
+            frame,
+            collection.valid_pixels,
+            dispersion,
+            max_valid=collection.max_valid_value,
+            min_spot_size=parameters.min_spot_size,
+            max_spot_size=parameters.max_spot_size,
+            n_threads=n_threads,
+        )
+        results.append(
+            ImageQuality(
+                image_number=image_number,
+                n_spots=len(spots),
+                total_intensity=float(spots.intensity.sum()),
+                d_min_angstrom=estimate_d_min(geometry.resolution_angstrom(spots.x, spots.y)),
+                n_overloads=spots.n_overloads,
+            )
+        )
+    return results
 
 
 def find_spots_on_every_image(
     collection: CollectionDescription, first: int, last: int, parameters: MXParameters
 ) -> list[ImageQuality]:
-    """`analyse_images` where the Compute block says: its runner, its kernel threads."""
+    """Fan chunks of images out where the Compute block says, reporting progress.
+
+    Inside the collection's own flow run, not a subflow: a subflow is one more flow run
+    the server must create, and in a burst of collections that creation waited 10-67 s
+    on a busy server (issue 17). The run holds the collection open meanwhile, so chunks
+    computing in this process share one reader.
+    """
     compute = configured_compute()
-    on_compute = analyse_images.with_options(task_runner=compute.task_runner())
-    return on_compute(collection.data_files[0], first, last, parameters, compute.threads_per_chunk)
+    master_file = collection.data_files[0]
+    signature = data_signature(master_file)
+    chunks = list(image_chunks(first, last, parameters.images_per_chunk))
+    progress = create_progress_artifact(0.0, description="Images analysed (%)")
+    assert isinstance(progress, UUID)
+    results: list[ImageQuality] = []
+    with shared_reader(master_file, signature), compute.task_runner() as runner:
+        futures = [
+            runner.submit(
+                find_spots_in_images,
+                {
+                    "master_file": master_file,
+                    "signature": signature,
+                    "first": start,
+                    "last": end,
+                    "parameters": parameters,
+                    "n_threads": compute.threads_per_chunk,
+                },
+            )
+            for start, end in chunks
+        ]
+        for done, future in enumerate(as_completed(futures), start=1):
+            results.extend(future.result())
+            update_progress_artifact(progress, 100.0 * done / len(futures))
+    get_run_logger().info("analysed %d images in %d chunks", len(results), len(chunks))
+    return sorted(results, key=lambda result: result.image_number)
 
 
 @task
@@ -275,9 +292,11 @@ def process_mx(
         images.sort(key=lambda image: image.image_number)
         grid_result = locate_crystal(images, job.collection.grid, first)
         summary = summarise(images, grid_result)
-        files = write_mx_results(job, images, summary)
+        # The plot draws on a thread while the LIMS rows are written: off the critical path.
+        written = write_mx_results.submit(job, images, summary)
         record_mx_results(job, images, grid_result)
         publish_xray_centre(job, grid_result)
+        files = written.result()
         job.attach(files)
         publish_mx_report(job, images, summary, files)
     return job.finish(summary, message=f"{summary['n_images']} images analysed")

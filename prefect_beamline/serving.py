@@ -35,6 +35,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.runner import Runner
 
+from prefect_beamline.capacity import runner_limit
 from prefect_beamline.deployments import DeploymentSpec, deployment_arguments, selected_specs
 from prefect_beamline.metrics import start_runner_metrics
 from prefect_beamline.settings import get_settings
@@ -43,7 +44,15 @@ from prefect_beamline.tracing import trace_served_runs
 DEFAULT_POLL_SECONDS = 0.25
 WARM_START_VARIABLE = "PREFECT_BEAMLINE_WARM_START"
 # Imported once by the forkserver, so a flow-run process starts with them loaded.
-ALWAYS_PRELOADED = ["prefect", "prefect.flow_engine", "prefect.runner", "numpy", "h5py"]
+# matplotlib too: every technique's report draws, and importing it cost each run ~0.4 s.
+ALWAYS_PRELOADED = [
+    "prefect",
+    "prefect.flow_engine",
+    "prefect.runner",
+    "numpy",
+    "h5py",
+    "matplotlib.pyplot",
+]
 
 
 def warm_start_enabled() -> bool:
@@ -157,6 +166,7 @@ def serve(
     specs = selected_specs(prefect_file, only)
     for module in {flow_module(spec) for spec in specs}:
         importlib.import_module(module)  # fail here, loudly, on a broken entrypoint
+    limit = runner_limit(limit)  # a count, lowered to what fits in memory
     runner = build_runner(specs, limit=limit, poll_seconds=poll_seconds)
     settings = get_settings()  # metrics first: flow-run processes must inherit the folder
     start_runner_metrics(settings.metrics_port, settings.metrics_host)
@@ -166,7 +176,10 @@ def serve(
     if warm_start_enabled():
         warm_start(sorted({flow_module(spec) for spec in specs}))
     names = ", ".join(spec.name for spec in specs)
-    print(f"serving {names} (poll every {poll_seconds} s, warm start {warm_start_enabled()})")
+    print(
+        f"serving {names} (poll every {poll_seconds} s, warm start {warm_start_enabled()}, "
+        f"at most {limit} runs at once)"
+    )
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal) as stop:

@@ -117,6 +117,19 @@ class BeamlineSettings(BaseSettings):
         description="How often the beamline worker asks its work pool for flow runs "
         "(Prefect's process worker: PREFECT_WORKER_QUERY_SECONDS, 10 s)",
     )
+    max_frame_pixels: int = Field(
+        18_100_000,
+        ge=1,
+        description="Pixels of the largest detector frame this runner processes (EIGER2 16M: "
+        "18.1 M); with the memory fraction, bounds how many collection runs `serve` holds",
+    )
+    run_memory_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the machine's available memory (at `serve` start) that "
+        "concurrent collection runs may hold",
+    )
 
     # The Zocalo bridge (`prefect-beamline zocalo-bridge`, docs/zocalo.md).
     zocalo_rabbitmq_url: SecretStr = Field(

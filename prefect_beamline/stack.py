@@ -224,10 +224,13 @@ def stack_environment(
 
 
 def start_prefect_server(workdir: Path, env: Mapping[str, str], port: int) -> ManagedProcess:
-    """A Prefect server on SQLite in `workdir`, answering on 127.0.0.1:`port`."""
+    """A Prefect server answering on 127.0.0.1:`port`: on SQLite in `workdir`, or on the
+    database PREFECT_SERVER_DATABASE_CONNECTION_URL names in `env` (PostgreSQL, as a
+    facility runs it; see docs/operations.md)."""
     server_env = dict(env)
-    server_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-        f"sqlite+aiosqlite:///{workdir / 'prefect-home' / 'prefect.db'}"
+    server_env.setdefault(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        f"sqlite+aiosqlite:///{workdir / 'prefect-home' / 'prefect.db'}",
     )
     server = start_process(
         "prefect-server",

@@ -37,6 +37,7 @@ from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 from pydantic import PrivateAttr
 
+from prefect_beamline.capacity import runner_limit
 from prefect_beamline.metrics import start_runner_metrics
 from prefect_beamline.pull import work_in_beamline_home
 from prefect_beamline.serving import entrypoint_module, warm_flow, warm_start, warm_start_enabled
@@ -158,6 +159,8 @@ class BeamlineWorker(ProcessWorker):
     async def setup(self) -> None:
         # Entered first, so on shutdown it outlives the runs (torn down in reverse).
         self._executors = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
+        # A count, lowered to what fits in memory (before Prefect builds its limiter).
+        self._limit = await anyio.to_thread.run_sync(runner_limit, self._limit)
         await super().setup()
         # Before any run's process: they inherit the metrics folder.
         settings = BeamlineSettings()
