@@ -170,6 +170,15 @@ def test_stop_after_a_refused_start_says_the_start_was_refused_and_why(
         assert session.query(DataCollectionGroup).count() == 0
 
 
+def test_start_of_an_ispyb_type_nothing_here_processes_is_422_saying_why(
+    client: TestClient, settings: BeamlineSettings
+) -> None:
+    refused = post(client, "/api/v1/bluesky", hyperion_start(experiment_type="Energy scan"))
+    assert refused.status_code == 422
+    assert "'Energy scan' is not mapped" in refused.text and "spectroscopy" in refused.text
+    assert stored(settings) == []
+
+
 # -- results for the DAQ --------------------------------------------------------------------
 
 
