@@ -256,7 +256,9 @@ class BlueskyStart(BaseModel):
             try:
                 technique, experiment_type = technique_for_experiment_type(ispyb_type)
             except ValueError:
-                return document  # not processed here: the door names the pair
+                if "technique" not in document:
+                    raise  # names the value and why no technique takes it
+                return document
             if document.setdefault("technique", technique) == technique:
                 document["experiment_type"] = experiment_type
         return document

@@ -241,7 +241,8 @@ class Lims:
             else:
                 group = session.get_one(DataCollectionGroup, collection.dataCollectionGroupId)
                 group.sessionId = session_id
-                group.experimentType = experiment_type
+                if not _same_experiment(group.experimentType, event):  # keep the DAQ's SAD
+                    group.experimentType = experiment_type
             collection.imageDirectory = image_directory
             collection.fileTemplate = file_template
             collection.imagePrefix = prefix
@@ -655,6 +656,14 @@ class Lims:
     def transaction(self, *, write: bool) -> contextlib.AbstractContextManager[Session]:
         """One short transaction on this LIMS; technique records write through it."""
         return transaction(self.engine, write=write)
+
+
+def _same_experiment(ispyb_type: str | None, event: CollectionEvent) -> bool:
+    """Whether ISPyB's value already says the event's technique and experiment type."""
+    try:
+        return technique_for_experiment_type(ispyb_type) == (event.technique, event.experiment_type)
+    except ValueError:
+        return False
 
 
 def _encode_parameters(parameters: Mapping[str, object], *, record: bool = False) -> dict[str, str]:

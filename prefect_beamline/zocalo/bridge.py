@@ -360,7 +360,7 @@ class ZocaloBridge:
 
 def _parse(message: Any) -> ZocaloTrigger:
     if not isinstance(message, dict):
-        raise Rejected(f"message is not a JSON object: {str(message)[:200]!r}")
+        raise Rejected(f"message is not a JSON object but {type(message).__name__}")
     document = dict(message)
     parameters = document.get("parameters")
     if isinstance(parameters, dict) and "event" not in parameters:

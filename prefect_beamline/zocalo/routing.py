@@ -2,9 +2,9 @@
 
 `zocalo_recipes` maps a recipe to `automatic`, where the collection's event goes through
 the outbox and the triggers of prefect.yaml pick the deployments (what dodal's
-`["mimas"]` asks for), or to one deployment, `flow-name/deployment-name`, which gets a
-manual run (what `zocalo.go -r <recipe> <dcid>` asks for). A recipe named like a
-deployment of prefect.yaml routes to that deployment without an entry.
+`["mimas"]` asks for), or to one deployment, `flow-name/deployment-name` (or its name
+alone), which gets a manual run (what `zocalo.go -r <recipe> <dcid>` asks for). A recipe
+named like a deployment of prefect.yaml routes to that deployment without an entry.
 """
 
 from __future__ import annotations
@@ -62,13 +62,8 @@ class RoutingTable:
 
 
 def deployments_of_prefect_yaml() -> dict[str, str]:
-    """Deployment name -> `flow-name/deployment-name`, from the packaged prefect.yaml."""
-    from prefect.flows import load_flow_from_entrypoint
-
+    """Each deployment of prefect.yaml routed to by its own name (Prefect finds a
+    deployment by its name alone when only one flow has a deployment of that name)."""
     from prefect_beamline.deployments import find_prefect_yaml, read_deployment_specs
 
-    names = {}
-    for spec in read_deployment_specs(find_prefect_yaml()):
-        flow_name: str = load_flow_from_entrypoint(spec.entrypoint).name
-        names[spec.name] = f"{flow_name}/{spec.name}"
-    return names
+    return {spec.name: spec.name for spec in read_deployment_specs(find_prefect_yaml())}

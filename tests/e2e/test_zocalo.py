@@ -145,60 +145,6 @@ def record_as_hyperion(
         )
 
 
-def test_dodal_grid_scan_runs_and_dodal_reads_the_x_ray_centre(
-    stack: LocalStack, bridges: Bridges, tmp_path: Path
-) -> None:
-    from dodal.devices.zocalo import ZocaloResults, ZocaloStartInfo, ZocaloTrigger
-
-    bridges.steady()
-    collection_id = next_collection_id()
-    grid = GridScan(steps_x=5, steps_y=4, dx_um=20, dy_um=20, snaked=True)
-    synthetic = write_mx_collection(tmp_path / "data", name="grid_z", grid=grid, seed=5)
-    record_as_hyperion(stack.lims, synthetic.master_file, collection_id, "Mesh3D", grid)
-
-    async def run_as_hyperion() -> tuple[Any, Any, Any]:
-        results = ZocaloResults(
-            name="zocalo",
-            zocalo_environment=RESULTS_ENVIRONMENT,
-            channel=f"xrc.{ZOCALO_E2E_BEAMLINE}",
-            timeout_s=180,
-        )
-        ensure_queue(amqp_url("/"), results.channel)  # as the facility's broker has it
-        await results.connect()
-        await results.stage()  # subscribes to the results queue, as a plan does first
-        trigger = ZocaloTrigger(TRIGGER_ENVIRONMENT)
-        trigger.run_start(ZocaloStartInfo(collection_id, None, 0, grid.steps_x * grid.steps_y, 0))
-        trigger.run_end(collection_id)
-        try:
-            await results.trigger()  # waits for the results message
-            return (
-                await results.centre_of_mass.get_value(),
-                await results.ispyb_dcid.get_value(),
-                await results.max_voxel.get_value(),
-            )
-        finally:
-            await results.unstage()
-
-    centres, dcid, max_voxels = asyncio.run(run_as_hyperion())
-
-    completed_run(stack, GRIDSCAN, collection_id)
-    assert dcid == collection_id
-    true_x, true_y = synthetic.grid_centre_true or (0.0, 0.0)
-    assert abs(centres[0][0] - 0.5 - true_x) < 0.75 and abs(centres[0][1] - 0.5 - true_y) < 0.75
-    (job,) = stack.lims.jobs_for_collection(collection_id)
-    assert job.automatic and job.triggered_by == f"automation:zocalo-{collection_id}-end"
-    answer = httpx.get(
-        f"{stack.gateway_url}/api/v1/collections/{collection_id}/results",
-        headers={"Authorization": f"Bearer {stack.gateway_token}"},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    (shown,) = answer.json()["jobs"]
-    (published,) = shown["results"]["zocalo_xrc"]
-    assert published["max_voxel"] == max_voxels[0].tolist()
-    assert published["centre_of_mass"] == centres[0].tolist()
-
-
 def zocalo_go(*args: str) -> None:
     """python-zocalo's own `zocalo.go`, as a scientist types it."""
     command = [str(Path(sys.executable).parent / "zocalo.go"), "-e", TRIGGER_ENVIRONMENT, *args]
@@ -243,6 +189,60 @@ def test_bridge_killed_before_its_ack_loses_nothing_and_runs_nothing_twice(
     zocalo_go("-r", "mx-rotation", str(collection_id))  # typed again: a new request
     wait_until(lambda: len(runs()) == 2, 60, bridges.steady().log_tail)
     assert len(requests()) == 2
+
+
+def test_dodal_grid_scan_runs_and_dodal_reads_the_x_ray_centre(
+    stack: LocalStack, bridges: Bridges, tmp_path: Path
+) -> None:
+    from dodal.devices.zocalo import ZocaloResults, ZocaloStartInfo, ZocaloTrigger
+
+    bridges.steady()
+    collection_id = next_collection_id()
+    grid = GridScan(steps_x=4, steps_y=3, dx_um=20, dy_um=20, snaked=True)
+    synthetic = write_mx_collection(tmp_path / "data", name="grid_z", grid=grid, seed=5)
+    record_as_hyperion(stack.lims, synthetic.master_file, collection_id, "Mesh3D", grid)
+
+    async def run_as_hyperion() -> tuple[Any, Any, Any]:
+        results = ZocaloResults(
+            name="zocalo",
+            zocalo_environment=RESULTS_ENVIRONMENT,
+            channel=f"xrc.{ZOCALO_E2E_BEAMLINE}",
+            timeout_s=180,
+        )
+        ensure_queue(amqp_url("/"), results.channel)  # as the facility's broker has it
+        await results.connect()
+        await results.stage()  # subscribes to the results queue, as a plan does first
+        trigger = ZocaloTrigger(TRIGGER_ENVIRONMENT)
+        trigger.run_start(ZocaloStartInfo(collection_id, None, 0, grid.steps_x * grid.steps_y, 0))
+        trigger.run_end(collection_id)
+        try:
+            await results.trigger()  # waits for the results message
+            return (
+                await results.centre_of_mass.get_value(),
+                await results.ispyb_dcid.get_value(),
+                await results.max_voxel.get_value(),
+            )
+        finally:
+            await results.unstage()
+
+    centres, dcid, max_voxels = asyncio.run(run_as_hyperion())
+
+    completed_run(stack, GRIDSCAN, collection_id)
+    assert dcid == collection_id
+    true_x, true_y = synthetic.grid_centre_true or (0.0, 0.0)
+    assert abs(centres[0][0] - 0.5 - true_x) < 0.75 and abs(centres[0][1] - 0.5 - true_y) < 0.75
+    (job,) = stack.lims.jobs_for_collection(collection_id)
+    assert job.automatic and job.triggered_by == f"automation:zocalo-{collection_id}-end"
+    answer = httpx.get(
+        f"{stack.gateway_url}/api/v1/collections/{collection_id}/results",
+        headers={"Authorization": f"Bearer {stack.gateway_token}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    (shown,) = answer.json()["jobs"]
+    (published,) = shown["results"]["zocalo_xrc"]
+    assert published["max_voxel"] == max_voxels[0].tolist()
+    assert published["centre_of_mass"] == centres[0].tolist()
 
 
 def test_bluesky_run_engine_without_a_dcid_runs_to_completion(

@@ -192,6 +192,7 @@ def bluesky(name: str, **doc: Any) -> str:
 START = {
     "uid": "run-1",
     "technique": "mx",
+    "experiment_type": "rotation",
     "beamline": "i04",
     "visit": "mx999-2",
     "data_collection_id": 77,

@@ -190,6 +190,7 @@ def bluesky_starts(draw: st.DrawFn) -> str:
     doc: dict[str, Any] = {
         "uid": draw(event_ids),
         "technique": "mx",
+        "experiment_type": "rotation",
         "beamline": "i04",
         "visit": "mx999-2",
         "data_collection_id": draw(collection_ids),

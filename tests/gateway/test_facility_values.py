@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from prefect_beamline.events import GridScan
 from prefect_beamline.lims import Lims
 from prefect_beamline.lims.schema import (
     ISPYB_EXPERIMENT_TYPES,
@@ -23,6 +24,8 @@ from prefect_beamline.lims.schema import (
 )
 from prefect_beamline.settings import BeamlineSettings
 from tests.gateway.test_app import TOKEN, event_body, make_app, make_settings, stored
+
+GRID = GridScan(steps_x=4, steps_y=3, dx_um=20, dy_um=20)
 
 
 @pytest.fixture
@@ -110,6 +113,22 @@ def test_collection_no_deployment_processes_is_refused_at_the_door(
     assert stored(settings) == []
 
 
+def test_recording_a_collection_keeps_the_daq_s_own_experiment_type(lims: Lims) -> None:
+    from prefect_beamline.lims.schema import DataCollection
+    from tests.helpers import collection_event
+
+    lims.record_data_collection(collection_event(7))
+    with lims.transaction(write=True) as session:
+        group_id = session.get_one(DataCollection, 7).dataCollectionGroupId
+        session.get_one(DataCollectionGroup, group_id).experimentType = "SAD"  # Hyperion's
+    lims.record_data_collection(collection_event(7))  # a flow records it again
+    with lims.transaction(write=False) as session:
+        assert session.get_one(DataCollectionGroup, group_id).experimentType == "SAD"
+    lims.record_data_collection(collection_event(7, grid=GRID, experiment_type="gridscan"))
+    with lims.transaction(write=False) as session:  # a different experiment: rewritten
+        assert session.get_one(DataCollectionGroup, group_id).experimentType == "Mesh"
+
+
 # -- Bluesky without a data collection id ----------------------------------------------------
 
 
@@ -168,6 +187,15 @@ def test_stop_after_a_refused_start_says_the_start_was_refused_and_why(
     assert stored(settings) == []
     with lims.transaction(write=False) as session:  # nothing created for a refused start
         assert session.query(DataCollectionGroup).count() == 0
+
+
+def test_start_of_an_ispyb_type_nothing_here_processes_is_422_saying_why(
+    client: TestClient, settings: BeamlineSettings
+) -> None:
+    refused = post(client, "/api/v1/bluesky", hyperion_start(experiment_type="Energy scan"))
+    assert refused.status_code == 422
+    assert "'Energy scan' is not mapped" in refused.text and "spectroscopy" in refused.text
+    assert stored(settings) == []
 
 
 # -- results for the DAQ --------------------------------------------------------------------

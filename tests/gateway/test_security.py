@@ -217,6 +217,7 @@ def announce(client: TestClient, endpoint: str, data_file: str) -> Any:
     start = {
         "uid": "run-1",
         "technique": "mx",
+        "experiment_type": "rotation",
         "beamline": "i03",
         "visit": "mx12345-1",
         "data_collection_id": 42,
