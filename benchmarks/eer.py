@@ -34,8 +34,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     streams = []
     for _ in range(FRAMES_PER_GROUP):
         positions = np.sort(rng.choice(n_pixels, n_electrons, replace=False))
-        sub = rng.integers(0, 4, (2, n_electrons))
-        streams.append(np.frombuffer(encode_eer_frame(positions, *sub, n_pixels, code), np.uint8))
+        sub_x, sub_y = rng.integers(0, 4, (2, n_electrons))
+        encoded = encode_eer_frame(positions, sub_x, sub_y, n_pixels, code)
+        streams.append(np.frombuffer(encoded, np.uint8))
     out = np.zeros(sensor, dtype=np.uint16)
     peer_out = np.zeros(sensor, dtype=np.uint16)
     total = np.concatenate(streams)
