@@ -101,3 +101,10 @@ def test_gateway_benchmark_reports_throughput_integrity_lag_and_the_zocalo_peer(
         assert result["zocalo_note"]  # the reason it was not measured
     else:
         assert result["zocalo_per_s"] > 0
+
+
+def test_eer_benchmark_reports_kernel_peer_and_floor_and_agrees_with_the_peer() -> None:
+    result = run_quick("eer")
+    for key in ("kernel_ms_1t", "peer_ms_1t", "floor_ms"):
+        assert result[key] > 0
+    assert result["kernel_equals_peer"] is True
