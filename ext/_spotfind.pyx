@@ -10,10 +10,10 @@ built. Integer frames take the vectorised 32-bit rows of `include/_spotfind_rows
 frames take the double rows here. Bands run in parallel with the GIL released.
 
 Pixels above `max_valid` (the detector's overflow value 2^n - 1, counts beyond its
-saturation) are masked frame by frame, and counted as each row is screened, by the
-64-bit rows here: the packed C rows hand over any row whose window holds one, as they
-do bright rows. No second pass over the frame, their counts never reach a sum, and a
-frame without them runs the packed rows unchanged.
+saturation) are masked frame by frame, and counted as each row is screened: by the
+masked packed rows for the rows whose window holds one, and by the 64-bit rows here.
+No second pass over the frame, their counts never reach a sum, and a frame without them
+runs the unmasked packed rows, which never compare a value with max_valid.
 """
 
 from cython.parallel cimport prange
@@ -37,14 +37,28 @@ cdef extern from "_spotfind_rows.h" nogil:
         int32_t kernel_size
         int32_t min_local
         uint32_t max_valid
+    # Unmasked rows (stop at a row holding a valid value above max_valid) and masked rows
+    # (mask and count those values), for each pixel type.
     Py_ssize_t spot_u16_band(
         const uint16_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
-        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row,
+        int64_t* overloads)
+    Py_ssize_t spot_u16m_band(
+        const uint16_t* image, const unsigned char* valid, unsigned char* out,
+        Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row,
+        int64_t* overloads)
     Py_ssize_t spot_u32_band(
         const uint32_t* image, const unsigned char* valid, unsigned char* out,
         Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
-        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row)
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row,
+        int64_t* overloads)
+    Py_ssize_t spot_u32m_band(
+        const uint32_t* image, const unsigned char* valid, unsigned char* out,
+        Py_ssize_t ny, Py_ssize_t nx, Py_ssize_t row_start, Py_ssize_t row_stop,
+        const spot_params* params, uint32_t* work, Py_ssize_t* bright_row,
+        int64_t* overloads)
 
 
 ctypedef fused acc_t:
@@ -189,45 +203,73 @@ cdef long long _threshold_band(
     return overloads
 
 
+cdef inline Py_ssize_t _packed_rows(
+    const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
+    Py_ssize_t row_start, Py_ssize_t row_stop, const spot_params* params, uint32_t* work,
+    Py_ssize_t* bright_row, int64_t* overloads, bint masked,
+) noexcept nogil:
+    """The packed C rows of this pixel type (masked or not); the first row not done."""
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
+    if mx_pixel_t is uint16_t:
+        if masked:
+            return spot_u16m_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, row_start,
+                                  row_stop, params, work, bright_row, overloads)
+        return spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, row_start,
+                             row_stop, params, work, bright_row, overloads)
+    elif mx_pixel_t is float:
+        return row_start  # float32 frames take _threshold_band directly
+    else:
+        # int32 frames as uint32: negative values exceed the limit, so fall back.
+        if masked:
+            return spot_u32m_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0],
+                                  ny, nx, row_start, row_stop, params, work, bright_row,
+                                  overloads)
+        return spot_u32_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx,
+                             row_start, row_stop, params, work, bright_row, overloads)
+
+
 cdef long long _integer_band(
     const mx_pixel_t[:, ::1] image, const unsigned char[:, ::1] valid, unsigned char[:, ::1] out,
     Py_ssize_t row_start, Py_ssize_t row_stop, const spot_params* params,
     uint32_t* work, long long* sums, Py_ssize_t columns, double max_valid,
 ) noexcept nogil:
-    """Rows [row_start, row_stop) of an integer frame: the packed 32-bit rows in C, and
-    the 64-bit rows here for the rows whose window holds a value beyond their limit.
-    Returns the rows' overloads."""
-    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1], r = row_start, slow_stop
-    cdef Py_ssize_t bright_row = 0
+    """Rows [row_start, row_stop) of an integer frame; returns their overloads.
+
+    The unmasked packed rows in C; the rows whose window holds an overload in the masked
+    packed rows; the rows whose window holds a value beyond the packing limit in the
+    64-bit rows here."""
+    cdef Py_ssize_t r = row_start, stop, bright_row = 0
     cdef int64_t overloads = 0
     cdef int k = params.kernel_size
     if mx_pixel_t is float:
         return 0  # float32 frames take _threshold_band directly
     else:
         while r < row_stop:
-            if mx_pixel_t is uint16_t:
-                r = spot_u16_band(&image[0, 0], &valid[0, 0], &out[0, 0], ny, nx, r,
-                                  row_stop, params, work, &bright_row)
-            else:
-                # int32 frames as uint32: negative values exceed the limit, so fall back.
-                r = spot_u32_band(<const uint32_t*>&image[0, 0], &valid[0, 0], &out[0, 0],
-                                  ny, nx, r, row_stop, params, work, &bright_row)
+            r = _packed_rows(image, valid, out, r, row_stop, params, work, &bright_row,
+                             &overloads, False)
             if r >= row_stop:
                 return overloads
+            # Row bright_row holds an overload or a bright value: the rows whose window
+            # holds it, masked (they stop again at once for a bright value).
+            stop = bright_row + k + 1 if bright_row + k + 1 < row_stop else row_stop
+            r = _packed_rows(image, valid, out, r, stop, params, work, &bright_row,
+                             &overloads, True)
+            if r >= stop:
+                continue
             # At least 64 rows at a time, so frames bright (or negative) in most rows spend
             # little on packed rows restarted only to stop again.
-            slow_stop = bright_row + k + 1
-            if slow_stop < r + 64:
-                slow_stop = r + 64
-            if slow_stop > row_stop:
-                slow_stop = row_stop
+            stop = bright_row + k + 1
+            if stop < r + 64:
+                stop = r + 64
+            if stop > row_stop:
+                stop = row_stop
             memset(sums, 0, 2 * columns * sizeof(long long))
             overloads += _threshold_band(
-                image, valid, out, r, slow_stop, k, params.gain, params.sigma_background,
+                image, valid, out, r, stop, k, params.gain, params.sigma_background,
                 params.sigma_strong, params.min_local, params.global_threshold, max_valid,
                 sums, sums + columns,
             )
-            r = slow_stop
+            r = stop
         return overloads
 
 

@@ -118,3 +118,10 @@ def test_ssx_benchmark_reports_every_number_and_agrees_with_pyfai_and_reference(
         assert size[key] > 0
     assert size["max_rel_diff_vs_pyfai"] < 1e-5
     assert size["reference_equals_kernel_n_peaks"] is True
+
+
+def test_eer_benchmark_reports_kernel_peer_and_floor_and_agrees_with_the_peer() -> None:
+    result = run_quick("eer")
+    for key in ("kernel_ms_1t", "peer_ms_1t", "floor_ms"):
+        assert result[key] > 0
+    assert result["kernel_equals_peer"] is True

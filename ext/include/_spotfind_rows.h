@@ -14,9 +14,10 @@
  * with the numpy reference's operations in its order, so the mask is identical to it.
  *
  * Pixels above max_valid (the detector's overflow value, counts beyond saturation) are
- * masked frame by frame by the caller's rows: a row holding one stops the band as a
- * bright row does, so these rows never compare values with max_valid (the common frame,
- * without such pixels, pays nothing for the masking).
+ * masked frame by frame: the unmasked rows stop at a row holding one, as at a bright
+ * row, and the caller takes the rows whose window holds it with the masked rows (which
+ * compare every value with max_valid and count the overloads). A frame without
+ * overloads pays nothing for the masking.
  *
  * Packing is exact while every valid value v satisfies v * (2k+1)^2 < 2^shift (for
  * k = 3: v <= 684,784 counts). Each entering row's largest valid value is found in the
@@ -50,7 +51,7 @@ typedef struct {
     double gain, sigma_background, sigma_strong, global_threshold;
     int32_t kernel_size, min_local;
     /* Valid pixels above it (overflow 2^n - 1, beyond saturation) are masked for this
-       frame: rows whose window holds one are left to the caller, as bright rows are. */
+       frame (see above). */
     uint32_t max_valid;
 } spot_params;
 
@@ -91,7 +92,7 @@ static inline int spot_dials_test(double p, double m, double x, double y,
            && p > prm->global_threshold;
 }
 
-#define SPOT_NAME(suffix) spot_u16_##suffix
+/* Each pixel type twice: unmasked rows (spot_u16_band) and masked rows (spot_u16m_band). */
 #define SPOT_PIXEL uint16_t
 #define SPOT_LOAD8(pointer, into)                                                         \
     do {                                                                                  \
@@ -99,16 +100,31 @@ static inline int spot_dials_test(double p, double m, double x, double y,
         memcpy(&half_, (pointer), sizeof half_);                                          \
         (into) = __builtin_convertvector(half_, spot_u32x8);                              \
     } while (0)
+#define SPOT_MASKED 0
+#define SPOT_NAME(suffix) spot_u16_##suffix
 #include "_spotfind_rows_impl.h"
 #undef SPOT_NAME
+#undef SPOT_MASKED
+#define SPOT_MASKED 1
+#define SPOT_NAME(suffix) spot_u16m_##suffix
+#include "_spotfind_rows_impl.h"
+#undef SPOT_NAME
+#undef SPOT_MASKED
 #undef SPOT_PIXEL
 #undef SPOT_LOAD8
 
-#define SPOT_NAME(suffix) spot_u32_##suffix
 #define SPOT_PIXEL uint32_t
 #define SPOT_LOAD8(pointer, into) memcpy(&(into), (pointer), sizeof(into))
+#define SPOT_MASKED 0
+#define SPOT_NAME(suffix) spot_u32_##suffix
 #include "_spotfind_rows_impl.h"
 #undef SPOT_NAME
+#undef SPOT_MASKED
+#define SPOT_MASKED 1
+#define SPOT_NAME(suffix) spot_u32m_##suffix
+#include "_spotfind_rows_impl.h"
+#undef SPOT_NAME
+#undef SPOT_MASKED
 #undef SPOT_PIXEL
 #undef SPOT_LOAD8
 

@@ -149,13 +149,25 @@ def _sensor_pixel_angstrom(page: tifffile.TiffPage) -> float | None:
 class _BitWriter:
     """Bits appended least significant first, as EER bitstreams are read."""
 
-    def __init__(self) -> None:
+    def __init__(self, code: EERCode) -> None:
+        self.code = code
         self.value = 0
         self.n_bits = 0
 
     def write(self, value: int, n_bits: int) -> None:
         self.value |= value << self.n_bits
         self.n_bits += n_bits
+
+    def run(self, pixels: int) -> None:
+        """A run of `pixels` without an electron: runs of the largest value (no electron;
+        65000 spends a symbol after each), then the rest."""
+        skip = (1 << self.code.rle_bits) - 1
+        while pixels >= skip:
+            self.write(skip, self.code.rle_bits)
+            if self.code.symbol_after_skip:
+                self.write(0, 2 * self.code.sub_bits)
+            pixels -= skip
+        self.write(pixels, self.code.rle_bits)
 
     def to_bytes(self) -> bytes:
         """Whole 64-bit words, as the camera writes them, and one more to read ahead."""
@@ -167,29 +179,16 @@ def encode_eer_frame(
 ) -> bytes:
     """One frame's bitstream: electrons at sorted, distinct pixel indices `positions`
     (row * width + column) with sub-pixel positions `sub_x`, `sub_y` (0..2^sub_bits-1)."""
-    writer = _BitWriter()
-    skip = (1 << code.rle_bits) - 1
+    writer = _BitWriter(code)
     flip = 1 << (code.sub_bits - 1)
     position = 0
     for pixel, x, y in zip(positions.tolist(), sub_x.tolist(), sub_y.tolist(), strict=True):
-        gap = pixel - position
-        if gap < 0:
+        if pixel < position:
             raise ValueError("positions must be sorted and distinct")
-        while gap >= skip:
-            writer.write(skip, code.rle_bits)
-            if code.symbol_after_skip:
-                writer.write(0, 2 * code.sub_bits)
-            gap -= skip
-        writer.write(gap, code.rle_bits)
+        writer.run(pixel - position)
         writer.write((x ^ flip) | ((y ^ flip) << code.sub_bits), 2 * code.sub_bits)
         position = pixel + 1
-    remaining = n_pixels - position
-    while remaining >= skip:
-        writer.write(skip, code.rle_bits)
-        if code.symbol_after_skip:
-            writer.write(0, 2 * code.sub_bits)
-        remaining -= skip
-    writer.write(remaining, code.rle_bits)
+    writer.run(n_pixels - position)
     return writer.to_bytes()
 
 

@@ -15,6 +15,10 @@ SPEC = TechniqueSpec(
             "benchmarks.motioncor",
             "gain + sub-pixel shifted frame sum vs scipy.ndimage.shift, memory pass",
         ),
+        "eer": Benchmark(
+            "benchmarks.eer",
+            "EER frames rendered into a 4K dose fraction vs imagecodecs, bitstream pass",
+        ),
         "powerspec": Benchmark(
             "benchmarks.powerspec",
             "radial/elliptical power-spectrum average vs numpy bincount, memory pass",
