@@ -187,6 +187,9 @@ def write_mrc(path: str | Path, data: np.ndarray, pixel_size_angstrom: float) ->
         if data.ndim == 3:
             mrc.header.ispg = 0  # an image stack, not a volume
         mrc.update_header_stats()
+        # mrcfile labels new files with the time: a fixed label keeps the same result
+        # byte-identical when it is computed again.
+        mrc.header.label[0] = b"prefect-beamline"
     partial.replace(path)
     return path
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,84 @@ def test_demo_reports_the_collection_and_its_saved_command_reruns_it(
     manual = wait_for_manual_jobs(stack, collection_id, len(rerun))
     assert {job.recipe for job in manual} == {automatic[0].recipe}
     assert all(job.triggered_by and job.triggered_by.startswith("cli:") for job in manual)
+    # The saved command reproduces each job bit for bit, and both say where they came from.
+    for original in rerun:
+        again = next(job for job in manual if job.parameters == original.parameters)
+        assert again.changed == {}
+        assert_same_results(Path(str(original.results_dir)), Path(str(again.results_dir)))
+        for job in (original, again):
+            assert_provenance(job)
+
+
+# What differs between two jobs by design: who, when, which run (not the results).
+JOB_FILES = {"inputs.json", "command.txt", "provenance.json", "checkpoint.h5"}
+
+
+def assert_same_results(first: Path, second: Path) -> None:
+    """Every result file of `first` is in `second` with the same content: HDF5 datasets
+    compared byte for byte (HDF5 files hold creation times), other files whole."""
+    import h5py
+
+    names = sorted(p.name for p in first.iterdir() if p.is_file() and p.name not in JOB_FILES)
+    assert names, f"{first} holds no results"
+    for name in names:
+        one, two = first / name, second / name
+        assert two.is_file(), f"{two} missing"
+        if name.endswith((".h5", ".nxs")):
+            with h5py.File(one) as a, h5py.File(two) as b:
+                datasets = hdf5_datasets(a)
+                assert datasets, f"{one} holds no datasets"
+                for key in datasets:
+                    assert a[key][()].tobytes() == b[key][()].tobytes(), f"{name}:{key} differs"
+        else:
+            text_one = result_bytes(one, first)
+            text_two = result_bytes(two, second)
+            assert text_one == text_two, f"{name} differs between {first} and {second}"
+
+
+def result_bytes(path: Path, folder: Path) -> bytes:
+    """A result file's bytes, its own folder's name masked; a STAR file without its
+    comments (the starfile package stamps the time it wrote the file there), a JSON
+    summary without its step timings."""
+    content = path.read_bytes().replace(str(folder).encode(), b"<job>")
+    if path.suffix == ".star":
+        content = b"\n".join(line for line in content.split(b"\n") if not line.startswith(b"#"))
+    if path.suffix == ".json":  # how long each step took is not a result
+        document = json.loads(content)
+        if isinstance(document, dict):
+            document.pop("timings", None)
+        content = json.dumps(document, sort_keys=True).encode()
+    return content
+
+
+def hdf5_datasets(file: Any) -> list[str]:
+    """Paths of every dataset in an open HDF5 file."""
+    import h5py
+
+    found: list[str] = []
+    file.visititems(lambda key, item: found.append(key) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def assert_provenance(job: ProcessingJobSummary) -> None:
+    """provenance.json in the folder and the LIMS job's short form agree on the code and
+    the data: version, commit, kernel build, input files, the master's hash."""
+    folder = Path(str(job.results_dir))
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["code"]["version"] and provenance["code"]["commit"]
+    assert provenance["kernels"]["modules_sha256"] and provenance["kernels"]["chosen_at_load"]
+    inputs = provenance["inputs"]
+    assert all(item["size"] > 0 and item["mtime_ns"] > 0 for item in inputs["files"])
+    assert len(inputs["master_sha256"]) == 64
+    assert provenance["parameters"] == job.parameters
+    record = job.record
+    assert record["provenance.version"] == provenance["code"]["version"]
+    assert record["provenance.commit"] == provenance["code"]["commit"]
+    assert record["provenance.master_sha256"] == inputs["master_sha256"]
+    assert record["provenance.kernels"]["chosen_at_load"] == provenance["kernels"]["chosen_at_load"]
+    inputs_file = json.loads((folder / "inputs.json").read_text())
+    assert inputs_file["parameters"] == job.parameters
+    assert inputs_file["flow_run_url"] == record["prefect.flow_run_url"]
 
 
 def wait_for_manual_jobs(

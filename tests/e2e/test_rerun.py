@@ -177,6 +177,7 @@ def test_ui_rerun_shows_the_collections_values_and_changes_only_the_edited_field
     check_rerun(stack, name, collection_id, job, {field: value}, base)
     page.goto(job.record["prefect.flow_run_url"])
     page.get_by_text(f"dc{collection_id}-job{job.processing_job_id}").first.wait_for(timeout=30_000)
+    page.get_by_text("results in").first.wait_for(timeout=30_000)  # the run's own log
     screenshot(page, f"rerun-run-{name}.png")
 
     # From the CLI, another field: the browser's change stays (the latest job is the base).
