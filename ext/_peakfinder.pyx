@@ -244,8 +244,11 @@ cdef Py_ssize_t _find_peaks(
     cdef bint peak
     cdef int R = p.local_max_radius
 
-    # Pass 1: histogram per ring, list of large counts, block maxima.
-    memset(ws.hist, 0, n_rings * HIST_BINS * sizeof(uint32_t))
+    # Pass 1: histogram per ring, list of large counts, block maxima. Locals, not the
+    # workspace's fields, in the loop: stores through `hist` cannot alias them.
+    cdef uint32_t* hist = ws.hist
+    cdef int64_t overflow = p.overflow
+    memset(hist, 0, n_rings * HIST_BINS * sizeof(uint32_t))
     ws.n_over = 0
     for r in range(ny):
         row = frame + r * nx
@@ -257,12 +260,12 @@ cdef Py_ssize_t _find_peaks(
             for c in range(c0, c1):
                 ring = ring_row[c]
                 v = <int64_t> row[c]
-                if ring == NO_RING or v < 0 or v >= p.overflow:
+                if ring == NO_RING or v < 0 or v >= overflow:
                     continue
                 if v > bmax:
                     bmax = v
                 if v < HIST_BINS:
-                    ws.hist[ring * HIST_BINS + v] += 1
+                    hist[ring * HIST_BINS + v] += 1
                 else:
                     if ws.n_over == ws.cap_over and _grow(ws, False) < 0:
                         return -1

@@ -116,7 +116,7 @@ def test_ssx_benchmark_reports_every_number_and_agrees_with_pyfai_and_reference(
         "reference_hitfind_ms",
     ):
         assert size[key] > 0
-    assert size["max_rel_diff_vs_pyfai"] < 1e-5
+    assert size["max_rel_diff_vs_pyfai"] < 1e-4
     assert size["reference_equals_kernel_n_peaks"] is True
 
 
