@@ -63,3 +63,18 @@ def report_from(template: str) -> Callable[[Mapping[str, Any]], str]:
         return template.format_map(result)
 
     return report
+
+
+def interleaved_ms(sides: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time (ms) of each side over `rounds` rounds, each round calling every
+    side once in turn (after one uncounted call each): sides of a ratio see the same
+    load on a shared machine."""
+    for call in sides.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, call in sides.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(1000.0 * (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in times.items()}

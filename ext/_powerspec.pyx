@@ -67,14 +67,49 @@ def sector_map_kernel(int[:, ::1] bins, Py_ssize_t n_sectors, Py_ssize_t n_bins)
                 bins[i, j] = <int>(sector * n_bins + index)
 
 
+cdef inline void _binned_rows(
+    const float* first, const int* first_bins, const float* second, const int* second_bins,
+    Py_ssize_t n, double* sums,
+) noexcept nogil:
+    """Two rows at once, each summing runs of pixels in the same bin in a register and
+    adding a run to `sums` when its bin changes: two independent chains of additions,
+    where one pixel after another through memory would be one long chain."""
+    cdef Py_ssize_t j
+    cdef int bin_a = -1, bin_b = -1, index
+    cdef double run_a = 0.0, run_b = 0.0
+    for j in range(n):
+        index = first_bins[j]
+        if index != bin_a:
+            if bin_a >= 0:
+                sums[bin_a] += run_a
+            bin_a = index
+            run_a = 0.0
+        run_a += first[j]
+        index = second_bins[j]
+        if index != bin_b:
+            if bin_b >= 0:
+                sums[bin_b] += run_b
+            bin_b = index
+            run_b = 0.0
+        run_b += second[j]
+    if bin_a >= 0:
+        sums[bin_a] += run_a
+    if bin_b >= 0:
+        sums[bin_b] += run_b
+
+
 def binned_sum_kernel(const float[:, ::1] spectrum, const int[:, ::1] bins, double[::1] sums):
-    """sums[bins[i, j]] += spectrum[i, j] for every pixel whose bin is not -1."""
+    """sums[bins[i, j]] += spectrum[i, j] for every pixel whose bin is not -1: one pass
+    over the spectrum and its bin map, rows i and i + ny/2 side by side."""
     cdef Py_ssize_t ny = spectrum.shape[0], nxh = spectrum.shape[1]
-    cdef Py_ssize_t i, j
-    cdef int index
+    cdef Py_ssize_t half = ny // 2, i
     with nogil:
-        for i in range(ny):
-            for j in range(nxh):
-                index = bins[i, j]
-                if index >= 0:
-                    sums[index] += spectrum[i, j]
+        for i in range(half):
+            _binned_rows(
+                &spectrum[i, 0], &bins[i, 0], &spectrum[i + half, 0], &bins[i + half, 0],
+                nxh, &sums[0],
+            )
+        if ny % 2:  # the last row of an odd height, alone
+            for i in range(nxh):
+                if bins[ny - 1, i] >= 0:
+                    sums[bins[ny - 1, i]] += spectrum[ny - 1, i]

@@ -38,9 +38,17 @@ def test_spotfind_benchmark_reports_every_number_and_agrees_with_reference() -> 
 
 def test_tomo_benchmark_reports_every_number_and_agrees_with_iradon() -> None:
     result = run_quick("tomo")
-    for key in ("kernel_ms_1t", "kernel_ms_all", "iradon_ms", "memory_pass_ms"):
+    for key in (
+        "kernel_ms_1t", "kernel_ms_all", "iradon_ms", "memory_pass_ms", "fourier_ms_1t",
+        "fourier_ms_all",
+    ):  # fmt: skip
         assert result[key] > 0
     assert result["relative_difference_vs_iradon"] < 1e-5
+    # The Fourier method's quality target, against the phantom.
+    assert 0 < result["fourier_nrmse_vs_phantom"] <= result["iradon_nrmse_vs_phantom"] + 0.005
+    assert result["fbp_nrmse_vs_phantom"] > 0
+    # The peers (algotom, astra-toolbox: the `tomo-peers` extra) where they are installed.
+    assert result["peer_name"] is None or result["peer_ms"] > 0
 
 
 def test_ptycho_benchmark_reports_ours_numpy_and_ptychi_or_why_not() -> None:

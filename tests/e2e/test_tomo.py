@@ -86,9 +86,13 @@ def test_webhook_reconstructs_the_scan_into_volume_previews_artifacts_and_lims(
         "slice_yz.png",
     }
     assert not list(results_dir.glob("*.partial"))
+    # Frames are stored whole (one chunk each), taller than a task's 2 rows: the run
+    # staged the rows once for its tasks, and removed the copy when the volume was in.
+    assert not (results_dir / "sinograms.h5").exists()
 
     summary = json.loads((results_dir / "summary.json").read_text())
     assert summary["shape"] == [6, 96, 96]
+    assert summary["method"] == "gridrec"
     assert summary["centre_method"] == "0/180 pair"
     assert abs(summary["centre_of_rotation"] - scan.centre_true) < CENTRE_TOLERANCE_PX
     with h5py.File(results_dir / "volume.h5") as volume:

@@ -10,7 +10,7 @@ SPEC = TechniqueSpec(
     benchmarks={
         "tomo": Benchmark(
             "benchmarks.tomo",
-            "Cython filtered back projection vs scikit-image iradon and a memory pass",
+            "gridrec (Fourier) and FBP vs scikit-image iradon and algotom/astra, NRMSE vs phantom",
         ),
         "tomo_preprocess": Benchmark(
             "benchmarks.tomo_preprocess",
