@@ -94,9 +94,10 @@ class FFTCall:
 
 @contextmanager
 def recorded_ffts() -> Iterator[list[FFTCall]]:
-    """Record every scipy.fft rfft2/irfft2/fft2/ifft2 call made inside by a step's module."""
+    """Record every scipy.fft call (of `names`) made inside by a step's module."""
     calls: list[FFTCall] = []
-    originals = {name: getattr(scipy.fft, name) for name in ("rfft2", "irfft2", "fft2", "ifft2")}
+    names = ("rfft2", "irfft2", "fft2", "ifft2", "ifft", "irfft")
+    originals = {name: getattr(scipy.fft, name) for name in names}
 
     def recorder(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def call(x: Any, *args: Any, **kwargs: Any) -> Any:
