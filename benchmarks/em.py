@@ -178,7 +178,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             if step != "per_movie"
         },
         "floors": {
-            step: round(floor[step], 3) for step in ("bin", "motion", "dose_weight", "sum", "ctf")
+            step: round(floor[step], 6) for step in ("bin", "motion", "dose_weight", "sum", "ctf")
         },
         "floor_kind": {
             "bin": "one memory pass over the movie",
