@@ -17,6 +17,11 @@ KERNELS = sorted(path.stem for path in Path("ext").glob("_*.pyx"))
 # cythonize tracks it).
 HEADERS = sorted(str(path) for path in Path("ext/include").glob("*.h"))
 
+# Flags of one kernel family beyond the common ones. ePIE's modulus pass vectorises only
+# when sqrtf need not set errno and a select need not keep FP exceptions (neither
+# changes a result; `#pragma GCC optimize` does not reach target_clones copies).
+EXTRA_FLAGS = {"_epie": ["-fno-math-errno", "-fno-trapping-math"]}
+
 # Top-level folders installed as subpackages of prefect_beamline (pyproject.toml's
 # `package-dir` maps each one).
 MAPPED_FOLDERS = ("flows", "blocks", "ext")
@@ -59,7 +64,7 @@ extensions = [
         [f"ext/{name}.pyx"],
         depends=HEADERS,
         include_dirs=[numpy.get_include(), "ext/include"],
-        extra_compile_args=["-O3", "-ffp-contract=off", *OPENMP],
+        extra_compile_args=["-O3", "-ffp-contract=off", *OPENMP, *EXTRA_FLAGS.get(name, [])],
         extra_link_args=OPENMP,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

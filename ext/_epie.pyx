@@ -9,11 +9,32 @@ One position of (r)ePIE is: exit wave ψ = P·O[patch] → Ψ = FFT(ψ) → modu
 
 Complex arrays arrive as float32 views (ny, 2·nx): real and imaginary parts interleaved,
 which is how numpy lays out complex64, so no copy is made.
+
+`epie_positions_kernel` runs a whole iteration's positions without returning to Python
+between them except for the two FFTs (an in-place plan's `forward` and `backward`,
+unnormalised): three passes per position, each one row loop from `_epie_rows.h`. The
+exit wave is not kept: the update recomputes P·O, which has not changed since.
 """
 
-from cython.parallel cimport prange
-from libc.math cimport sqrtf
+from cython.parallel cimport prange, threadid
+from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
+
+
+cdef extern from "_epie_rows.h" nogil:
+    void epie_exit_row(
+        const float* probe, const float* obj, float* out, Py_ssize_t n,
+        float* probe_max, float* obj_max,
+    )
+    double epie_modulus_row(
+        float* wave, const float* amplitude, const unsigned char* valid, Py_ssize_t n, float s,
+        float* terms,
+    )
+    void epie_update_row(
+        float* obj, float* probe, const float* revised, Py_ssize_t n, int regularised,
+        int update_probe, float wo_epie, float wp_epie, float a_obj, float b_obj,
+        float a_probe, float b_probe,
+    )
 
 
 def exit_wave_kernel(
@@ -29,39 +50,38 @@ def exit_wave_kernel(
     Returns (max |P|², max |O[patch]|²), read in the same pass: the ePIE/rPIE update
     that follows needs both, and nothing changes P or O in between.
     """
-    cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2, i, j, c
-    cdef float pr, pim, o_r, o_i, p2, o2, pm, om
-    cdef float probe_max = 0.0, obj_max = 0.0
-    cdef float* probe_rows = <float*>malloc(ny * sizeof(float))
-    cdef float* obj_rows = <float*>malloc(ny * sizeof(float))
-    if probe_rows == NULL or obj_rows == NULL:
-        free(probe_rows)
-        free(obj_rows)
+    cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2
+    cdef float* maxima = <float*>malloc(2 * ny * sizeof(float))
+    if maxima == NULL:
         raise MemoryError()
-    with nogil:
-        for i in prange(ny, num_threads=n_threads, schedule="static"):
-            pm = 0.0
-            om = 0.0
-            for j in range(nx):
-                c = 2 * (x0 + j)
-                pr = probe[i, 2 * j]
-                pim = probe[i, 2 * j + 1]
-                o_r = obj[y0 + i, c]
-                o_i = obj[y0 + i, c + 1]
-                out[i, 2 * j] = pr * o_r - pim * o_i
-                out[i, 2 * j + 1] = pr * o_i + pim * o_r
-                p2 = pr * pr + pim * pim
-                o2 = o_r * o_r + o_i * o_i
-                pm = p2 if p2 > pm else pm
-                om = o2 if o2 > om else om
-            probe_rows[i] = pm
-            obj_rows[i] = om
-        for i in range(ny):
-            probe_max = probe_rows[i] if probe_rows[i] > probe_max else probe_max
-            obj_max = obj_rows[i] if obj_rows[i] > obj_max else obj_max
-        free(probe_rows)
-        free(obj_rows)
-    return probe_max, obj_max
+    try:
+        _exit_rows(obj, probe, y0, x0, out, maxima, n_threads)
+        return _largest(maxima, ny), _largest(maxima + ny, ny)
+    finally:
+        free(maxima)
+
+
+cdef void _exit_rows(
+    const float[:, ::1] obj,
+    const float[:, ::1] probe,
+    Py_ssize_t y0,
+    Py_ssize_t x0,
+    float[:, ::1] out,
+    float* maxima,
+    int n_threads,
+) noexcept nogil:
+    """Exit wave rows in parallel; row i's max |P|² in maxima[i], max |O|² in maxima[ny + i]."""
+    cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2, i
+    for i in prange(ny, num_threads=n_threads, schedule="static"):
+        epie_exit_row(&probe[i, 0], &obj[y0 + i, 2 * x0], &out[i, 0], nx, &maxima[i], &maxima[ny + i])
+
+
+cdef inline float _largest(const float* values, Py_ssize_t n) noexcept nogil:
+    cdef float largest = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        largest = values[i] if values[i] > largest else largest
+    return largest
 
 
 def extract_patch_kernel(
@@ -96,26 +116,31 @@ def modulus_constraint_kernel(
 ):
     """Replace |Ψ| by the measured amplitude on valid pixels, keeping the phase; masked
     pixels keep the current estimate. Returns Σ_valid (|Ψ| − A)², the error before."""
-    cdef Py_ssize_t ny = amplitude.shape[0], nx = amplitude.shape[1], i, j
-    cdef float re, im, modulus, target, scale
+    cdef float* scratch = <float*>malloc(n_threads * amplitude.shape[1] * sizeof(float))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        return _modulus_rows(wave_ft, amplitude, valid, 1.0, scratch, n_threads)
+    finally:
+        free(scratch)
+
+
+cdef double _modulus_rows(
+    float[:, ::1] wave,
+    const float[:, ::1] amplitude,
+    const unsigned char[:, ::1] valid,
+    float scale,
+    float* scratch,
+    int n_threads,
+) noexcept nogil:
+    """`epie_modulus_row` on every row in parallel (`scale`: see _epie_rows.h); `scratch`
+    holds a row of floats per thread."""
+    cdef Py_ssize_t ny = amplitude.shape[0], nx = amplitude.shape[1], i
     cdef double error = 0.0
-    with nogil:
-        for i in prange(ny, num_threads=n_threads, schedule="static"):
-            for j in range(nx):
-                if valid[i, j]:
-                    re = wave_ft[i, 2 * j]
-                    im = wave_ft[i, 2 * j + 1]
-                    modulus = sqrtf(re * re + im * im)
-                    target = amplitude[i, j]
-                    error += (modulus - target) * (modulus - target)
-                    if modulus > 1e-30:
-                        scale = target / modulus
-                        wave_ft[i, 2 * j] = re * scale
-                        wave_ft[i, 2 * j + 1] = im * scale
-                    else:
-                        # No phase to keep: a real field of the measured amplitude.
-                        wave_ft[i, 2 * j] = target
-                        wave_ft[i, 2 * j + 1] = 0.0
+    for i in prange(ny, num_threads=n_threads, schedule="static"):
+        error += epie_modulus_row(
+            &wave[i, 0], &amplitude[i, 0], &valid[i, 0], nx, scale, scratch + threadid() * nx
+        )
     return error
 
 
@@ -169,3 +194,64 @@ def update_kernel(
                 if update_probe:
                     probe[i, 2 * j] = pr + wp * (o_r * dr + o_i * di)
                     probe[i, 2 * j + 1] = pim + wp * (o_r * di - o_i * dr)
+
+
+def epie_positions_kernel(
+    float[:, ::1] obj,
+    float[:, ::1] probe,
+    float[:, ::1] wave,
+    const float[:, :, ::1] amplitudes,
+    const unsigned char[:, ::1] valid,
+    const long long[:, ::1] positions,
+    const long long[::1] order,
+    object forward,
+    object backward,
+    float alpha,
+    float beta,
+    bint regularised,
+    bint update_probe,
+    int n_threads,
+):
+    """One (r)ePIE pass over the positions `order` lists, in place on obj and probe.
+
+    Per position: exit wave P·O[patch] into `wave` (with max |P|², max |O|²), `forward()`
+    (unnormalised FFT of `wave` in place), the modulus constraint with the orthonormal
+    scale folded in, `backward()` (unnormalised inverse FFT in place: the revised exit
+    wave), the update. Returns Σ positions Σ valid (|Ψ| − √I)², Ψ orthonormal.
+    """
+    cdef Py_ssize_t ny = probe.shape[0], nx = probe.shape[1] // 2, k, i, index, y0, x0
+    cdef float scale = <float>(1.0 / sqrt(<double>(ny * nx)))
+    cdef float probe_max, obj_max, wo_epie, wp_epie
+    cdef double error = 0.0
+    cdef const float[:, ::1] amplitude
+    cdef float* maxima = <float*>malloc((2 * ny + n_threads * nx) * sizeof(float))
+    if maxima == NULL:
+        raise MemoryError()
+    try:
+        for k in range(order.shape[0]):
+            index = order[k]
+            y0 = positions[index, 0]
+            x0 = positions[index, 1]
+            with nogil:
+                _exit_rows(obj, probe, y0, x0, wave, maxima, n_threads)
+                probe_max = _largest(maxima, ny)
+                obj_max = _largest(maxima + ny, ny)
+            forward()
+            amplitude = amplitudes[index]
+            with nogil:
+                error += _modulus_rows(
+                    wave, amplitude, valid, scale, maxima + 2 * ny, n_threads
+                )
+            backward()
+            wo_epie = alpha / probe_max if probe_max > 0 else alpha
+            wp_epie = beta / obj_max if obj_max > 0 else beta
+            with nogil:
+                for i in prange(ny, num_threads=n_threads, schedule="static"):
+                    epie_update_row(
+                        &obj[y0 + i, 2 * x0], &probe[i, 0], &wave[i, 0], nx, regularised,
+                        update_probe, wo_epie, wp_epie, 1.0 - alpha, alpha * probe_max,
+                        1.0 - beta, beta * obj_max,
+                    )
+    finally:
+        free(maxima)
+    return error

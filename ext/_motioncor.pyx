@@ -3,6 +3,10 @@
 """Per-pixel loops of cryo-EM motion correction: gain-corrected binning, the shifted
 frame sum with bilinear sub-pixel interpolation, and dose-weight filter application.
 
+Binning and the shifted sum take a group of frames at once (their addresses): each
+block of output is finished for every frame of the group before the next, so the gain
+reference and the output are read once per group while the frames stream past once.
+
 Each loop runs with the GIL released, rows in parallel (prange). Frames come in as the
 detector stored them (uint8, int8, int16, uint16, float32): no converted copy is made.
 """
@@ -14,46 +18,86 @@ from libc.stdlib cimport free, malloc
 from _shared cimport clamp_index, em_count_t, signed_frequency
 
 
+cdef extern from "_motioncor_rows.h" nogil:
+    void em_bin_row_u8(const unsigned char*, const float*, int, Py_ssize_t, int, Py_ssize_t, float, float*, float*)
+    void em_bin_row_i8(const signed char*, const float*, int, Py_ssize_t, int, Py_ssize_t, float, float*, float*)
+    void em_bin_row_i16(const short*, const float*, int, Py_ssize_t, int, Py_ssize_t, float, float*, float*)
+    void em_bin_row_u16(const unsigned short*, const float*, int, Py_ssize_t, int, Py_ssize_t, float, float*, float*)
+    void em_bin_row_f32(const float*, const float*, int, Py_ssize_t, int, Py_ssize_t, float, float*, float*)
+    void em_shift_tile_u8(const unsigned char*, const float*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, float, float, float, float, float*, Py_ssize_t, float*)
+    void em_shift_tile_i8(const signed char*, const float*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, float, float, float, float, float*, Py_ssize_t, float*)
+    void em_shift_tile_i16(const short*, const float*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, float, float, float, float, float*, Py_ssize_t, float*)
+    void em_shift_tile_u16(const unsigned short*, const float*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, float, float, float, float, float*, Py_ssize_t, float*)
+    void em_shift_tile_f32(const float*, const float*, int, Py_ssize_t, Py_ssize_t, Py_ssize_t, float, float, float, float, float*, Py_ssize_t, float*)
+
+
+cdef inline void _bin_row(
+    const em_count_t* raw, const float* gain, int use_gain, Py_ssize_t stride, int factor,
+    Py_ssize_t nx_out, float scale, float* columns, float* out,
+) noexcept nogil:
+    """`em_bin_row_<type>` of _motioncor_rows.h for this pixel type (the conditions are
+    constants of each specialisation, which the C compiler folds)."""
+    if em_count_t is float:
+        em_bin_row_f32(<const float*>raw, gain, use_gain, stride, factor, nx_out, scale, columns, out)
+    elif sizeof(em_count_t) == 1 and <em_count_t>-1 < 0:
+        em_bin_row_i8(<const signed char*>raw, gain, use_gain, stride, factor, nx_out, scale, columns, out)
+    elif sizeof(em_count_t) == 1:
+        em_bin_row_u8(<const unsigned char*>raw, gain, use_gain, stride, factor, nx_out, scale, columns, out)
+    elif <em_count_t>-1 < 0:
+        em_bin_row_i16(<const short*>raw, gain, use_gain, stride, factor, nx_out, scale, columns, out)
+    else:
+        em_bin_row_u16(<const unsigned short*>raw, gain, use_gain, stride, factor, nx_out, scale, columns, out)
+
+
+cdef inline void _shift_tile(
+    const em_count_t* raw, const float* gain, int use_gain, Py_ssize_t stride, Py_ssize_t rows,
+    Py_ssize_t width, float w00, float w01, float w10, float w11, float* out, float* row_pair,
+) noexcept nogil:
+    """`em_shift_tile_<type>` of _motioncor_rows.h for this pixel type (as `_bin_row`)."""
+    if em_count_t is float:
+        em_shift_tile_f32(<const float*>raw, gain, use_gain, stride, rows, width, w00, w01, w10, w11, out, stride, row_pair)
+    elif sizeof(em_count_t) == 1 and <em_count_t>-1 < 0:
+        em_shift_tile_i8(<const signed char*>raw, gain, use_gain, stride, rows, width, w00, w01, w10, w11, out, stride, row_pair)
+    elif sizeof(em_count_t) == 1:
+        em_shift_tile_u8(<const unsigned char*>raw, gain, use_gain, stride, rows, width, w00, w01, w10, w11, out, stride, row_pair)
+    elif <em_count_t>-1 < 0:
+        em_shift_tile_i16(<const short*>raw, gain, use_gain, stride, rows, width, w00, w01, w10, w11, out, stride, row_pair)
+    else:
+        em_shift_tile_u16(<const unsigned short*>raw, gain, use_gain, stride, rows, width, w00, w01, w10, w11, out, stride, row_pair)
+
+
 def gain_bin_kernel(
-    const em_count_t[:, ::1] raw,
+    const em_count_t[:, ::1] first,
+    const size_t[::1] addresses,
     const float[:, ::1] gain,
     bint use_gain,
     int factor,
-    float[:, ::1] out,
+    float[:, :, ::1] out,
     int n_threads,
 ):
-    """out[i, j] = mean over the factor x factor block of raw * gain.
+    """out[f, i, j] = mean over the factor x factor block of frame f * gain.
 
-    Each output row first sums its `factor` input rows into a full-width buffer (a
-    straight, vectorisable loop), then sums groups of `factor` columns of it.
+    The frames are C-contiguous arrays of `first`'s shape and type at `addresses` (the
+    face keeps them alive). Each output row is done for every frame in turn, so its
+    `factor` gain rows are read from memory once per group, not once per frame.
     """
-    cdef Py_ssize_t ny = out.shape[0], nx = out.shape[1]
-    cdef Py_ssize_t width = nx * factor
-    cdef Py_ssize_t i, j, a, b, y, x
-    cdef float total
+    cdef Py_ssize_t n = addresses.shape[0], ny = out.shape[1], nx_out = out.shape[2]
+    cdef Py_ssize_t nx = first.shape[1], i, f
     cdef float scale = 1.0 / (factor * factor)
+    cdef const float* gain_rows
     cdef float* columns
     with nogil:
         for i in prange(ny, num_threads=n_threads, schedule="static"):
-            columns = <float*>malloc(width * sizeof(float))
+            columns = <float*>malloc(nx_out * factor * sizeof(float))
             if columns == NULL:
                 with gil:
                     raise MemoryError()
-            for x in range(width):
-                columns[x] = 0
-            for a in range(factor):
-                y = i * factor + a
-                if use_gain:
-                    for x in range(width):
-                        columns[x] += raw[y, x] * gain[y, x]
-                else:
-                    for x in range(width):
-                        columns[x] += raw[y, x]
-            for j in range(nx):
-                total = 0
-                for b in range(factor):
-                    total = total + columns[j * factor + b]
-                out[i, j] = total * scale
+            gain_rows = &gain[i * factor, 0] if use_gain else &gain[0, 0]
+            for f in range(n):
+                _bin_row(
+                    (<const em_count_t*>addresses[f]) + i * factor * nx, gain_rows, use_gain,
+                    nx, factor, nx_out, scale, columns, &out[f, i, 0],
+                )
             free(columns)
 
 
@@ -61,57 +105,42 @@ cdef inline double _field(const double* c, double u, double v) noexcept nogil:
     return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
 
 
-cdef inline void _corrected_row(
-    const em_count_t[:, ::1] raw,
-    const float[:, ::1] gain,
-    bint use_gain,
-    Py_ssize_t y,
-    Py_ssize_t x0,
-    Py_ssize_t width,
-    float* row,
-) noexcept nogil:
-    cdef Py_ssize_t k
-    if use_gain:
-        for k in range(width):
-            row[k] = raw[y, x0 + k] * gain[y, x0 + k]
-    else:
-        for k in range(width):
-            row[k] = raw[y, x0 + k]
-
-
 def shift_accumulate_kernel(
-    const em_count_t[:, ::1] raw,
+    const em_count_t[:, ::1] first,
+    const size_t[::1] addresses,
     const float[:, ::1] gain,
     bint use_gain,
-    const double[::1] coeff_x,
-    const double[::1] coeff_y,
+    const double[:, :, ::1] coefficients,
     float[:, ::1] out,
     int tile,
     int n_threads,
 ):
-    """out[y, x] += (raw * gain)(x + dx, y + dy), bilinear, edges clamped.
+    """out[y, x] += Σ_f (frame_f * gain)(x + dx_f, y + dy_f), bilinear, edges clamped.
 
-    The shift field (quadratic, coefficients coeff_x / coeff_y at u = x/nx - 0.5,
-    v = y/ny - 0.5; see prefect_beamline.analysis.motion.field_basis) is evaluated at
-    the centre of each tile x tile block and held constant inside it: the bilinear
-    weights are then constant too, and the inner loop is four loads and four
-    multiply-adds per pixel. Local motion varies over hundreds of pixels, so the error
-    of holding it for one tile is a small fraction of a pixel.
+    The frames are C-contiguous arrays of `first`'s shape and type at `addresses`;
+    frame f's shift field is quadratic with coefficients[f, 0] (dx) and [f, 1] (dy) at
+    u = x/nx - 0.5, v = y/ny - 0.5 (see prefect_beamline.techniques.em.motion.field_basis),
+    evaluated at the centre of each tile x tile block and held constant inside it: the
+    bilinear weights are then constant too, and the inner loop is four loads and four
+    multiply-adds per pixel. Local motion varies over hundreds of pixels, so the error of
+    holding it for one tile is a small fraction of a pixel. Every frame is added to a tile
+    before the next tile: the tile's sum and gain stay in cache, each frame streams once.
     """
-    cdef Py_ssize_t ny = raw.shape[0], nx = raw.shape[1]
+    cdef Py_ssize_t n = addresses.shape[0], ny = first.shape[0], nx = first.shape[1]
     cdef Py_ssize_t tiles_y = (ny + tile - 1) // tile, tiles_x = (nx + tile - 1) // tile
-    cdef Py_ssize_t t, ty, tx, y0, y1, x0, x1, y, x, ix, iy, xs, ys, xa, xb, ya, yb
+    cdef Py_ssize_t t, f, ty, tx, y0, y1, x0, x1, y, x, ix, iy, xa, xb, ya, yb, start
     cdef double u, v, dx, dy
     cdef float fx, fy, w00, w01, w10, w11, g00, g01, g10, g11
-    cdef const double* cx = &coeff_x[0]
-    cdef const double* cy = &coeff_y[0]
+    cdef const em_count_t* raw
+    cdef const float* gain_base = &gain[0, 0]
     cdef float* o
-    cdef float* upper
-    cdef float* lower
-    cdef float* swap
-    cdef Py_ssize_t width
+    cdef float* row_pair
     with nogil:
         for t in prange(tiles_y * tiles_x, num_threads=n_threads, schedule="static"):
+            row_pair = <float*>malloc(2 * (tile + 1) * sizeof(float))
+            if row_pair == NULL:
+                with gil:
+                    raise MemoryError()
             ty = t // tiles_x
             tx = t % tiles_x
             y0 = ty * tile
@@ -120,57 +149,44 @@ def shift_accumulate_kernel(
             x1 = min(x0 + tile, nx)
             u = (x0 + 0.5 * (x1 - x0 - 1)) / nx - 0.5
             v = (y0 + 0.5 * (y1 - y0 - 1)) / ny - 0.5
-            dx = _field(cx, u, v)
-            dy = _field(cy, u, v)
-            ix = <Py_ssize_t>floor(dx)
-            iy = <Py_ssize_t>floor(dy)
-            fx = <float>(dx - ix)
-            fy = <float>(dy - iy)
-            w00 = (1 - fy) * (1 - fx)
-            w01 = (1 - fy) * fx
-            w10 = fy * (1 - fx)
-            w11 = fy * fx
-            if x0 + ix >= 0 and x1 + ix < nx and y0 + iy >= 0 and y1 + iy < ny:
-                # Gain-correct each input row of the tile once (two row buffers, reused
-                # as the tile moves down), then four multiply-adds per output pixel.
-                width = x1 - x0 + 1
-                upper = <float*>malloc(2 * width * sizeof(float))
-                if upper == NULL:
-                    with gil:
-                        raise MemoryError()
-                lower = upper + width
-                _corrected_row(raw, gain, use_gain, y0 + iy, x0 + ix, width, upper)
-                for y in range(y0, y1):
-                    _corrected_row(raw, gain, use_gain, y + iy + 1, x0 + ix, width, lower)
-                    o = &out[y, x0]
-                    for x in range(x1 - x0):
-                        o[x] += (
-                            w00 * upper[x] + w01 * upper[x + 1]
-                            + w10 * lower[x] + w11 * lower[x + 1]
-                        )
-                    swap = upper
-                    upper = lower
-                    lower = swap
-                free(upper if upper < lower else lower)
-            else:
-                # Tiles whose samples leave the frame: clamp each sample to the edge.
-                for y in range(y0, y1):
-                    ya = clamp_index(y + iy, ny)
-                    yb = clamp_index(y + iy + 1, ny)
-                    o = &out[y, 0]
-                    for x in range(x0, x1):
-                        xa = clamp_index(x + ix, nx)
-                        xb = clamp_index(x + ix + 1, nx)
-                        g00 = raw[ya, xa]
-                        g01 = raw[ya, xb]
-                        g10 = raw[yb, xa]
-                        g11 = raw[yb, xb]
-                        if use_gain:
-                            g00 = g00 * gain[ya, xa]
-                            g01 = g01 * gain[ya, xb]
-                            g10 = g10 * gain[yb, xa]
-                            g11 = g11 * gain[yb, xb]
-                        o[x] += w00 * g00 + w01 * g01 + w10 * g10 + w11 * g11
+            for f in range(n):
+                raw = <const em_count_t*>addresses[f]
+                dx = _field(&coefficients[f, 0, 0], u, v)
+                dy = _field(&coefficients[f, 1, 0], u, v)
+                ix = <Py_ssize_t>floor(dx)
+                iy = <Py_ssize_t>floor(dy)
+                fx = <float>(dx - ix)
+                fy = <float>(dy - iy)
+                w00 = (1 - fy) * (1 - fx)
+                w01 = (1 - fy) * fx
+                w10 = fy * (1 - fx)
+                w11 = fy * fx
+                if x0 + ix >= 0 and x1 + ix < nx and y0 + iy >= 0 and y1 + iy < ny:
+                    start = (y0 + iy) * nx + x0 + ix
+                    _shift_tile(
+                        raw + start, gain_base + (start if use_gain else 0), use_gain, nx,
+                        y1 - y0, x1 - x0, w00, w01, w10, w11, &out[y0, x0], row_pair,
+                    )
+                else:
+                    # Tiles whose samples leave the frame: clamp each sample to the edge.
+                    for y in range(y0, y1):
+                        ya = clamp_index(y + iy, ny) * nx
+                        yb = clamp_index(y + iy + 1, ny) * nx
+                        o = &out[y, 0]
+                        for x in range(x0, x1):
+                            xa = clamp_index(x + ix, nx)
+                            xb = clamp_index(x + ix + 1, nx)
+                            g00 = raw[ya + xa]
+                            g01 = raw[ya + xb]
+                            g10 = raw[yb + xa]
+                            g11 = raw[yb + xb]
+                            if use_gain:
+                                g00 = g00 * gain_base[ya + xa]
+                                g01 = g01 * gain_base[ya + xb]
+                                g10 = g10 * gain_base[yb + xa]
+                                g11 = g11 * gain_base[yb + xb]
+                            o[x] += w00 * g00 + w01 * g01 + w10 * g10 + w11 * g11
+            free(row_pair)
 
 
 cdef inline double _critical_exposure(double k, double voltage_scale) noexcept nogil:

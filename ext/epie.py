@@ -5,26 +5,35 @@ then calls a Cython kernel that releases the GIL and splits rows over `n_threads
 OpenMP threads (None or 0: every core). Object, probe and waves are C-contiguous
 complex64; measured amplitudes float32 in FFT order (the zero frequency at [0, 0], as
 `scipy.fft.fft2` returns it); `valid` is a bool mask.
+
+`epie_positions` runs a whole iteration's positions in one call (the driver's fast
+path); the per-position faces are its parts, kept for tests and for callers that need
+one step.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 from prefect_beamline.ext._epie import (
     add_intensity_kernel,
+    epie_positions_kernel,
     exit_wave_kernel,
     extract_patch_kernel,
     modulus_constraint_kernel,
     update_kernel,
 )
 from prefect_beamline.ext.arguments import (
+    kernel_input,
     kernel_threads,
     require_array,
     require_buffer,
     require_integer,
     require_number,
     require_same_shape,
+    require_shape,
 )
 
 
@@ -46,6 +55,15 @@ def _check_patch(
             f"patch {ny}x{nx} at (y0={y0}, x0={x0}) falls outside the {obj_name} {obj.shape}"
         )
     return y0, x0
+
+
+def _step_sizes(alpha: float, beta: float) -> tuple[float, float]:
+    """(alpha, beta) checked: alpha in (0, 1], beta in [0, 1]."""
+    alpha = require_number("alpha", alpha)
+    beta = require_number("beta", beta)
+    if not (0.0 < alpha <= 1.0 and 0.0 <= beta <= 1.0):
+        raise ValueError(f"alpha must be in (0, 1] and beta in [0, 1], got {alpha}, {beta}")
+    return alpha, beta
 
 
 def exit_wave(
@@ -130,10 +148,7 @@ def update_object_probe(
     o, p = _complex_view(obj, "obj"), _complex_view(probe, "probe")
     e, r = _complex_view(exit_wave, "exit_wave"), _complex_view(revised, "revised")
     require_same_shape(probe=probe, exit_wave=exit_wave, revised=revised)
-    alpha = require_number("alpha", alpha)
-    beta = require_number("beta", beta)
-    if not (0.0 < alpha <= 1.0 and 0.0 <= beta <= 1.0):
-        raise ValueError(f"alpha must be in (0, 1] and beta in [0, 1], got {alpha}, {beta}")
+    alpha, beta = _step_sizes(alpha, beta)
     y0, x0 = _check_patch(obj, probe.shape, y0, x0)
     if probe_max is None or object_max is None:
         ny, nx = probe.shape
@@ -156,4 +171,80 @@ def update_object_probe(
         regularised,
         update_probe,
         kernel_threads(n_threads),
+    )
+
+
+def epie_positions(
+    obj: np.ndarray,
+    probe: np.ndarray,
+    wave: np.ndarray,
+    forward: Callable[[], object],
+    backward: Callable[[], object],
+    amplitudes: np.ndarray,
+    valid: np.ndarray,
+    positions: np.ndarray,
+    order: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    regularised: bool = False,
+    update_probe: bool = True,
+    n_threads: int | None = 1,
+) -> float:
+    """One ePIE (or, `regularised`, rPIE) pass over the positions in `order`, in place.
+
+    `wave` is a complex64 buffer of the probe's shape; `forward()` and `backward()`
+    transform it in place, unnormalised (see `prefect_beamline.techniques.ptycho.fft`).
+    `amplitudes` (positions, ny, nx) float32 and `valid` bool in FFT order; `positions`
+    (positions, 2) integer patch corners (row, column) in the object. Returns
+    Σ positions Σ valid (|Ψ| − √I)², Ψ the orthonormal far field before each update.
+    """
+    o, p, w = (_complex_view(a, n) for a, n in ((obj, "obj"), (probe, "probe"), (wave, "wave")))
+    require_same_shape(probe=probe, wave=wave)
+    require_buffer("amplitudes", amplitudes, np.float32, ndim=3, axes="(position, ny, nx)")
+    require_shape("amplitudes", amplitudes, (len(amplitudes), *probe.shape), source="probe")
+    require_array("valid", valid, dtypes=(np.bool_,))
+    require_same_shape(probe=probe, valid=valid)
+    corners = kernel_input(
+        "positions",
+        positions,
+        np.int64,
+        (len(amplitudes), 2),
+        source="amplitudes' (position, 2)",
+        kinds="iu",
+    )
+    ny, nx = probe.shape
+    if len(corners) and (
+        corners.min() < 0
+        or corners[:, 0].max() + ny > obj.shape[0]
+        or corners[:, 1].max() + nx > obj.shape[1]
+    ):
+        raise ValueError(
+            f"positions: a {ny}x{nx} patch at corners from {corners.min(axis=0).tolist()} to "
+            f"{corners.max(axis=0).tolist()} falls outside the object {obj.shape}"
+        )
+    visit = kernel_input("order", order, np.int64, (len(order),), source="order", kinds="iu")
+    if len(visit) and (visit.min() < 0 or visit.max() >= len(amplitudes)):
+        raise ValueError(
+            f"order must index the {len(amplitudes)} positions, got {visit.min()}..{visit.max()}"
+        )
+    alpha, beta = _step_sizes(alpha, beta)
+    mask = np.ascontiguousarray(valid).view(np.uint8)
+    return float(
+        epie_positions_kernel(
+            o,
+            p,
+            w,
+            amplitudes,
+            mask,
+            corners,
+            visit,
+            forward,
+            backward,
+            alpha,
+            beta,
+            regularised,
+            update_probe,
+            kernel_threads(n_threads),
+        )
     )

@@ -1,13 +1,17 @@
 """Gain correction, shifted frame summation and dose weighting of cryo-EM movies.
 
 The typed face of the `_motioncor` Cython kernel: checks shapes and dtypes (with
-`prefect_beamline.ext.arguments`) before each call. Frames are passed as stored (uint8,
+`prefect_beamline.ext.arguments`) before each call. Binning and the shifted sum also
+come for a group of frames (`gain_bin_frames`, `shift_accumulate_frames`): one pass of
+the gain and the output per group instead of per frame. Frames are passed as stored (uint8,
 int8, int16, uint16 or float32) with an optional float32 gain reference (multiplied
 in); the kernels release the GIL and split rows over `n_threads` (None or 0: every
 core).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,6 +33,7 @@ from prefect_beamline.ext.arguments import (
     require_integer,
     require_number,
     require_same_shape,
+    require_shape,
 )
 
 DEFAULT_TILE = 32
@@ -45,6 +50,24 @@ def _frame(raw: np.ndarray, gain: np.ndarray | None) -> tuple[np.ndarray, np.nda
     return raw, kernel_input("gain", gain, np.float32, raw.shape, source="raw")
 
 
+def _frame_group(
+    frames: Sequence[np.ndarray], gain: np.ndarray | None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The frames as C-contiguous arrays of one shape and dtype, their addresses (what the
+    kernels read; the list keeps them alive) and the gain as the kernels take it."""
+    if len(frames) == 0:
+        raise ValueError("frames must hold at least one frame, got none")
+    first, gain_array = _frame(frames[0], gain)
+    group = [first]
+    for index, frame in enumerate(frames[1:], start=1):
+        name = f"frames[{index}]"
+        require_array(name, frame, ndim=2, axes="(ny, nx)", dtypes=(first.dtype,))
+        require_shape(name, frame, first.shape, source="frames[0]")
+        group.append(np.ascontiguousarray(frame))
+    addresses = np.array([frame.ctypes.data for frame in group], dtype=np.uintp)
+    return group, addresses, gain_array
+
+
 def _spectrum_buffer(name: str, array: np.ndarray, dtype: type) -> np.ndarray:
     """A 2-D array on the rfft2 grid, passed to the kernel as is: exact dtype, C order."""
     return require_buffer(name, array, dtype, ndim=2, axes="(ny, nx//2 + 1)")
@@ -57,11 +80,30 @@ def gain_bin(
 
     Edge rows/columns that do not fill a block are dropped.
     """
+    return gain_bin_frames([raw], gain, factor, n_threads=n_threads)[0]
+
+
+def gain_bin_frames(
+    frames: Sequence[np.ndarray],
+    gain: np.ndarray | None,
+    factor: int,
+    out: np.ndarray | None = None,
+    n_threads: int | None = 0,
+) -> np.ndarray:
+    """Each frame gain-corrected and binned by `factor` (block mean), float32, into
+    `out` (len(frames), ny // factor, nx // factor) or a new array.
+
+    One call per group of frames: the gain reference is read once per group, the frames
+    once. Edge rows/columns that do not fill a block are dropped.
+    """
     factor = require_integer("factor", factor, minimum=1)
-    raw, gain_array = _frame(raw, gain)
-    threads = kernel_threads(n_threads)
-    out = np.empty((raw.shape[0] // factor, raw.shape[1] // factor), dtype=np.float32)
-    gain_bin_kernel(raw, gain_array, gain is not None, factor, out, threads)
+    group, addresses, gain_array = _frame_group(frames, gain)
+    ny, nx = group[0].shape
+    shape = (len(group), ny // factor, nx // factor)
+    out = output_buffer("out", out, shape, np.float32, source="the binned frames'")
+    gain_bin_kernel(
+        group[0], addresses, gain_array, gain is not None, factor, out, kernel_threads(n_threads)
+    )
     return out
 
 
@@ -80,12 +122,11 @@ def shift_accumulate(
     `prefect_beamline.techniques.em.motion.field_basis`), evaluated at the centre of each
     `tile` x `tile` block; `out` is float32 like the frame.
     """
-    tile = require_integer("tile", tile, minimum=1)
-    raw, gain_array = _frame(raw, gain)
     require_buffer("out", out, np.float32)
-    require_same_shape(raw=raw, out=out)
-    cx = np.ascontiguousarray(coeff_x, dtype=np.float64)
-    cy = np.ascontiguousarray(coeff_y, dtype=np.float64)
+    if isinstance(raw, np.ndarray):
+        require_same_shape(raw=raw, out=out)
+    cx = np.asarray(coeff_x, dtype=np.float64)
+    cy = np.asarray(coeff_y, dtype=np.float64)
     if cx.shape != (6,) or cy.shape != (6,):
         raise ValueError(
             f"coeff_x and coeff_y must each hold 6 coefficients, got shapes {cx.shape} and "
@@ -93,8 +134,41 @@ def shift_accumulate(
         )
     if not (np.all(np.isfinite(cx)) and np.all(np.isfinite(cy))):
         raise ValueError(f"coeff_x and coeff_y must be finite, got {cx} and {cy}")
+    shift_accumulate_frames([raw], gain, np.stack([cx, cy])[None], out, n_threads, tile)
+
+
+def shift_accumulate_frames(
+    frames: Sequence[np.ndarray],
+    gain: np.ndarray | None,
+    coefficients: np.ndarray,
+    out: np.ndarray,
+    n_threads: int | None = 0,
+    tile: int = DEFAULT_TILE,
+) -> None:
+    """out += Σ_f frame f gain-corrected and sampled at (x + dx_f, y + dy_f), bilinear.
+
+    `coefficients` (len(frames), 2, 6): frame f's dx and dy fields as `shift_accumulate`
+    takes them. One call per group of frames: each tile of `out` gets every frame of
+    the group before the next tile, so `out` and the gain are read once per group and
+    each frame once (the sum equals `shift_accumulate` frame by frame, bit for bit).
+    """
+    tile = require_integer("tile", tile, minimum=1)
+    group, addresses, gain_array = _frame_group(frames, gain)
+    require_buffer("out", out, np.float32)
+    require_shape("out", out, group[0].shape, source="frames[0]")
+    coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
+    require_shape("coefficients", coefficients, (len(group), 2, 6), source="(frames, dx/dy, terms)")
+    if not np.all(np.isfinite(coefficients)):
+        raise ValueError(f"coefficients must be finite, got {coefficients}")
     shift_accumulate_kernel(
-        raw, gain_array, gain is not None, cx, cy, out, tile, kernel_threads(n_threads)
+        group[0],
+        addresses,
+        gain_array,
+        gain is not None,
+        coefficients,
+        out,
+        tile,
+        kernel_threads(n_threads),
     )
 
 

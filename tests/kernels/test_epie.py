@@ -14,6 +14,7 @@ import pytest
 
 from prefect_beamline.ext.epie import (
     add_intensity,
+    epie_positions,
     exit_wave,
     extract_patch,
     modulus_constraint,
@@ -24,6 +25,7 @@ from prefect_beamline.techniques.ptycho.analysis import (
     epie_iteration,
     position_order,
 )
+from prefect_beamline.techniques.ptycho.fft import LIBRARIES, plan_fft2
 from tests.kernels.epie_reference import (
     reference_exit_wave,
     reference_iteration,
@@ -183,6 +185,53 @@ def test_one_iteration_matches_the_numpy_reference(algorithm: str) -> None:
     np.testing.assert_allclose(state.obj, ref_obj, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(state.probe, ref_probe, rtol=1e-3, atol=1e-4)
     assert state.iteration == 1 and state.errors == [error]
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize(("algorithm", "threads"), [("epie", 1), ("rpie", 2)])
+def test_the_fused_pass_matches_the_reference_on_either_fft_library(
+    library: str, algorithm: str, threads: int
+) -> None:
+    rng = np.random.default_rng(7)
+    n, n_positions = 24, 15
+    positions = rng.integers(0, 30, (n_positions, 2))
+    obj = np.ones((60, 60), dtype=np.complex64) + 0.1 * random_complex(rng, (60, 60))
+    probe = random_complex(rng, (n, n))
+    amplitudes = rng.uniform(0, 3, (n_positions, n, n)).astype(np.float32)
+    valid = rng.uniform(size=(n, n)) > 0.1
+    valid[0, 0] = True
+    amplitudes[:, 0, 0] = 0.0  # a zero far field somewhere: no phase to keep
+    order = position_order(n_positions, 3)
+    fft = plan_fft2((n, n), threads, library)
+    ours_obj, ours_probe = obj.copy(), probe.copy()
+    error = epie_positions(
+        ours_obj, ours_probe, fft.buffer, fft.forward, fft.backward, amplitudes, valid,
+        positions, order, alpha=0.6, beta=0.9, regularised=algorithm == "rpie",
+        n_threads=threads,
+    )  # fmt: skip
+    ref_obj, ref_probe = obj.copy(), probe.copy()
+    ref_error = reference_iteration(
+        ref_obj, ref_probe, amplitudes, valid, positions, order, alpha=0.6, beta=0.9,
+        regularised=algorithm == "rpie",
+    )  # fmt: skip
+    measured = float(np.sum((amplitudes**2)[:, valid]))
+    assert error / measured == pytest.approx(ref_error, rel=1e-4)
+    np.testing.assert_allclose(ours_obj, ref_obj, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(ours_probe, ref_probe, rtol=1e-3, atol=1e-4)
+
+
+def test_the_fft_plans_are_unnormalised_inverses_of_each_other() -> None:
+    rng = np.random.default_rng(8)
+    wave = random_complex(rng, (16, 20))
+    for library in LIBRARIES:
+        fft = plan_fft2(wave.shape, 1, library)
+        fft.buffer[...] = wave
+        fft.forward()
+        np.testing.assert_allclose(fft.buffer, np.fft.fft2(wave), rtol=1e-4, atol=1e-4)
+        fft.backward()
+        np.testing.assert_allclose(fft.buffer, wave * wave.size, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="library must be one of"):
+        plan_fft2((8, 8), 1, "numpy")
 
 
 @pytest.mark.parametrize("engine", EXIT_WAVE)
@@ -352,6 +401,53 @@ REJECTED_ARGUMENTS: list[tuple[Callable[[], object], str]] = [
         lambda: extract_patch(OBJ, 0, 0, np.empty_like(PROBE), n_threads=-4),
         r"n_threads must be at least 0, got -4",
     ),
+]
+
+
+FFT8 = plan_fft2((8, 8), 1, "scipy")
+AMPLITUDES = np.ones((3, 8, 8), np.float32)
+VALID = np.ones((8, 8), bool)
+
+
+def _pass(**changed: object) -> float:
+    """epie_positions on a small valid scan, with `changed` arguments."""
+    arguments: dict[str, object] = {
+        "obj": OBJ.copy(),
+        "probe": PROBE.copy(),
+        "wave": FFT8.buffer,
+        "forward": FFT8.forward,
+        "backward": FFT8.backward,
+        "amplitudes": AMPLITUDES,
+        "valid": VALID,
+        "positions": np.array([[0, 0], [4, 4], [12, 12]]),
+        "order": np.arange(3),
+        "alpha": 1.0,
+        "beta": 1.0,
+    }
+    arguments.update(changed)
+    return epie_positions(**arguments)  # type: ignore[arg-type]
+
+
+REJECTED_ARGUMENTS += [
+    (
+        lambda: _pass(positions=np.array([[0, 0], [4, 4], [12, 13]])),
+        r"positions: a 8x8 patch at corners from \[0, 0\] to \[12, 13\] falls outside "
+        r"the object \(20, 20\)",
+    ),
+    (
+        lambda: _pass(positions=np.array([[0, 0], [4, 4]])),
+        r"positions shape \(2, 2\) differs from amplitudes' \(position, 2\) shape \(3, 2\)",
+    ),
+    (lambda: _pass(order=np.array([0, 3])), r"order must index the 3 positions, got 0..3"),
+    (
+        lambda: _pass(wave=np.zeros((8, 6), np.complex64)),
+        r"wave shape \(8, 6\) differs from probe shape \(8, 8\)",
+    ),
+    (
+        lambda: _pass(amplitudes=np.ones((3, 8, 6), np.float32)),
+        r"amplitudes shape \(3, 8, 6\) differs from probe shape \(3, 8, 8\)",
+    ),
+    (lambda: _pass(alpha=0.0), r"alpha must be in \(0, 1\] and beta in \[0, 1\], got 0.0, 1.0"),
 ]
 
 

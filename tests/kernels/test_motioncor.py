@@ -18,8 +18,10 @@ from prefect_beamline.ext.motioncor import (
     dose_accumulate,
     dose_normalise,
     gain_bin,
+    gain_bin_frames,
     half_inverse_critical_exposure,
     shift_accumulate,
+    shift_accumulate_frames,
     voltage_scale,
 )
 from tests.kernels import motioncor_reference as em_reference
@@ -459,3 +461,64 @@ def test_critical_exposure_grid_matches_rfft_frequencies_for_odd_and_even_widths
         expected = np.where(k == 0, 0.0, 0.5 / (0.245 * k**-1.665 + 2.81))
     computed = half_inverse_critical_exposure(shape, pixel_size, kv)
     np.testing.assert_allclose(computed, expected, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_gain", [False, True])
+def test_a_group_of_frames_sums_as_its_frames_one_by_one(dtype: type, use_gain: bool) -> None:
+    rng = np.random.default_rng(11)
+    frames = [rng.integers(0, 100, (45, 70)).astype(dtype) for _ in range(5)]
+    gain = rng.uniform(0.8, 1.2, (45, 70)).astype(np.float32) if use_gain else None
+    # Small and large shifts: inner tiles (the C rows) and clamped edge tiles.
+    coefficients = rng.normal(0, 2.0, (5, 2, 6))
+    coefficients[3, :, 0] = [25.0, -30.0]
+    together = np.full((45, 70), 3.0, np.float32)
+    shift_accumulate_frames(frames, gain, coefficients, together, n_threads=2, tile=16)
+    one_by_one = np.full((45, 70), 3.0, np.float32)
+    expected = np.full((45, 70), 3.0)
+    for frame, (cx, cy) in zip(frames, coefficients, strict=True):
+        shift_accumulate(frame, gain, cx, cy, one_by_one, n_threads=1, tile=16)
+        expected += em_reference.shift_sample(frame, gain, cx, cy, 16)
+    np.testing.assert_array_equal(together, one_by_one)
+    np.testing.assert_allclose(together, expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_group_of_frames_bins_as_each_frame_alone(dtype: type) -> None:
+    rng = np.random.default_rng(12)
+    frames = [rng.integers(0, 100, (37, 50)).astype(dtype) for _ in range(3)]
+    gain = rng.uniform(0.8, 1.2, (37, 50)).astype(np.float32)
+    binned = gain_bin_frames(frames, gain, 3, n_threads=2)
+    assert binned.shape == (3, 12, 16)
+    for frame, result in zip(frames, binned, strict=True):
+        np.testing.assert_array_equal(result, gain_bin(frame, gain, 3, n_threads=1))
+        np.testing.assert_allclose(result, em_reference.gain_bin(frame, gain, 3), rtol=1e-5)
+
+
+REJECTED_ARGUMENTS += [
+    (lambda: gain_bin_frames([], None, 2), r"frames must hold at least one frame, got none"),
+    (
+        lambda: gain_bin_frames([FRAME, FRAME.astype(np.uint8)], None, 2),
+        r"frames\[1\] must be of dtype uint16, got uint8",
+    ),
+    (
+        lambda: gain_bin_frames([FRAME, FRAME[:, :8].copy()], None, 2),
+        r"frames\[1\] shape \(8, 8\) differs from frames\[0\] shape \(8, 10\)",
+    ),
+    (
+        lambda: gain_bin_frames([FRAME], None, 2, out=np.zeros((1, 4, 4), np.float32)),
+        r"out shape \(1, 4, 4\) differs from the binned frames' shape \(1, 4, 5\)",
+    ),
+    (
+        lambda: shift_accumulate_frames(
+            [FRAME, FRAME], None, np.zeros((1, 2, 6)), np.zeros((8, 10), np.float32)
+        ),
+        r"coefficients shape \(1, 2, 6\) differs from \(frames, dx/dy, terms\) shape \(2, 2, 6\)",
+    ),
+    (
+        lambda: shift_accumulate_frames(
+            [FRAME], None, np.full((1, 2, 6), np.inf), np.zeros((8, 10), np.float32)
+        ),
+        r"coefficients must be finite",
+    ),
+]

@@ -60,14 +60,32 @@ def _vertex(minus: float, centre: float, plus: float) -> float:
     return float(np.clip(0.5 * (minus - plus) / denominator, -0.5, 0.5))
 
 
-def _peak(cc: np.ndarray, max_shift: float) -> tuple[float, float]:
-    """Sub-pixel (dx, dy) of the highest correlation within ±max_shift."""
-    ny, nx = cc.shape
-    reach_y = int(min(max_shift, ny // 2 - 2))
-    reach_x = int(min(max_shift, nx // 2 - 2))
+def _reach(shape: tuple[int, int], max_shift: float) -> tuple[int, int]:
+    """How far (rows, columns) from zero shift the peak is searched: ±max_shift, inside
+    the map with a sample to spare on each side for the sub-pixel fit."""
+    ny, nx = shape
+    return int(min(max_shift, ny // 2 - 2)), int(min(max_shift, nx // 2 - 2))
+
+
+def _correlation_rows(products: np.ndarray, shape: tuple[int, int], reach_y: int) -> np.ndarray:
+    """Rows -reach_y..reach_y (wrapped, in that order) of the inverse FFT of each of
+    `products` (n, ny, nx//2 + 1): the only rows the peak search reads. The inverse along
+    the columns is done in full, the one along the rows for those rows only, which saves
+    about 40 % of the FFT work of whole maps at 1024² (same values: irfft2 is these two
+    transforms)."""
+    ny, nx = shape
     rows = np.arange(-reach_y, reach_y + 1) % ny
+    columns_done = scipy.fft.ifft(products, axis=-2, workers=-1)
+    return np.asarray(scipy.fft.irfft(columns_done[:, rows, :], n=nx, axis=-1, workers=-1))
+
+
+def _peak(window_rows: np.ndarray, reach: tuple[int, int]) -> tuple[float, float]:
+    """Sub-pixel (dx, dy) of the highest correlation within ±reach of zero shift, from the
+    map's rows -reach_y..reach_y (`_correlation_rows`)."""
+    reach_y, reach_x = reach
+    nx = window_rows.shape[1]
     columns = np.arange(-reach_x, reach_x + 1) % nx
-    window = cc[np.ix_(rows, columns)]
+    window = window_rows[:, columns]
     flat_index = np.unravel_index(int(np.argmax(window)), window.shape)
     iy = int(np.clip(flat_index[0], 1, window.shape[0] - 2))
     ix = int(np.clip(flat_index[1], 1, window.shape[1] - 2))
@@ -96,14 +114,15 @@ def align_spectra(
     weight = np.exp(-bfactor_pixels * (kx * kx + ky * ky) / 4.0).astype(np.float32)
     weight[0, 0] = 0.0
     shifts = np.zeros((n, 2))
+    reach = _reach(shape, max_shift)
     spectra = np.ascontiguousarray(spectra, dtype=np.complex64)
     products = np.empty_like(spectra)
     for _ in range(iterations):
         phase_x = np.exp((2j * np.pi) * shifts[:, :1] * kx[0][None, :]).astype(np.complex64)
         phase_y = np.exp((2j * np.pi) * shifts[:, 1:] * ky[:, 0][None, :]).astype(np.complex64)
         cross_spectra(spectra, weight, phase_x, phase_y, out=products)
-        maps = scipy.fft.irfft2(products, s=shape, workers=-1)
-        new = np.array([_peak(cc, max_shift) for cc in maps])
+        rows = _correlation_rows(products, shape, reach[0])
+        new = np.array([_peak(window_rows, reach) for window_rows in rows])
         new -= new[0]
         change = float(np.abs(new - shifts).max())
         shifts = new

@@ -2,10 +2,13 @@
 
 The procedure, each step timed (the benchmark and the flow report the split):
 
-1. `bin`: read each frame once, gain-correct and bin it for motion estimation;
+1. `bin`: read each frame once, gain-correct and bin it for motion estimation (a few
+   frames per kernel call, so the gain is read once per call, not per frame);
 2. `motion`: global then patch motion on the binned frames (FFTs in scipy);
 3. `sum`: read each frame again, gain-correct, shift by the motion field (bilinear,
-   full resolution) and add it to its dose group's sum (Cython, rows in parallel);
+   full resolution) and add it to its dose group's sum (Cython, tiles in parallel, every
+   frame of a call added to a tile before the next tile: the sum and the gain are read
+   once per call);
 4. `dose_weight`: FFT each group sum, weight it for its exposure (Grant & Grigorieff
    critical exposure), normalise, inverse FFT;
 5. `ctf`: fit defocus U/V, angle and fit resolution to the Thon rings.
@@ -30,13 +33,12 @@ import scipy.fft
 from prefect_beamline.ext.motioncor import (
     dose_accumulate,
     dose_normalise,
-    gain_bin,
     half_inverse_critical_exposure,
-    shift_accumulate,
 )
 from prefect_beamline.formats.errors import DataFileError
 from prefect_beamline.formats.mrc import EERRendering, MovieReader, read_gain_reference
 from prefect_beamline.techniques.em.ctf import CTFFit, Microscope, fit_ctf
+from prefect_beamline.techniques.em.frame_groups import add_shifted, binned_frames
 from prefect_beamline.techniques.em.motion import MotionModel, accumulated_motion, estimate_motion
 
 # RELION counts "early" motion over the first 4 e/Å² of exposure.
@@ -154,9 +156,7 @@ def process_movie(
         n_frames, shape = reader.n_frames, reader.shape
     with MovieReader(movie, settings.eer) as reader:
         with _timed(timings, "bin"):
-            binned = np.stack(
-                [gain_bin(frame, gain, binning, n_threads) for frame in reader.iter_frames()]
-            )
+            binned = binned_frames(reader, gain, binning, n_threads)
         with _timed(timings, "motion"):
             motion = estimate_motion(
                 binned,
@@ -197,9 +197,8 @@ def _weighted_sum(
     if not settings.dose_weighting:
         total = np.zeros(shape, dtype=np.float32)
         with _timed(timings, "sum"):
-            for f in range(reader.n_frames):
-                c = motion.coefficients[f]
-                shift_accumulate(reader.frame(f), gain, c[0], c[1], total, threads)
+            for group in dose_groups(reader.n_frames, settings.dose_groups):
+                add_shifted(reader, group, gain, motion.coefficients, total, threads)
         return total
     spectrum_shape = (shape[0], shape[1] // 2 + 1)
     acc = np.zeros(spectrum_shape, dtype=np.complex64)
@@ -212,9 +211,7 @@ def _weighted_sum(
     for group in dose_groups(reader.n_frames, settings.dose_groups):
         group_sum.fill(0.0)
         with _timed(timings, "sum"):
-            for f in group:
-                c = motion.coefficients[f]
-                shift_accumulate(reader.frame(f), gain, c[0], c[1], group_sum, threads)
+            add_shifted(reader, group, gain, motion.coefficients, group_sum, threads)
         with _timed(timings, "dose_weight"):
             mid_exposure = settings.pre_exposure + settings.dose_per_frame * (
                 0.5 * (group.start + group.stop)

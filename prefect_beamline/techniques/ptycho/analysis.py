@@ -1,9 +1,10 @@
 """ePIE / rPIE iterations and their error metric.
 
 The driver of the `ext.epie` kernels: positions in a random order each iteration (a
-seed per iteration, so a run resumed from a checkpoint takes the same path), two FFTs per
-position through `scipy.fft` (complex64, `workers` threads) and the fused Cython passes
-for the exit wave, the modulus constraint and the object/probe update.
+seed per iteration, so a run resumed from a checkpoint takes the same path), and per
+position two in-place complex64 FFTs (FFTW through pyFFTW, planned once: `fft.py`)
+between three fused Cython passes (exit wave, modulus constraint, object/probe update),
+all in one kernel call per iteration.
 
 Conventions: measured amplitudes √I and the valid mask are held in FFT order (zero
 frequency at [0, 0]); FFTs are orthonormal, so Σ|Ψ|² = Σ|ψ|² and the probe carries the
@@ -18,12 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from prefect_beamline.ext.epie import (
-    add_intensity,
-    exit_wave,
-    modulus_constraint,
-    update_object_probe,
-)
+from prefect_beamline.ext.epie import add_intensity, epie_positions
+from prefect_beamline.techniques.ptycho.fft import InPlaceFFT2, plan_fft2
 
 ALGORITHMS = ("epie", "rpie")
 
@@ -89,12 +86,6 @@ def position_order(n_positions: int, iteration: int, seed: int = 0) -> np.ndarra
     return np.random.default_rng((seed, iteration)).permutation(n_positions)
 
 
-@dataclass
-class _Buffers:
-    wave: np.ndarray
-    revised: np.ndarray
-
-
 def epie_iteration(
     state: Reconstruction,
     amplitudes: np.ndarray,
@@ -108,8 +99,12 @@ def epie_iteration(
     n_threads: int = 1,
     seed: int = 0,
     measured_power: float | None = None,
+    fft: InPlaceFFT2 | None = None,
 ) -> float:
     """One pass over every position, in place on `state`; returns the normalised error.
+
+    `fft`: the in-place FFT pair on a buffer of the probe's shape (`plan_fft2`), planned
+    once by a caller that iterates; a new one when not given.
 
     The error is Σ_positions Σ_valid (|Ψ| − √I)² / Σ_positions Σ_valid I: the Fourier
     magnitude misfit before each position's update, relative to the measured photons
@@ -117,31 +112,24 @@ def epie_iteration(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    regularised = algorithm == "rpie"
-    obj, probe = state.obj, state.probe
-    buffers = _Buffers(np.empty_like(probe), np.empty_like(probe))
-    error = 0.0
-    for index in position_order(len(positions), state.iteration, seed):
-        y0, x0 = int(positions[index, 0]), int(positions[index, 1])
-        probe_max, object_max = exit_wave(obj, probe, y0, x0, buffers.wave, n_threads=n_threads)
-        wave_ft = scipy.fft.fft2(buffers.wave, norm="ortho", workers=n_threads)
-        error += modulus_constraint(wave_ft, amplitudes[index], valid, n_threads=n_threads)
-        revised = scipy.fft.ifft2(wave_ft, norm="ortho", workers=n_threads, overwrite_x=True)
-        update_object_probe(
-            obj,
-            probe,
-            y0,
-            x0,
-            buffers.wave,
-            revised,
-            alpha=alpha,
-            beta=beta,
-            probe_max=probe_max,
-            object_max=object_max,
-            regularised=regularised,
-            update_probe=update_probe,
-            n_threads=n_threads,
-        )
+    if fft is None:
+        fft = plan_fft2(state.probe.shape, n_threads)
+    error = epie_positions(
+        state.obj,
+        state.probe,
+        fft.buffer,
+        fft.forward,
+        fft.backward,
+        amplitudes,
+        valid,
+        positions,
+        position_order(len(positions), state.iteration, seed),
+        alpha=alpha,
+        beta=beta,
+        regularised=algorithm == "rpie",
+        update_probe=update_probe,
+        n_threads=n_threads,
+    )
     state.iteration += 1
     if measured_power is None:
         measured_power = total_measured_power(amplitudes, valid)
@@ -173,6 +161,7 @@ def run_iterations(
     """Iterate until `state.iteration == until`, calling `on_block` every `every`
     iterations (a checkpoint, a progress report)."""
     measured_power = total_measured_power(amplitudes, valid)
+    fft = plan_fft2(state.probe.shape, n_threads)
     while state.iteration < until:
         epie_iteration(
             state,
@@ -185,6 +174,7 @@ def run_iterations(
             update_probe=state.iteration >= probe_update_start,
             n_threads=n_threads,
             measured_power=measured_power,
+            fft=fft,
         )
         if on_block is not None and every and state.iteration % every == 0:
             on_block(state)
