@@ -100,3 +100,18 @@ def test_gateway_benchmark_reports_throughput_integrity_lag_and_the_zocalo_peer(
         assert result["zocalo_note"]  # the reason it was not measured
     else:
         assert result["zocalo_per_s"] > 0
+
+
+def test_live_benchmark_reports_the_issue_keys_and_loses_no_result() -> None:
+    result = run_quick("live")
+    for key in (
+        "frames_per_s_per_core",
+        "kernel_ms_per_frame",
+        "path_over_kernel",
+        "p50_latency_s",
+        "p95_latency_s",
+        "centre_after_last_frame_s",
+    ):
+        assert result[key] is not None and result[key] > 0, key
+    assert result["results_received"] == result["frames_sent"]  # every frame's result
+    assert result["decoder_equals_frames"] is True
