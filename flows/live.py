@@ -43,7 +43,7 @@ from prefect_beamline.live.inputs import (
     follow_stream,
     follow_swmr,
 )
-from prefect_beamline.live.session import LiveSession, LiveSummary
+from prefect_beamline.live.session import CentreHook, LiveSession, LiveSummary
 from prefect_beamline.live.sinks import LimsResultsWriter, ResultsStreamPublisher
 from prefect_beamline.live.stream2 import Stream2Consumer
 from prefect_beamline.settings import get_settings
@@ -86,6 +86,19 @@ def live_configuration(beamline: str) -> BeamlineLive | None:
     return BeamlineLive.model_validate(entry) if entry is not None else None
 
 
+CENTRE_HOOKS_GROUP = "prefect_beamline.centre_hooks"
+
+
+def centre_hooks(job: Job) -> list[CentreHook]:
+    """Hooks called with a grid scan's centre as soon as it is known, one per installed
+    entry point of the group `prefect_beamline.centre_hooks`: each names a factory
+    `make_hook(job) -> hook(centre, images)`. The facility bridge registers its RabbitMQ
+    publisher (dodal's ZocaloResults shape) here; nothing is installed by default."""
+    from importlib.metadata import entry_points
+
+    return [point.load()(job) for point in entry_points(group=CENTRE_HOOKS_GROUP)]
+
+
 def _publisher(config: BeamlineLive, collection_id: int) -> ResultsStreamPublisher:
     settings = get_settings()
     url = config.results_url or f"http://127.0.0.1:{settings.gateway_port}"
@@ -110,6 +123,7 @@ def _session(
         grid=job.collection.grid,
         publisher=_publisher(config, job.data_collection_id),
         lims_writer=LimsResultsWriter(job.lims(), job.program_id, job.data_collection_id),
+        on_centre=centre_hooks(job) if job.collection.grid is not None else (),
         n_workers=config.workers or available_cores(),
         max_backlog=config.max_backlog,
     )

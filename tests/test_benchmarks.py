@@ -141,3 +141,18 @@ def test_eer_benchmark_reports_kernel_peer_and_floor_and_agrees_with_the_peer() 
     for key in ("kernel_ms_1t", "peer_ms_1t", "floor_ms"):
         assert result[key] > 0
     assert result["kernel_equals_peer"] is True
+
+
+def test_live_benchmark_reports_the_issue_keys_and_loses_no_result() -> None:
+    result = run_quick("live")
+    for key in (
+        "frames_per_s_per_core",
+        "kernel_ms_per_frame",
+        "path_over_kernel",
+        "p50_latency_s",
+        "p95_latency_s",
+        "centre_after_last_frame_s",
+    ):
+        assert result[key] is not None and result[key] > 0, key
+    assert result["results_received"] == result["frames_sent"]  # every frame's result
+    assert result["decoder_equals_frames"] is True

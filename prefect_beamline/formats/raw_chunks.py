@@ -16,6 +16,7 @@ live watcher sees new images by their count without waiting for the files to clo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from prefect_beamline.formats.reader import FileReader, open_hdf5
 BITSHUFFLE_FILTER_ID = 32008
 BITSHUFFLE_LZ4 = 2  # bitshuffle's cd_values[4] for LZ4 compression
 _FILTER_SKIPPED = 1  # read_direct_chunk's filter mask: the chunk was stored unfiltered
+SWMR_READ_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -230,10 +232,7 @@ class RawFrameReader(FileReader):
             if block.first <= image_number < block.first + block.count:
                 index = image_number - block.first
                 where = f"{block.path}:{block.dataset.name} image {image_number}"
-                try:
-                    filter_mask, chunk = block.dataset.id.read_direct_chunk((index, 0, 0))
-                except (OSError, ValueError, KeyError) as error:
-                    raise NXmxError(f"{where}: cannot read its chunk ({error})") from error
+                filter_mask, chunk = self._read_chunk(block, index, where)
                 return RawFrame(
                     image_number=image_number,
                     chunk=chunk,
@@ -245,6 +244,21 @@ class RawFrameReader(FileReader):
         raise NXmxError(
             f"{self.master_file}: image {image_number} requested, {self.n_images} readable"
         )
+
+    def _read_chunk(self, block: _Block, index: int, where: str) -> tuple[int, bytes]:
+        """One chunk as stored. Under SWMR a chunk index caught mid-update can read as
+        garbage (h5py then fails, MemoryError for an absurd size): refresh and retry."""
+        attempts = SWMR_READ_ATTEMPTS if self.swmr else 1
+        for attempt in range(attempts):
+            try:
+                filter_mask, chunk = block.dataset.id.read_direct_chunk((index, 0, 0))
+                return int(filter_mask), bytes(chunk)
+            except (OSError, ValueError, KeyError, MemoryError) as error:
+                if attempt + 1 == attempts:
+                    raise NXmxError(f"{where}: cannot read its chunk ({error!r})") from error
+                time.sleep(0.01 * (attempt + 1))
+                block.dataset.refresh()
+        raise AssertionError("unreachable")
 
     def iter_frames(self, first: int, last: int) -> Iterator[RawFrame]:
         """Images first..last (inclusive), one raw chunk at a time."""

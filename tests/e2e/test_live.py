@@ -153,7 +153,10 @@ def test_grid_scan_written_with_swmr_is_analysed_live_and_reused_at_the_end(
     assert completed_run(stack, "mx-live/mx-live", collection_id)
 
     post_event(
-        stack, event.model_copy(update={"kind": "finished", "event_id": event.event_id + "-end"})
+        stack,
+        event.model_copy(
+            update={"kind": CollectionEventKind.finished, "event_id": event.event_id + "-end"}
+        ),
     )
     completed_run(stack, "mx-processing/mx-gridscan", collection_id)
     jobs = stack.lims.jobs_for_collection(collection_id)
@@ -227,3 +230,55 @@ def test_grid_scan_streamed_over_stream_v2_is_analysed_from_memory(
     program = live_program(stack, collection_id)
     assert len(records.image_quality(stack.lims, program)) == len(frames)
     assert final_run(stack, "mx-live/mx-live", collection_id).state == "COMPLETED"
+
+
+def test_images_ready_events_feed_the_same_live_analysis(
+    stack: LocalStack, tmp_path: Path, grid_scan: SyntheticCollection
+) -> None:
+    collection_id = next_collection_id()
+    configure_live(stack, "i03-events", {"input": "events", "workers": 1})
+    expected = offline_centre(grid_scan.master_file)
+    target = tmp_path / "data"
+    master = target / grid_scan.master_file.name
+    written: dict[int, float] = {}
+    writer = threading.Thread(
+        target=replay_with_swmr,
+        args=(grid_scan.master_file, target),
+        kwargs={"rate_hz": 12, "written_at": written},
+    )
+    writer.start()
+    while not master.is_file():
+        time.sleep(0.01)
+    started = daq_event(
+        "mx",
+        collection_id,
+        master,
+        beamline="i03-events",
+        visit="mx3-1",
+        experiment_type="gridscan",
+        grid=GRID,
+        kind=CollectionEventKind.started,
+    )
+    follower = DaqFollower(stack, collection_id)
+    follower.start()
+    post_event(stack, started)
+    announced = 0
+    n_images = GRID.steps_x * GRID.steps_y
+    while announced < n_images:  # the DAQ announces each batch of 6 images on disk
+        if len(written) - announced >= 6 or (len(written) == n_images and announced < n_images):
+            last = len(written)
+            post_event(
+                stack,
+                started.model_copy(
+                    update={
+                        "kind": CollectionEventKind.images_ready,
+                        "event_id": f"{started.event_id}-ready-{last}",
+                        "image_range": (announced + 1, last),
+                    }
+                ),
+            )
+            announced = last
+        time.sleep(0.05)
+    writer.join()
+    assert_every_image_then_the_centre(follower.finish(), expected)
+    assert len(records.image_quality(stack.lims, live_program(stack, collection_id))) == n_images
