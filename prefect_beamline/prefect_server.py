@@ -14,14 +14,11 @@ instead. A server on PostgreSQL is not affected by any of this.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from prefect.server.database import configurations
-from prefect.server.utilities.messaging import Consumer
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 
 
@@ -44,34 +41,11 @@ def use_immediate_sqlite_transactions() -> None:
     configurations.AioSqliteConfiguration.begin_transaction = _begin_immediate  # type: ignore[method-assign]
 
 
-# Automation actions (run-deployment) this server carries out at once; Prefect's in-memory
-# broker consumes its `actions` topic two at a time (issue 17, docs/operations.md).
-ACTIONS_AT_ONCE_VARIABLE = "PREFECT_BEAMLINE_SERVER_ACTIONS_AT_ONCE"
-MEMORY_BROKER = "prefect.server.utilities.messaging.memory"
-
-
-def run_actions_at_once(n_actions: int) -> None:
-    """Make this process's actions service (in-memory broker) run `n_actions` at once."""
-    from prefect.server.events.services import actions as service
-    from prefect.settings.context import get_current_settings
-
-    create_consumer = service.create_consumer
-
-    def create_with_concurrency(topic: str, **kwargs: Any) -> Consumer:
-        if get_current_settings().server.events.messaging_broker == MEMORY_BROKER:
-            kwargs.setdefault("concurrency", n_actions)
-        return create_consumer(topic, **kwargs)
-
-    service.create_consumer = create_with_concurrency
-
-
 def main() -> None:
     """`prefect server start` with this process's arguments, in this process."""
     from prefect.cli import app
 
     use_immediate_sqlite_transactions()
-    if actions_at_once := os.environ.get(ACTIONS_AT_ONCE_VARIABLE):
-        run_actions_at_once(int(actions_at_once))
     sys.argv = ["prefect", "server", "start", *sys.argv[1:]]
     app()
 
