@@ -33,7 +33,6 @@ from prefect_beamline.flows.common import (
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute
-from prefect_beamline.formats.mrc import EERRendering
 from prefect_beamline.flows.rerun import (
     NO_CHANGES,
     Announcement,
@@ -42,6 +41,7 @@ from prefect_beamline.flows.rerun import (
     ScienceParameters,
     TriggeredBy,
 )
+from prefect_beamline.formats.mrc import EERRendering
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.em import records, report, session

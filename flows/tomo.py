@@ -375,7 +375,7 @@ def process_tomo(
         model=TomoParameters,
         triggered_by=triggered_by,
         lims_block=lims_block,
-        program=METHOD_PROGRAMS[chosen.method],
+        program="tomographic reconstruction (gridrec or filtered back projection)",
     )
     chosen = job.settings(TomoParameters)
     with job.failure_recorded():
