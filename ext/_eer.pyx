@@ -26,6 +26,17 @@ OVERRUN = _OVERRUN
 SATURATED = _SATURATED
 
 
+cdef inline Py_ssize_t _refill(
+    const uint8_t* data, Py_ssize_t n_bytes, Py_ssize_t next_byte, uint64_t* bits, int* n_bits
+) noexcept nogil:
+    """Append whole bytes to the bit buffer while it has room; the next byte to read."""
+    while n_bits[0] <= 56 and next_byte < n_bytes:
+        bits[0] |= (<uint64_t>data[next_byte]) << n_bits[0]
+        n_bits[0] += 8
+        next_byte += 1
+    return next_byte
+
+
 def eer_render_kernel(
     const uint8_t[::1] data,
     Py_ssize_t width,
@@ -47,10 +58,7 @@ def eer_render_kernel(
     cdef int result = 0
     with nogil:
         while True:
-            while n_bits <= 56 and next_byte < n_bytes:
-                bits |= (<uint64_t>data[next_byte]) << n_bits
-                n_bits += 8
-                next_byte += 1
+            next_byte = _refill(&data[0], n_bytes, next_byte, &bits, &n_bits)
             if n_bits < rle_bits:
                 result = _TRUNCATED
                 break
@@ -66,10 +74,7 @@ def eer_render_kernel(
             if run == skip and not symbol_after_skip:
                 continue
             if n_bits < symbol_bits:
-                while n_bits <= 56 and next_byte < n_bytes:
-                    bits |= (<uint64_t>data[next_byte]) << n_bits
-                    n_bits += 8
-                    next_byte += 1
+                next_byte = _refill(&data[0], n_bytes, next_byte, &bits, &n_bits)
                 if n_bits < symbol_bits:
                     result = _TRUNCATED
                     break
