@@ -100,14 +100,15 @@ def assert_same_results(first: Path, second: Path) -> None:
 def result_bytes(path: Path, folder: Path) -> bytes:
     """A result file's bytes, its own folder's name masked; a STAR file without its
     comments (the starfile package stamps the time it wrote the file there), a JSON
-    summary without its step timings."""
+    summary without its step timings and job id."""
     content = path.read_bytes().replace(str(folder).encode(), b"<job>")
     if path.suffix == ".star":
         content = b"\n".join(line for line in content.split(b"\n") if not line.startswith(b"#"))
-    if path.suffix == ".json":  # how long each step took is not a result
+    if path.suffix == ".json":  # how long steps took, and the job's id, are no results
         document = json.loads(content)
         if isinstance(document, dict):
             document.pop("timings", None)
+            document.pop("processing_job_id", None)
         content = json.dumps(document, sort_keys=True).encode()
     return content
 
