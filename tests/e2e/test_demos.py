@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from prefect_beamline.lims import ProcessingJobSummary
@@ -90,7 +91,8 @@ def assert_same_results(first: Path, second: Path) -> None:
                 datasets = hdf5_datasets(a)
                 assert datasets, f"{one} holds no datasets"
                 for key in datasets:
-                    assert a[key][()].tobytes() == b[key][()].tobytes(), f"{name}:{key} differs"
+                    same = np.asarray(a[key][()]).tobytes() == np.asarray(b[key][()]).tobytes()
+                    assert same, f"{name}:{key} differs"
         else:
             text_one = result_bytes(one, first)
             text_two = result_bytes(two, second)
