@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def test_demo_reports_the_collection_and_its_saved_command_reruns_it(
 
     assert report["state"] == "COMPLETED", report.get("logs")
     expected.check(report)
+    assert re.fullmatch(rf"{name}-dc{report['collection_id']}-job\d+", report["flow_run_name"])
 
     lims = stack.lims
     collection_id = report["collection_id"]
