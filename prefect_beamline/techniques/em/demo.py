@@ -174,6 +174,7 @@ def run_demo(
             "collection_id": collection_id,
             "movie_runs": [{"id": r.id, "name": r.name, "state": r.state} for r in movie_runs],
             "summary_run": {"id": summary_run.id, "state": summary_run.state},
+            "flow_run_name": summary_run.name,
             "movies": compare_with_truth(session, lims, collection_id),
             "star_file": str(star_file),
             "star_rows": len(read_micrographs(star_file)),
