@@ -14,6 +14,7 @@ from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import merge_parameters
 from prefect_beamline.flows.tomo import TomoParameters, reconstruct_rows, slice_range
 from prefect_beamline.techniques.tomo.analysis import ScanInfo
+from prefect_beamline.techniques.tomo.staging import StagedRows
 from tests.helpers import cache_key, collection_event
 
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -75,6 +76,12 @@ def chunk_key(**changes: Any) -> str | None:
 def test_kernel_threads_are_not_part_of_a_chunks_cache_key() -> None:
     assert chunk_key(n_threads=8) == chunk_key()
     assert chunk_key(centre=64.0) != chunk_key()
+
+
+def test_where_a_chunk_reads_its_rows_is_not_part_of_its_cache_key_but_the_method_is() -> None:
+    staged = StagedRows(path="/elsewhere/job-2/sinograms.h5", first_row=0)
+    assert chunk_key(staged=staged) == chunk_key()
+    assert chunk_key(parameters=TomoParameters(method="fbp")) != chunk_key()
 
 
 def test_slice_range_defaults_to_every_row_and_honours_bounds() -> None:
