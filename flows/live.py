@@ -1,6 +1,7 @@
 """MX live analysis: one long-lived flow run per collection, from `started` to its last image.
 
-The DAQ's `started` event runs this flow (deployment `mx-live`). It opens the
+The DAQ's `started` event runs the flow `live_mx` of flows/mx.py (deployment `mx-live`),
+which calls what this module holds. It opens the
 collection's one LIMS job, then analyses every frame as it arrives, from the input the
 beamline's live configuration names (the Prefect Variable `beamline-live`, set by the
 facility, never by the DAQ): files written with SWMR, the detector's Stream V2, or
@@ -24,17 +25,16 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.ext.arguments import available_cores
-from prefect_beamline.flows.common import Job, merge_parameters, open_job, technique_flow
-from prefect_beamline.flows.mx import MXParameters
+from prefect_beamline.flows.common import Job
 from prefect_beamline.formats.nxmx import DetectorGeometry
 from prefect_beamline.live.analysis import FrameAnalyser, SpotSettings
 from prefect_beamline.live.inputs import (
@@ -51,9 +51,11 @@ from prefect_beamline.techniques.mx import records
 from prefect_beamline.techniques.mx.analysis import ImageQuality
 from prefect_beamline.techniques.mx.report import grid_heatmap_png, spots_per_image_png
 
+if TYPE_CHECKING:
+    from prefect_beamline.flows.mx import MXParameters
+
 LIVE_VARIABLE = "beamline-live"
 LIVE_RECIPE = "mx-live"
-PLOT_EVERY_S = 2.0
 
 
 class BeamlineLive(BaseModel):
@@ -178,56 +180,6 @@ def publish_live_plot(job: Job, images: Sequence[ImageQuality]) -> None:
     )
 
 
-@technique_flow(
-    "mx-live",
-    more_arguments="""
-    Runs only for beamlines named in the Prefect Variable `beamline-live`.
-    """,
-)
-def live_mx(
-    collection_id: int,
-    parameters: MXParameters | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
-) -> dict[str, Any]:
-    """Live spot finding while the detector runs; results to the LIMS and the DAQ."""
-    logger = get_run_logger()
-    if collection is None:
-        raise ValueError("live analysis starts from the DAQ's started event (collection)")
-    config = live_configuration(collection.beamline)
-    if config is None:
-        logger.info(
-            "live path off for beamline %s (Variable %s)", collection.beamline, LIVE_VARIABLE
-        )
-        return {"live": "off"}
-    chosen = merge_parameters(MXParameters, collection, parameters)
-    job = open_job(
-        collection_id,
-        collection,
-        chosen,
-        triggered_by=triggered_by,
-        lims_block=lims_block,
-        program="spot finding (dispersion), live",
-    )
-    with job.failure_recorded():
-        summary = run_live(job, config, chosen)
-        publish_live_plot(job, summary.images())
-    logger.info(
-        "live: %d images, %d failed, centre %s",
-        len(summary.results),
-        len(summary.failed),
-        summary.centre,
-    )
-    return {
-        "live": config.input,
-        "processing_job_id": job.processing_job_id,
-        "n_results": len(summary.results),
-        "failed_images": summary.failed,
-        "centre_after_last_frame_s": summary.centre_after_last_frame_s,
-    }
-
-
 # -- what the end-of-collection flow reuses ----------------------------------------------
 
 
@@ -254,6 +206,7 @@ def adopt_live_job(
             LIVE_RECIPE,
             results_directory(collection, LIVE_RECIPE, summary.processing_job_id),
             lims_block,
+            summary.parameters,
         )
     return None
 

@@ -28,6 +28,15 @@ from prefect_beamline.flows.common import (
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
+from prefect_beamline.flows.live import (
+    LIVE_RECIPE,
+    LIVE_VARIABLE,
+    adopt_live_job,
+    live_configuration,
+    publish_live_plot,
+    reuse_live_results,
+    run_live,
+)
 from prefect_beamline.flows.rerun import (
     NO_CHANGES,
     Announcement,
@@ -269,8 +278,6 @@ def process_mx(
 ) -> dict[str, Any]:
     """Per-image spot finding for an MX collection, and the X-ray centre of a grid scan."""
     # The live run's job, when the collection had one: its results are reused (flows/live).
-    from prefect_beamline.flows.live import LIVE_RECIPE, adopt_live_job, reuse_live_results
-
     job = adopt_live_job(collection_id, collection, lims_block) or open_job(
         collection_id,
         collection,
@@ -300,3 +307,54 @@ def process_mx(
         job.attach(files)
         publish_mx_report(job, images, summary, files)
     return job.finish(summary, message=f"{summary['n_images']} images analysed")
+
+
+@technique_flow(
+    "mx-live",
+    more_arguments="""
+    Runs only for beamlines named in the Prefect Variable `beamline-live` (flows/live.py).
+    """,
+)
+def live_mx(
+    collection_id: CollectionId,
+    parameters: MXParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
+) -> dict[str, Any]:
+    """Live spot finding while the detector runs; results to the LIMS and the DAQ."""
+    logger = get_run_logger()
+    if collection is None:
+        raise ValueError("live analysis starts from the DAQ's started event (collection)")
+    config = live_configuration(collection.beamline)
+    if config is None:
+        logger.info(
+            "live path off for beamline %s (Variable %s)", collection.beamline, LIVE_VARIABLE
+        )
+        return {"live": "off"}
+    job = open_job(
+        collection_id,
+        collection,
+        parameters,
+        model=MXParameters,
+        triggered_by=triggered_by,
+        lims_block=lims_block,
+        program="spot finding (dispersion), live",
+    )
+    chosen = job.settings(MXParameters)
+    with job.failure_recorded():
+        summary = run_live(job, config, chosen)
+        publish_live_plot(job, summary.images())
+    logger.info(
+        "live: %d images, %d failed, centre %s",
+        len(summary.results),
+        len(summary.failed),
+        summary.centre,
+    )
+    return {
+        "live": config.input,
+        "processing_job_id": job.processing_job_id,
+        "n_results": len(summary.results),
+        "failed_images": summary.failed,
+        "centre_after_last_frame_s": summary.centre_after_last_frame_s,
+    }

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,13 +124,22 @@ def follow_stream(
 
 
 async def follow_images_ready(
-    master_file: Path, collection_id: int, session: LiveSession, *, timeout_s: float = 600.0
+    master_file: Path,
+    collection_id: int,
+    session: LiveSession,
+    *,
+    timeout_s: float = 600.0,
+    poll_s: float = 1.0,
 ) -> None:
     """Submit the image ranges of the collection's `images_ready` events as they come.
 
     Subscribes to the Prefect server's event stream (the gateway emitted the DAQ's
-    announcements there); each range is read raw from the SWMR files.
+    announcements there); each range is read raw from the SWMR files. An event emitted
+    while the subscription starts may reach neither the live stream nor the backfill
+    (the server persists events in batches), so the stored events are also read every
+    `poll_s` while images are missing: a range is submitted once, whichever way it came.
     """
+    from prefect.client.orchestration import get_client
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
@@ -140,21 +150,41 @@ async def follow_images_ready(
     submitted: set[int] = set()
     last = session.first_image + session.n_images - 1
     reader: RawFrameReader | None = None
+    deadline = time.monotonic() + timeout_s
+
+    async def submit(payload: dict[str, Any]) -> None:
+        nonlocal reader
+        announced = (payload.get("collection") or {}).get("image_range")
+        if not announced:
+            return
+        first, stop = int(announced[0]), int(announced[1])
+        if reader is None:
+            reader = RawFrameReader(master_file, swmr=True)
+        reader.refresh()
+        for number in range(max(first, session.first_image), min(stop, last) + 1):
+            if number not in submitted:
+                await asyncio.to_thread(session.submit, reader.read(number), time.time())
+                submitted.add(number)
+
     try:
-        async with get_events_subscriber(filter=event_filter) as subscriber:
+        async with get_events_subscriber(filter=event_filter) as subscriber, get_client() as client:
             while len(submitted) < session.n_images:
-                event = await asyncio.wait_for(subscriber.__anext__(), timeout_s)
-                announced = event.payload.get("collection", {}).get("image_range")
-                if not announced:
-                    continue
-                first, stop = int(announced[0]), int(announced[1])
-                if reader is None:
-                    reader = RawFrameReader(master_file, swmr=True)
-                reader.refresh()
-                for number in range(max(first, session.first_image), min(stop, last) + 1):
-                    if number not in submitted:
-                        await asyncio.to_thread(session.submit, reader.read(number), time.time())
-                        submitted.add(number)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{master_file}: {len(submitted)} of {session.n_images} images "
+                        f"announced by images_ready within {timeout_s} s"
+                    )
+                try:
+                    event = await asyncio.wait_for(subscriber.__anext__(), poll_s)
+                    await submit(event.payload)
+                except TimeoutError:
+                    stored = await client.request(
+                        "POST",
+                        "/events/filter",
+                        json={"filter": event_filter.model_dump(mode="json"), "limit": 200},
+                    )
+                    for found in stored.json().get("events", []):
+                        await submit(found.get("payload") or {})
     finally:
         if reader is not None:
             reader.close()
