@@ -16,6 +16,7 @@ elsewhere the browser test is skipped when /usr/bin/chromium is missing.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
 import subprocess
@@ -205,8 +206,12 @@ def test_ui_rerun_shows_the_collections_values_and_changes_only_the_edited_field
 
 
 def screenshot(page: Any, name: str) -> None:
+    """Into docs/images, as a 64-colour PNG (small), when asked to."""
     if os.environ.get("PREFECT_BEAMLINE_SCREENSHOTS") == "docs":
-        page.screenshot(path=str(SCREENSHOTS / name), full_page=False)
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(page.screenshot(full_page=False)))
+        image.convert("RGB").quantize(colors=64).save(SCREENSHOTS / name, optimize=True)
 
 
 def test_a_run_claiming_an_automation_is_recorded_as_manual(
