@@ -181,7 +181,7 @@ async def follow_images_ready(
                     stored = await client.request(
                         "POST",
                         "/events/filter",
-                        json={"filter": event_filter.model_dump(mode="json"), "limit": 200},
+                        json={"filter": event_filter.model_dump(mode="json"), "limit": 50},
                     )
                     for found in stored.json().get("events", []):
                         await submit(found.get("payload") or {})
