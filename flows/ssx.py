@@ -17,20 +17,26 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from prefect_beamline.events import CollectionEvent
 from prefect_beamline.ext.peakfinder import PeakFinderParameters
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
     Job,
     infrastructure_retries,
-    merge_parameters,
     open_job,
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.flows.mx import count_images, data_signature, image_chunks
+from prefect_beamline.flows.rerun import (
+    NO_CHANGES,
+    Announcement,
+    CollectionId,
+    LimsBlock,
+    ScienceParameters,
+    TriggeredBy,
+)
 from prefect_beamline.formats.nxmx import NXmxCollection
 from prefect_beamline.lims import CollectionDescription
 from prefect_beamline.metrics import timed_chunk
@@ -47,13 +53,8 @@ from prefect_beamline.techniques.ssx.analysis import (
 )
 
 
-class SSXParameters(BaseModel):
-    """Hit-finding and integration settings; the Prefect UI shows these as a form.
-
-    Science only: where the chunks run is the Compute block's business (extra="forbid").
-    """
-
-    model_config = ConfigDict(extra="forbid")
+class SSXParameters(ScienceParameters):
+    """Hit-finding and integration settings; the Prefect UI shows these as a form."""
 
     min_snr: float = Field(6.0, ge=0, description="Peak pixels exceed ring mean + min_snr·sigma")
     adc_threshold: float = Field(2.0, ge=0, description="Peak pixels exceed this many counts")
@@ -229,22 +230,23 @@ def publish_ssx_report(job: Job, summary: SerialSummary, files: list[tuple[Path,
 
 @technique_flow("ssx-processing")
 def process_ssx(
-    collection_id: int,
-    parameters: SSXParameters | None = None,
-    collection: CollectionEvent | None = None,
-    triggered_by: str = "",
-    lims_block: str | None = None,
+    collection_id: CollectionId,
+    parameters: SSXParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
 ) -> dict[str, Any]:
     """Hit finding and radial profiles of a serial collection; CXI hits for CrystFEL."""
-    chosen = merge_parameters(SSXParameters, collection, parameters)
     job = open_job(
         collection_id,
         collection,
-        chosen,
+        parameters,
+        model=SSXParameters,
         triggered_by=triggered_by,
         lims_block=lims_block,
         program="hit finding (peakfinder8), azimuthal integration",
     )
+    chosen = job.settings(SSXParameters)
     with job.failure_recorded():
         first, last = count_images(job.collection)
         chunks = find_hits_on_every_frame(job, first, last, chosen)

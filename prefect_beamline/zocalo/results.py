@@ -15,6 +15,7 @@ its beamline is in `zocalo_xrc_beamlines`; the live path can call `publish_xrc_r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from prefect_beamline.techniques.mx.analysis import GridResult
@@ -102,3 +103,14 @@ def publish_configured(
     found = [xrc_result(result)] if result is not None and result.status == "success" else []
     publish_xrc_results(settings.zocalo_rabbitmq_url.get_secret_value(), queue, dcid, dcgid, found)
     return queue
+
+
+def live_centre_hook(job: Any) -> Callable[[GridResult | None, Sequence[Any]], None]:
+    """The live path's centre hook (entry point `prefect_beamline.centre_hooks`): the
+    centre on RabbitMQ for dodal the moment the last image's result is in, for the
+    beamlines in `zocalo_xrc_beamlines` (others: nothing)."""
+
+    def publish(centre: GridResult | None, images: Sequence[Any]) -> None:
+        publish_configured(job.lims(), job.collection.beamline, job.data_collection_id, centre)
+
+    return publish
