@@ -274,8 +274,6 @@ class Drainer:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-drainer")
         self._pruned_at: float | None = None
-        self.checkpoint_every_s = 1.0
-        self._checkpointed_at = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -317,7 +315,6 @@ class Drainer:
         """Emit due events until none is left (True) or Prefect cannot take events now
         (False: retry after a global backoff). Events at fault are counted and put off."""
         while True:
-            await self._checkpoint_if_due()
             batch = await self._db(self.outbox.due, self.batch_size)
             if not batch:
                 return True
@@ -395,14 +392,6 @@ class Drainer:
             give_up=give_up,
             next_attempt_at=retry_at,
         )
-
-    async def _checkpoint_if_due(self) -> None:
-        """At most every `checkpoint_every_s`, on this thread: the outbox's write-ahead
-        log into its database (see `Outbox.take_over_checkpoints`)."""
-        now = asyncio.get_running_loop().time()
-        if now - self._checkpointed_at >= self.checkpoint_every_s:
-            self._checkpointed_at = now
-            await self._db(self.outbox.checkpoint)
 
     async def _prune_if_due(self) -> None:
         if self.retention is None:

@@ -247,9 +247,6 @@ def check_status(status: str | None) -> None:
         raise ValueError(f"unknown outbox status {status!r}; expected one of {', '.join(STATUSES)}")
 
 
-_NO_AUTOCHECKPOINT = "beamline_no_autocheckpoint"
-
-
 class Outbox:
     """SQL outbox: SQLite (WAL, busy timeout) by default; PostgreSQL or MariaDB by URL."""
 
@@ -257,7 +254,6 @@ class Outbox:
         self.url = url
         self.engine: Engine = engine_for(url)
         self._write_lock = threading.Lock()
-        self._checkpoints_taken_over = False
         _Base.metadata.create_all(self.engine)
         _upgrade(self.engine)
 
@@ -277,27 +273,9 @@ class Outbox:
         p99 of a 202). Other processes (the outbox CLI) still meet the busy timeout.
         """
         with self._write_lock, self.engine.connect() as connection:
-            if self._checkpoints_taken_over and not connection.info.get(_NO_AUTOCHECKPOINT):
-                connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
-                connection.commit()
-                connection.info[_NO_AUTOCHECKPOINT] = True
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
                 yield connection
-
-    def take_over_checkpoints(self) -> None:
-        """On SQLite, stop this process's commits from copying the write-ahead log into
-        the database, which SQLite does inside whichever commit crosses 1,000 pages: tens
-        of ms that every request of that group commit waits for. `checkpoint()`, called
-        off the request path (the drainer's thread), does it instead."""
-        self._checkpoints_taken_over = self.engine.dialect.name == "sqlite"
-
-    def checkpoint(self) -> None:
-        """Copy the write-ahead log into the database without blocking writers (SQLite
-        `wal_checkpoint(PASSIVE)`), when `take_over_checkpoints` was called."""
-        if self._checkpoints_taken_over:
-            with self.engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def add(
         self,

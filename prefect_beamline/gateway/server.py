@@ -80,7 +80,6 @@ def create_app(
     settings.home.mkdir(parents=True, exist_ok=True)
     configure_tracing("prefect-beamline-gateway")
     outbox = Outbox(settings.resolved_outbox_url)
-    outbox.take_over_checkpoints()  # the drainer's thread checkpoints, not a request's commit
     lims = gateway_lims(settings)
     return build_app(
         settings=settings,

@@ -12,15 +12,10 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefect_beamline.events import (
-    CollectionEvent,
-    encode_prefect_event,
-    prefect_event_id,
-    prefect_event_id_text,
-)
+from prefect_beamline.events import encode_prefect_event, prefect_event_id, prefect_event_id_text
 from prefect_beamline.gateway import fast_path
 from prefect_beamline.gateway.emitter import EncodedEvents, _encode_rows
-from prefect_beamline.gateway.outbox import Outbox, Submission
+from prefect_beamline.gateway.outbox import Outbox
 from tests.gateway.test_app import TOKEN, event_body, make_app, make_settings
 from tests.gateway.test_emittable import START, bluesky, with_field
 
@@ -118,46 +113,3 @@ def test_event_id_text_is_the_uuid5(daq_event_id: str) -> None:
     text = prefect_event_id_text(daq_event_id)
     assert text == str(prefect_event_id(daq_event_id))
     assert uuid.UUID(text).version == 5
-
-
-def test_commits_leave_checkpoints_to_the_drainer_once_it_takes_them_over(
-    tmp_path: Path,
-) -> None:
-    """Past SQLite's 1,000-page mark no commit copies the log back (the log keeps every
-    frame); `checkpoint()` copies all of it."""
-
-    def fill(outbox: Outbox, prefix: str) -> None:
-        for group in range(12):
-            outbox.add_many(
-                [
-                    Submission(CollectionEvent.model_validate(body), json.dumps(body).encode())
-                    for body in (
-                        event_body(
-                            event_id=f"{prefix}{group}-{i}",
-                            processing_parameters={"note": "x" * 2000},
-                        )
-                        for i in range(100)
-                    )
-                ]
-            )
-
-    def log_frames(outbox: Outbox) -> tuple[int, int]:
-        with outbox.engine.connect() as connection:  # (frames in the log, checkpointed)
-            _, frames, copied = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
-        return frames, copied
-
-    automatic = Outbox(f"sqlite:///{tmp_path / 'automatic.db'}")
-    fill(automatic, "a")
-    taken_over = Outbox(f"sqlite:///{tmp_path / 'taken-over.db'}")
-    taken_over.take_over_checkpoints()
-    fill(taken_over, "t")
-    try:
-        # A log file is a 32-byte header and frames of a page and a 24-byte header each.
-        frames_before = ((tmp_path / "taken-over.db-wal").stat().st_size - 32) // (4096 + 24)
-        assert frames_before > 1200 > log_frames(automatic)[0]
-        taken_over.checkpoint()
-        frames, copied = log_frames(taken_over)
-        assert frames == copied == frames_before
-    finally:
-        automatic.close()
-        taken_over.close()
