@@ -67,10 +67,6 @@ ISPYB_EXPERIMENT_TYPES = (
 # ISPyB values no installed technique processes, and why (a technique that does takes
 # them into its spec's experiment_types).
 ISPYB_NOT_PROCESSED = {
-    "Serial Fixed": "serial crystallography (fixed target): no ssx technique installed",
-    "Serial Jet": "serial crystallography (jet): no ssx technique installed",
-    "SSX-Chip": "serial crystallography (chip): no ssx technique installed",
-    "SSX-Jet": "serial crystallography (jet): no ssx technique installed",
     "PDF": "pair distribution function: no powder technique installed",
     "PDF+Bragg": "pair distribution function: no powder technique installed",
     "Bragg": "powder diffraction: no powder technique installed",

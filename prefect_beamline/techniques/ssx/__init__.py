@@ -5,7 +5,12 @@ from prefect_beamline.techniques import Benchmark, TechniqueSpec
 SPEC = TechniqueSpec(
     name="ssx",
     title="Serial crystallography: hit finding, hit rate, radial profiles, CXI hits for CrystFEL",
-    experiment_types=(("SSX-Jet", "jet"), ("SSX-Chip", "chip")),
+    experiment_types=(
+        ("SSX-Jet", "jet"),
+        ("SSX-Chip", "chip"),
+        ("Serial Jet", "jet"),
+        ("Serial Fixed", "chip"),
+    ),
     benchmarks={
         "ssx": Benchmark(
             "benchmarks.ssx",
