@@ -21,7 +21,7 @@ def test_served_flow_is_pickled_as_its_entrypoint_with_resolvable_parameter_type
     assert b"process_mx" in payload and len(payload) < 1000  # a reference, not the code
     loaded = cloudpickle.loads(payload)
     assert loaded.fn is process_mx.fn
-    assert typing.get_type_hints(loaded.fn)["parameters"] == MXParameters | None
+    assert typing.get_type_hints(loaded.fn)["parameters"] == MXParameters
 
 
 def test_warm_start_hands_prefect_a_preloaded_forkserver(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 A collection whose pair no deployment's trigger matches would be accepted and never
 processed; the gateway and the Zocalo bridge refuse it at the door instead, naming the
 pair and listing what is deployed. A trigger without a `beamline.experiment_type` match
-takes every experiment type of its technique (written `tomo/*`).
+takes every experiment type of its technique (written `tomo/*`). Only triggers on the
+`finished` event count: they process a collection; a trigger on `started` alone (the
+live path) follows one while it is written, and a collection it sees would still never
+be processed.
 """
 
 from __future__ import annotations
@@ -11,9 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_beamline.events import LABEL_EXPERIMENT_TYPE, LABEL_TECHNIQUE, CollectionEvent
+from prefect_beamline.events import (
+    EVENT_PREFIX,
+    LABEL_EXPERIMENT_TYPE,
+    LABEL_TECHNIQUE,
+    CollectionEvent,
+)
 
 ANY = "*"
+PROCESSING_EVENT = f"{EVENT_PREFIX}.finished"
 
 
 class NotHandled(ValueError):
@@ -33,6 +42,8 @@ class HandledPairs:
         pairs = set()
         for spec in read_deployment_specs(find_prefect_yaml(path)):
             for trigger in spec.triggers:
+                if PROCESSING_EVENT not in _values(trigger.get("expect")):
+                    continue
                 match = trigger.get("match") or {}
                 for technique in _values(match.get(LABEL_TECHNIQUE)):
                     for experiment_type in _values(match.get(LABEL_EXPERIMENT_TYPE, ANY)):
