@@ -13,10 +13,11 @@ from typing import Any, Literal
 from uuid import UUID
 
 import numpy as np
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS
 from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner
 from pydantic import Field
 
 from prefect_beamline.ext.peakfinder import PeakFinderParameters
@@ -128,18 +129,33 @@ def find_hits_in_frames(
     return join_chunks(parts)
 
 
-@flow(name="ssx-hit-finding", log_prints=True)
 def analyse_frames(
-    job: Job, first: int, last: int, parameters: SSXParameters, n_threads: int = 1
+    runner: TaskRunner[Any],
+    job: Job,
+    first: int,
+    last: int,
+    parameters: SSXParameters,
+    n_threads: int = 1,
 ) -> list[ChunkResult]:
-    """Fan chunks out over the task runner; record each chunk's hit rate as it finishes."""
+    """Fan chunks out over `runner` inside the collection's own run (no subflow); record
+    each chunk's hit rate as it finishes."""
     master_file = job.collection.data_files[0]
     signature = data_signature(master_file)
     chunks = list(image_chunks(first, last, parameters.frames_per_chunk))
     progress = create_progress_artifact(0.0, description="Frames analysed (%)")
     assert isinstance(progress, UUID)
     futures = [
-        find_hits_in_frames.submit(master_file, signature, start, end, parameters, n_threads)
+        runner.submit(
+            find_hits_in_frames,
+            {
+                "master_file": master_file,
+                "signature": signature,
+                "first": start,
+                "last": end,
+                "parameters": parameters,
+                "n_threads": n_threads,
+            },
+        )
         for start, end in chunks
     ]
     results: list[ChunkResult] = []
@@ -171,8 +187,8 @@ def find_hits_on_every_frame(
 ) -> list[ChunkResult]:
     """`analyse_frames` where the Compute block says: its runner, its kernel threads."""
     compute = configured_compute()
-    on_compute = analyse_frames.with_options(task_runner=compute.task_runner())
-    return on_compute(job, first, last, parameters, compute.threads_per_chunk)
+    with compute.task_runner() as runner:
+        return analyse_frames(runner, job, first, last, parameters, compute.threads_per_chunk)
 
 
 @task

@@ -14,10 +14,11 @@ from typing import Any, Literal
 from uuid import UUID
 
 import numpy as np
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import TaskRunner
 from pydantic import Field, field_validator
 
 from prefect_beamline.ext.backproject import FilterName, reconstruct
@@ -231,8 +232,8 @@ def reconstruct_rows(
     )
 
 
-@flow(name="tomo-fbp", log_prints=True)
 def reconstruct_volume(
+    runner: TaskRunner[Any],
     scan: ScanInfo,
     rows: tuple[int, int],
     centre: CentreEstimate,
@@ -241,8 +242,10 @@ def reconstruct_volume(
     in_flight: int = 2,
     n_threads: int = 1,
 ) -> TomogramRecord:
-    """Fan chunks of slices out over the task runner and write each into the volume as
-    it finishes; the volume gets its final name only when every slice is in.
+    """Fan chunks of slices out over `runner` and write each into the volume as it
+    finishes; the volume gets its final name only when every slice is in. Inside the
+    collection's own run, not a subflow: one run per collection in the runs list, its
+    progress on it.
 
     At most `in_flight` chunks are submitted at a time: each finished chunk is written
     and dropped before the next is submitted, so memory holds a few chunks, never the
@@ -279,8 +282,18 @@ def reconstruct_volume(
         def submit_next() -> None:
             chunk = next(waiting, None)
             if chunk is not None:
-                future = chunk_task.submit(
-                    scan.path, scan.signature, *chunk, centre.centre, parameters, n_threads, staged
+                future = runner.submit(
+                    chunk_task,
+                    {
+                        "scan_file": scan.path,
+                        "signature": scan.signature,
+                        "first_row": chunk[0],
+                        "stop_row": chunk[1],
+                        "centre": centre.centre,
+                        "parameters": parameters,
+                        "n_threads": n_threads,
+                        "staged": staged,
+                    },
                 )
                 submitted[future] = chunk[0]
 
@@ -325,11 +338,18 @@ def reconstruct_on_compute(
     """`reconstruct_volume` where the Compute block says: its runner, its parallel
     chunks, its kernel threads."""
     compute = configured_compute()
-    on_compute = reconstruct_volume.with_options(task_runner=compute.task_runner())
     in_flight = IN_FLIGHT_PER_PARALLEL_CHUNK * compute.chunks_at_once
-    return on_compute(
-        scan, rows, centre, parameters, job.results_dir, in_flight, compute.threads_per_chunk
-    )
+    with compute.task_runner() as runner:
+        return reconstruct_volume(
+            runner,
+            scan,
+            rows,
+            centre,
+            parameters,
+            job.results_dir,
+            in_flight,
+            compute.threads_per_chunk,
+        )
 
 
 @task(**infrastructure_retries())
