@@ -150,7 +150,7 @@ def start_rerun(
     body = {
         "parameters": {
             "collection_id": collection_id,
-            "parameters": overrides,
+            "parameters": as_the_form_types(api_url, flow_and_deployment, overrides),
             "triggered_by": f"cli:{who or getpass.getuser()}",
         },
         "tags": ["rerun"],
@@ -183,6 +183,11 @@ def qualified_deployment_name(api_url: str, deployment: str) -> str:
 
 def science_fields(api_url: str, deployment: str) -> set[str]:
     """Names of the fields of a deployment's `parameters` form (its settings model)."""
+    return set(_science_schema(api_url, deployment))
+
+
+def _science_schema(api_url: str, deployment: str) -> dict[str, Any]:
+    """Each field of a deployment's `parameters` form and its JSON schema."""
     response = httpx.get(
         f"{api_url}/deployments/{deployment_id(api_url, deployment)}", timeout=10.0
     )
@@ -190,4 +195,16 @@ def science_fields(api_url: str, deployment: str) -> set[str]:
     schema = response.json().get("parameter_openapi_schema") or {}
     reference = schema.get("properties", {}).get("parameters", {}).get("$ref", "")
     model = (schema.get("definitions") or {}).get(reference.rsplit("/", 1)[-1], {})
-    return set(model.get("properties", {}))
+    return dict(model.get("properties", {}))
+
+
+def as_the_form_types(api_url: str, deployment: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`--set` values as the deployment's form types them: `probe_from=54` parses as a
+    number, and the server would refuse it for a text field (the flow reads it as text)."""
+    fields = _science_schema(api_url, deployment)
+    return {
+        key: str(value)
+        if fields.get(key, {}).get("type") == "string" and isinstance(value, int | float)
+        else value
+        for key, value in overrides.items()
+    }

@@ -160,9 +160,10 @@ def test_requeue_after_a_server_restart_makes_no_second_job(
 
 
 def chunk_runs(stack: LocalStack, run_id: str, state_names: list[str]) -> int:
-    """The run's spot-finding chunk task runs (in its subflows) in these states."""
+    """The run's spot-finding chunk task runs (in the run itself: no subflow) in these
+    states."""
     body = {
-        "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}},
+        "flow_runs": {"id": {"any_": [run_id]}},
         "task_runs": {
             "name": {"like_": "find-spots-"},
             "state": {"name": {"any_": state_names}},
