@@ -58,11 +58,6 @@ from prefect_beamline.techniques.tomo.volume import VolumeWriter
 
 VOLUME_FILE = "volume.h5"
 ReconstructionMethod = Literal["gridrec", "fbp"]
-# What each method is called in the LIMS (AutoProcProgram) and the summary.
-METHOD_PROGRAMS = {
-    "gridrec": "gridrec (Fourier-domain filtered back projection)",
-    "fbp": "filtered back projection",
-}
 # Chunks in flight per chunk the Compute block runs at once: each finished chunk is
 # written while the next ones compute.
 IN_FLIGHT_PER_PARALLEL_CHUNK = 2
