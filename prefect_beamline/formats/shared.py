@@ -91,7 +91,11 @@ def _raw_reader(nxmx: NXmxCollection) -> RawFrameReader | None:
         raw = RawFrameReader(nxmx.master_file)
     except NXmxError:
         return None
-    if raw.n_images != nxmx.n_images or raw.image_shape != nxmx.geometry.image_shape:
+    if (
+        raw.n_images != nxmx.n_images
+        or raw.image_shape != nxmx.geometry.image_shape
+        or raw.dtype != nxmx.frame_dtype  # 8- and 16-bit signed frames are widened there
+    ):
         raw.close()
         return None
     return raw

@@ -91,3 +91,30 @@ def test_frames_are_the_nxmx_readers_frames_whichever_way_they_are_decoded(
 def test_a_range_outside_the_collection_names_the_file(master: Path) -> None:
     with shared_reader(master) as collection, pytest.raises(NXmxError, match=master.name):
         list(collection.frames(1, 3))
+
+
+def test_eight_bit_frames_reach_the_kernel_widened_as_the_nxmx_reader_gives_them(
+    master: Path,
+) -> None:
+    """An 8-bit Eiger collection in bitshuffle-LZ4: the raw path would hand the kernel
+    uint8 frames, which it does not take; frames come as the NXmx reader widens them."""
+    import hdf5plugin
+
+    for data_file in sorted(master.parent.glob("*_data_*.h5")):
+        with h5py.File(data_file, "r+") as handle:
+            old = handle["entry/data/data"]
+            frames, attributes = np.minimum(old[()], 200).astype(np.uint8), dict(old.attrs)
+            del handle["entry/data/data"]
+            new = handle.create_dataset(
+                "entry/data/data",
+                data=frames,
+                chunks=(1, *frames.shape[1:]),
+                **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"),
+            )
+            new.attrs.update(attributes)
+    with NXmxCollection(master) as nxmx:
+        expected = nxmx.read_frames(1, 2)
+    with shared_reader(master) as collection:
+        frames = [frame.copy() for _, frame in collection.frames(1, 2)]
+    assert frames[0].dtype == expected.dtype != np.uint8
+    np.testing.assert_array_equal(np.stack(frames), expected)
