@@ -91,6 +91,8 @@ logger = logging.getLogger("prefect_beamline.gateway")
 # What a DAQ refused for a full backlog is told to wait (the drainer empties hundreds of
 # events a second once Prefect takes them again).
 BACKLOG_RETRY_AFTER_S = 5
+# How long a shutdown waits for the drainer to stop after cancelling it.
+SHUTDOWN_WAIT_S = 10.0
 # On a listing with more rows than returned: the `after` of the next page.
 NEXT_PAGE_HEADER = "X-Outbox-Next-After"
 Model = TypeVar("Model", bound=BaseModel)
@@ -279,8 +281,11 @@ def build_app(
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stopped, _still_running = await asyncio.wait({task}, timeout=SHUTDOWN_WAIT_S)
+            if not stopped:  # never hang a shutdown; the outbox keeps what is pending
+                logger.error("the outbox drainer did not stop within %s s", SHUTDOWN_WAIT_S)
+            elif not task.cancelled() and task.exception() is not None:
+                logger.error("the outbox drainer had failed", exc_info=task.exception())
             await writer.stop()
 
     app = FastAPI(

@@ -299,8 +299,12 @@ class Drainer:
                     continue  # accepted while draining: go again without waiting
                 if drained:
                     idle_s = await self._idle_s()
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a
+                    # cancellation that comes as the wake-up does, and the lifespan's
+                    # shutdown then waits for ever.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
+                        async with asyncio.timeout(idle_s):
+                            await self._wake.wait()
                 else:
                     await asyncio.sleep(self.backoff.after(self.status.consecutive_failures))
 

@@ -85,7 +85,8 @@ class ResultsHub:
             if collection.ended and not [item for item in collection.messages if item[0] > after]:
                 return
             try:
-                await asyncio.wait_for(waiting.wait(), KEEPALIVE_S)
+                async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: see Drainer.run
+                    await waiting.wait()
             except TimeoutError:
                 yield None
 

@@ -175,7 +175,8 @@ async def follow_images_ready(
                         f"announced by images_ready within {timeout_s} s"
                     )
                 try:
-                    event = await asyncio.wait_for(subscriber.__anext__(), poll_s)
+                    async with asyncio.timeout(poll_s):  # not wait_for: see Drainer.run
+                        event = await subscriber.__anext__()
                     await submit(event.payload)
                 except TimeoutError:
                     stored = await client.request(

@@ -355,6 +355,35 @@ def test_woken_drainer_emits_a_new_event_at_once(sqlite_outbox: Outbox) -> None:
     assert emitted_at and emitted_at[0] - accepted < 0.5
 
 
+@pytest.mark.parametrize("yields", range(6))
+def test_drainer_stops_when_cancelled_just_as_it_is_woken(
+    sqlite_outbox: Outbox, yields: int
+) -> None:
+    """CI hung 600 s in a gateway's shutdown: the last 202 woke the drainer and the
+    lifespan cancelled it in the same moment; Python 3.11's `asyncio.wait_for` returns the
+    result of an awaitable that finished as the cancellation came, so the cancellation was
+    lost and the drainer idled on forever."""
+
+    async def go() -> bool:
+        emitter = PrefectEmitter(
+            "http://prefect/api", transport=httpx.MockTransport(lambda _: httpx.Response(204))
+        )
+        drainer = Drainer(sqlite_outbox, emitter, idle_poll_s=60.0)
+        task = asyncio.create_task(drainer.run())
+        await asyncio.sleep(0.1)  # idle, waiting to be woken
+        drainer.wake()
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
+        return bool(done)
+
+    assert asyncio.run(go())
+
+
 def accept_all(accepted: list[str]) -> Handler:
     def prefect(request: httpx.Request) -> httpx.Response:
         accepted.extend(emitted_ids(request))
