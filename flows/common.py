@@ -2,8 +2,8 @@
 
     @technique_flow("mx-processing")
     def process_mx(collection_id, parameters=None, collection=None, triggered_by="", ...):
-        chosen = merge_parameters(MXParameters, collection, parameters)
-        job = open_job(collection_id, collection, chosen, triggered_by=..., program=...)
+        job = open_job(collection_id, collection, parameters, triggered_by=...,
+                       program=..., model=MXParameters)  # job.settings(MXParameters)
         with job.failure_recorded():
             ...the technique's tasks...
             job.attach(files)
@@ -235,6 +235,9 @@ def record_processing_job(
     """Write the ProcessingJob and a running AutoProcProgram (idempotent per flow run),
     its job folder (inputs, provenance, rerun command), and name the run for it.
 
+    The program row names package, version, recipe and `program` (the method, as a
+    scientist would cite it), as ISPyB's processingPrograms does for autoPROC or DIALS.
+
     An automatic run whose event already has a job of another flow run gets that
     answer back (returned, not raised: the task did its work, it found the first job).
     """
@@ -275,7 +278,7 @@ def record_processing_job(
     )
     program_id = lims.start_program(
         processing_job_id=job_id,
-        programs=f"{code_identity()['package']} {code_identity()['version']} {recipe}",
+        programs=f"{code_identity()['package']} {code_identity()['version']} {recipe}: {program}",
         command_line=command,
         environment=f"prefect flow run {name} ({run_id})",
     )
@@ -414,20 +417,6 @@ def publish_processing_event(
 
 
 CHUNK_CACHE_EXPIRATION = timedelta(days=14)
-
-
-def merge_parameters(
-    model: type[ParametersT], announced: CollectionEvent | None, chosen: ParametersT | None
-) -> ParametersT:
-    """DAQ-announced overrides, then the ones chosen for this run (UI, CLI) on top.
-
-    Only fields set explicitly for this run win, so a rerun that changes one parameter
-    keeps the DAQ's others.
-    """
-    merged: dict[str, Any] = dict(announced.processing_parameters) if announced else {}
-    if chosen is not None:
-        merged.update(chosen.model_dump(exclude_unset=True))
-    return model.model_validate(merged)
 
 
 def current_recipe(collection: CollectionDescription) -> str:

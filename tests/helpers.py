@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from prefect import Task
+from pydantic import BaseModel
 
 from prefect_beamline.events import CollectionEvent, CollectionEventKind, GridScan
 from prefect_beamline.techniques.mx.synth import SyntheticCollection, write_mx_collection
+
+Model = TypeVar("Model", bound=BaseModel)
 
 DC = 42
 MASTER = "/data/i03/mx12345-3/xtal_1_master.h5"
@@ -86,3 +89,17 @@ def eventually(check: Callable[[], Any], what: str, timeout_s: float, poll_s: fl
             return found
         time.sleep(poll_s)
     raise AssertionError(f"not seen within {timeout_s:.0f} s: {what}")
+
+
+def automatic_run_parameters(
+    model: type[Model], announced: CollectionEvent | None, requested: BaseModel | None
+) -> Model:
+    """The parameters an automatic run uses (`flows.rerun.choose_parameters`): the DAQ's
+    announcement, with what the run was given on top; no LIMS lookup is made for it."""
+    from prefect_beamline.flows.rerun import choose_parameters
+    from prefect_beamline.lims import Lims
+
+    chosen = choose_parameters(
+        model, Lims("sqlite://"), 0, "any", announced, requested, automatic=True
+    )
+    return chosen.effective

@@ -121,6 +121,7 @@ class ProcessingJobSummary:
     program_message: str | None
     program_start: datetime | None = None
     program_end: datetime | None = None
+    programs: str | None = None  # package, version, recipe and method
     attachments: list[str] = field(default_factory=list)
     trace_id: str | None = None
     # `rerun.changed`, `rerun.based_on_job`, `prefect.flow_run_url`, `provenance.version`...
@@ -641,6 +642,7 @@ class Lims:
                     program_message=job_program.processingMessage if job_program else None,
                     program_start=job_program.processingStartTime if job_program else None,
                     program_end=job_program.processingEndTime if job_program else None,
+                    programs=job_program.processingPrograms if job_program else None,
                     attachments=[
                         str(Path(directory) / name)
                         for directory, name in attachments.get(job_program_id or -1, [])

@@ -137,6 +137,10 @@ def assert_provenance(job: ProcessingJobSummary) -> None:
     assert all(item["size"] > 0 and item["mtime_ns"] > 0 for item in inputs["files"])
     assert len(inputs["master_sha256"]) == 64
     assert provenance["parameters"] == job.parameters
+    # The program row names the code and the method, as ISPyB's processingPrograms does.
+    code = provenance["code"]
+    assert (job.programs or "").startswith(f"{code['package']} {code['version']} {job.recipe}: ")
+    assert len(job.programs or "") > len(f"{code['package']} {code['version']} {job.recipe}: ")
     record = job.record
     assert record["provenance.version"] == provenance["code"]["version"]
     assert record["provenance.commit"] == provenance["code"]["commit"]

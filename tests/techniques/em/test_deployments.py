@@ -12,9 +12,8 @@ from prefect_beamline.deployments import (
     read_deployment_specs,
 )
 from prefect_beamline.events import CollectionEventKind
-from prefect_beamline.flows.common import merge_parameters
 from prefect_beamline.flows.em import MOVIE_DEPLOYMENT, EMParameters
-from tests.helpers import collection_event
+from tests.helpers import automatic_run_parameters, collection_event
 
 PREFECT_YAML = Path(__file__).resolve().parents[3] / "prefect.yaml"
 
@@ -42,11 +41,13 @@ def test_announced_parameters_sit_under_the_runs_own() -> None:
         kind=CollectionEventKind.images_ready,
         processing_parameters={"dose_per_frame": 1.3, "pixel_size_angstrom": 0.83},
     )
-    chosen = merge_parameters(EMParameters, event, EMParameters(dose_per_frame=2.0))
+    chosen = automatic_run_parameters(EMParameters, event, EMParameters(dose_per_frame=2.0))
     assert (chosen.dose_per_frame, chosen.pixel_size_angstrom) == (2.0, 0.83)
     assert chosen.voltage_kv == 300 and chosen.cs_mm == 2.7 and chosen.amplitude_contrast == 0.1
     with pytest.raises(ValueError, match="dose_per_frame"):
-        merge_parameters(EMParameters, None, EMParameters.model_validate({"dose_per_frame": -1}))
+        automatic_run_parameters(
+            EMParameters, None, EMParameters.model_validate({"dose_per_frame": -1})
+        )
 
 
 def test_where_the_kernels_run_is_not_a_parameter() -> None:

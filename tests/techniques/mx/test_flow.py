@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_beamline.events import CollectionEvent
-from prefect_beamline.flows.common import BAD_INPUT_ERRORS, merge_parameters
+from prefect_beamline.flows.common import BAD_INPUT_ERRORS
 from prefect_beamline.flows.mx import MXParameters, find_spots_in_images
-from tests.helpers import cache_key, collection_event
+from tests.helpers import automatic_run_parameters, cache_key, collection_event
 
 
 def announcement(**parameters: object) -> CollectionEvent:
@@ -19,7 +19,7 @@ def announcement(**parameters: object) -> CollectionEvent:
 
 
 def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
-    chosen = merge_parameters(
+    chosen = automatic_run_parameters(
         MXParameters,
         announcement(images_per_chunk=4, sigma_strong=4.0),
         MXParameters(sigma_strong=5.0),
@@ -40,7 +40,7 @@ def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
 )
 def test_a_daq_naming_compute_is_refused_as_bad_input(infrastructure: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=next(iter(infrastructure))) as refused:
-        merge_parameters(MXParameters, announcement(**infrastructure), None)
+        automatic_run_parameters(MXParameters, announcement(**infrastructure), None)
     assert isinstance(refused.value, BAD_INPUT_ERRORS)  # failed at once, never retried
 
 

@@ -11,11 +11,10 @@ from pydantic import ValidationError
 
 from prefect_beamline.deployments import deployment_for_collection, read_deployment_specs
 from prefect_beamline.events import CollectionEvent
-from prefect_beamline.flows.common import merge_parameters
 from prefect_beamline.flows.tomo import TomoParameters, reconstruct_rows, slice_range
 from prefect_beamline.techniques.tomo.analysis import ScanInfo
 from prefect_beamline.techniques.tomo.staging import StagedRows
-from tests.helpers import cache_key, collection_event
+from tests.helpers import automatic_run_parameters, cache_key, collection_event
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 SCAN = ScanInfo(
@@ -34,7 +33,7 @@ def announcement(**parameters: object) -> CollectionEvent:
 
 
 def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
-    chosen = merge_parameters(
+    chosen = automatic_run_parameters(
         TomoParameters,
         announcement(ring_filter=False, slices_per_chunk=4),
         TomoParameters(slices_per_chunk=2, centre_of_rotation=60.5),
