@@ -4,6 +4,7 @@ summary.json, and the Prefect UI's summary table and markdown report."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,37 @@ def report_markdown(
     return "\n".join(lines)
 
 
+# The summary table's rows: each summary.json key as a person reads it, with its unit.
+SUMMARY_ROWS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "n_projections": ("projections", str),
+    "layout": ("file layout", str),
+    "shape": ("volume (z × y × x voxels)", lambda shape: " × ".join(map(str, shape))),
+    "slice_range": ("detector rows reconstructed", lambda rows: f"{rows[0]}–{rows[1]}"),
+    "centre_of_rotation": ("centre of rotation (px)", lambda centre: f"{centre:.2f}"),
+    "centre_method": ("centre found by", str),
+    "method": ("reconstruction", str),
+    "filter_name": ("filter", str),
+    "ring_filter": ("ring filter", lambda on: "on" if on else "off"),
+    "volume_file": ("volume file", str),
+}
+
+
+def summary_table(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """The summary table's rows, in SUMMARY_ROWS order; keys it does not know last, as
+    they are."""
+    known = [
+        {"quantity": label, "value": shown(summary[key])}
+        for key, (label, shown) in SUMMARY_ROWS.items()
+        if key in summary
+    ]
+    other = [
+        {"quantity": key, "value": str(value)}
+        for key, value in summary.items()
+        if key not in SUMMARY_ROWS
+    ]
+    return known + other
+
+
 def publish_artifacts(
     collection: CollectionDescription, summary: dict[str, Any], tomogram: TomogramRecord
 ) -> None:
@@ -105,7 +137,7 @@ def publish_artifacts(
     key = f"tomo-dc{collection.collection_id}"
     create_table_artifact(
         key=f"{key}-summary",
-        table=[{"quantity": name, "value": str(value)} for name, value in summary.items()],
+        table=summary_table(summary),
         description=f"Tomographic reconstruction, data collection {collection.collection_id}",
     )
     create_markdown_artifact(

@@ -13,6 +13,7 @@ from prefect_beamline.deployments import deployment_for_collection, read_deploym
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.tomo import TomoParameters, reconstruct_rows, slice_range
 from prefect_beamline.techniques.tomo.analysis import ScanInfo
+from prefect_beamline.techniques.tomo.report import summary_table
 from prefect_beamline.techniques.tomo.staging import StagedRows
 from tests.helpers import automatic_run_parameters, cache_key, collection_event
 
@@ -105,3 +106,22 @@ def test_any_tomo_collection_routes_to_the_reconstruction_deployment() -> None:
     match = spec.triggers[0]["match"]
     assert match["beamline.technique"] == "tomo" and "beamline.experiment_type" not in match
     assert set(spec.triggers[0]["parameters"]) == {"collection_id", "collection", "triggered_by"}
+
+
+def test_summary_table_reads_with_units_and_rounded_numbers() -> None:
+    summary = {
+        "n_projections": 181,
+        "shape": [8, 64, 64],
+        "slice_range": [0, 7],
+        "centre_of_rotation": 31.987654321,
+        "ring_filter": True,
+        "new_key": 1.5,
+    }
+    assert summary_table(summary) == [
+        {"quantity": "projections", "value": "181"},
+        {"quantity": "volume (z × y × x voxels)", "value": "8 × 64 × 64"},
+        {"quantity": "detector rows reconstructed", "value": "0–7"},
+        {"quantity": "centre of rotation (px)", "value": "31.99"},
+        {"quantity": "ring filter", "value": "on"},
+        {"quantity": "new_key", "value": "1.5"},
+    ]
