@@ -39,13 +39,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
-from sqlalchemy import DateTime, Engine, Integer, String, select, update
+from sqlalchemy import DateTime, Engine, Integer, String, delete, func, or_, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from prefect_beamline.events import CollectionEvent
@@ -69,6 +69,8 @@ TRANSPORT_HEADERS = frozenset(
     {"consumer_tag", "delivery_mode", "exchange", "message-id", "redelivered", "routing_key",
      "subscription"}
 )  # fmt: skip
+# A message unacked this long (the bridge down for a week) is taken as new on redelivery.
+RECEIPT_RETENTION = timedelta(days=7)
 RETRY_START_S = 0.5
 RETRY_MAX_S = 30.0
 # Fault injection for the crash test: seconds between the outbox commit and the ack.
@@ -84,7 +86,10 @@ class _ReceiptBase(DeclarativeBase):
 
 
 class ReceiptRow(_ReceiptBase):
-    """A request message as received, until acked: a redelivery finds its event id here."""
+    """A request message as received, until acked: a redelivery finds its event id here.
+
+    Deleted at the ack (a redelivery can only follow a missing ack); a row left by a
+    message that was then rejected, or whose delete failed, goes after `retention`."""
 
     __tablename__ = "zocalo_bridge_receipt"
 
@@ -98,8 +103,9 @@ class ReceiptRow(_ReceiptBase):
 class Receipts:
     """Event ids of request messages, kept in the outbox's database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, retention: timedelta = RECEIPT_RETENTION) -> None:
         self.engine = engine
+        self.retention = retention
         _ReceiptBase.metadata.create_all(engine)
 
     def event_id(self, body_hash: str, redelivered: bool, new_id: Callable[[], str]) -> str:
@@ -119,10 +125,18 @@ class Receipts:
             return event_id
 
     def acked(self, event_id: str) -> None:
+        """Forget the receipt of an acked message, and any older than the retention."""
+        stale = _now() - self.retention
         with Session(self.engine) as session, session.begin():
             session.execute(
-                update(ReceiptRow).where(ReceiptRow.event_id == event_id).values(acked_at=_now())
+                delete(ReceiptRow).where(
+                    or_(ReceiptRow.event_id == event_id, ReceiptRow.received_at < stale)
+                )
             )
+
+    def count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(ReceiptRow)) or 0)
 
 
 @dataclass(frozen=True)

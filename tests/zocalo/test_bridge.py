@@ -14,18 +14,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dodal.devices.zocalo import ZocaloStartInfo, ZocaloTrigger
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.gateway.handled import HandledPairs
 from prefect_beamline.gateway.outbox import Outbox, StoredEvent
 from prefect_beamline.lims import Lims
-from prefect_beamline.zocalo.bridge import Delivery, Rejected, ZocaloBridge
+from prefect_beamline.zocalo.bridge import Delivery, ReceiptRow, Receipts, Rejected, ZocaloBridge
 from prefect_beamline.zocalo.routing import RoutingTable, UnknownRecipe
 from prefect_beamline.zocalo.transport import (
     display,
@@ -328,8 +331,10 @@ def test_zocalo_go_is_a_new_request_each_time_and_a_redelivery_is_the_same(
     first = deliver(redelivered=False)
     again = deliver(redelivered=True)  # the bridge died before acking the first
     assert again == first
+    assert bridge.receipts.count() == 1
     for event_id in first:
         bridge.receipts.acked(event_id)
+    assert bridge.receipts.count() == 0  # receipts are not kept once acked
     second = deliver(redelivered=False)  # zocalo.go typed again: a new request
     assert second != first
     events = [row.event for row in rows(outbox)]
@@ -356,3 +361,19 @@ def test_mapping_is_the_gateway_s(outbox: Outbox, lims: Lims) -> None:
         ZocaloTrigger.model_validate(message), lims.get_collection
     )
     assert row.event.model_dump(exclude={"timestamp"}) == expected.model_dump(exclude={"timestamp"})
+
+
+def test_a_receipt_left_unacked_goes_after_the_retention(outbox: Outbox) -> None:
+    """A zocalo.go request rejected after its receipt was written is never acked."""
+    receipts = Receipts(outbox.engine, retention=timedelta(hours=1))
+    left = receipts.event_id("a" * 64, False, lambda: "zocalo-go-left")
+    kept = receipts.event_id("b" * 64, False, lambda: "zocalo-go-kept")
+    with Session(outbox.engine) as session, session.begin():
+        session.execute(
+            update(ReceiptRow)
+            .where(ReceiptRow.event_id == left)
+            .values(received_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=2))
+        )
+    receipts.acked(receipts.event_id("c" * 64, False, lambda: "zocalo-go-acked"))
+    with Session(outbox.engine) as session:
+        assert session.scalars(select(ReceiptRow.event_id)).all() == [kept]
