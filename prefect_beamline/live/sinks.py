@@ -8,6 +8,7 @@ A failed batch is retried (infrastructure failures retry) and never dropped sile
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,10 +30,18 @@ class BatchingSink:
     """Collects items and hands them to `write` in batches on a background thread."""
 
     def __init__(
-        self, write: Callable[[list[Any]], None], *, interval_s: float = 0.05, name: str
+        self,
+        write: Callable[[list[Any]], None],
+        *,
+        interval_s: float = 0.05,
+        name: str,
+        max_batch_bytes: int | None = None,
     ) -> None:
+        """`max_batch_bytes`: items are `bytes` and a batch holds at most this many of
+        their bytes (an item larger than that goes alone)."""
         self._write = write
         self.interval_s = interval_s
+        self.max_batch_bytes = max_batch_bytes
         self._pending: list[Any] = []
         self._lock = threading.Condition()
         self._closing = False
@@ -53,9 +62,23 @@ class BatchingSink:
                     self._lock.wait()
                 if not self._pending and self._closing:
                     return
-                batch, self._pending = self._pending, []
+                batch = self._take()
             self._flush(batch)
             time.sleep(self.interval_s)
+
+    def _take(self) -> list[Any]:
+        """The next batch off the front of what is pending (the lock is held)."""
+        if self.max_batch_bytes is None:
+            batch, self._pending = self._pending, []
+            return batch
+        size = end = 0
+        while end < len(self._pending) and (
+            end == 0 or size + len(self._pending[end]) <= self.max_batch_bytes
+        ):
+            size += len(self._pending[end])
+            end += 1
+        batch, self._pending = self._pending[:end], self._pending[end:]
+        return batch
 
     def _flush(self, batch: list[Any]) -> None:
         delay = 0.1
@@ -82,21 +105,40 @@ class BatchingSink:
         self._thread.join()
 
 
+# The most message bytes in one POST: a backlog (the gateway was away a while) goes out
+# in several, each well under the gateway's body limit (1 MiB by default).
+MAX_POST_BYTES = 256 * 1024
+
+
 class ResultsStreamPublisher:
     """POSTs results to the gateway's live results stream of one collection."""
 
     def __init__(
-        self, gateway_url: str, collection_id: int, token: str | None, *, interval_s: float = 0.02
+        self,
+        gateway_url: str,
+        collection_id: int,
+        token: str | None,
+        *,
+        interval_s: float = 0.02,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(base_url=gateway_url, headers=headers, timeout=10.0)
+        self._client = httpx.Client(
+            base_url=gateway_url, headers=headers, timeout=10.0, transport=transport
+        )
         self._path = f"{LIVE_PREFIX}/{collection_id}/results"
         self._sink = BatchingSink(
-            self._post, interval_s=interval_s, name=f"results-{collection_id}"
+            self._post,
+            interval_s=interval_s,
+            name=f"results-{collection_id}",
+            max_batch_bytes=MAX_POST_BYTES,
         )
 
-    def _post(self, messages: list[dict[str, Any]]) -> None:
-        response = self._client.post(self._path, json=messages)
+    def _post(self, encoded: list[bytes]) -> None:
+        body = b"[" + b",".join(encoded) + b"]"
+        response = self._client.post(
+            self._path, content=body, headers={"Content-Type": "application/json"}
+        )
         if response.status_code in (401, 403, 413, 422):
             raise PermissionError(
                 f"gateway refused results: {response.status_code} {response.text}"
@@ -104,7 +146,7 @@ class ResultsStreamPublisher:
         response.raise_for_status()
 
     def publish(self, message: dict[str, Any]) -> None:
-        self._sink.put(message)
+        self._sink.put(json.dumps(message, separators=(",", ":")).encode())
 
     def close(self) -> None:
         self._sink.close()
