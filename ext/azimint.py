@@ -1,7 +1,8 @@
 """Azimuthal integration (1-D, q or 2θ) of detector frames: pyFAI's method, Cython kernel.
 
 The public face of the `_azimint` kernel. `AzimuthalIntegrator.build` computes once per
-geometry and mask the sparse pixel-to-bin matrix with pixel splitting over each pixel's
+geometry and mask the sparse pixel-to-bin map (per pixel: its first bin and the
+fractions it gives that bin and the next ones) with pixel splitting over each pixel's
 bounding box in radius (pyFAI's "bbox" split: a pixel of centre c and half-width d
 spreads over [c − d, c + d], d the largest centre-to-corner difference), the
 solid-angle (cos³ of the incidence angle) and polarisation corrections and the bins
