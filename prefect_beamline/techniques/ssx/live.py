@@ -119,6 +119,11 @@ class SerialLiveSession:
         self._failed: list[int] = []
         self._lags: list[float] = []
         self._buffer: np.ndarray | None = None
+        radial = analyser.integrator.radial
+        step = float(radial[1] - radial[0]) if radial.size > 1 else 0.0
+        # Bins are uniform in the unit: the axis as (first centre, step), not 1000 numbers
+        # in every message (the gateway caps a batch of messages at 1 MB).
+        self._radial_axis = (float(radial[0]), step)
         self._worker = threading.Thread(target=self._work, name="ssx-live", daemon=True)
         self._worker.start()
 
@@ -264,7 +269,8 @@ class SerialLiveSession:
                 "mean_peaks_per_hit": chunk.mean_peaks_per_hit,
                 "failed_images": sorted(window.failed),
                 "unit": self.analyser.integrator.unit,
-                "radial": [float(f"{value:.6g}") for value in self.analyser.integrator.radial],
+                "radial_first": self._radial_axis[0],
+                "radial_step": self._radial_axis[1],
                 "mean_profile": [float(f"{value:.5g}") for value in mean_profile],
             }
         )

@@ -121,10 +121,13 @@ def test_live_hit_rates_match_the_offline_chunks_and_reach_stream_and_lims_as_th
     assert [[m[f] for f in fields] for m in rates] == [
         [getattr(c, f) for f in fields] for c in expected
     ]
+    radial = SerialAnalyser.build(*collection_setup(master)[:2], SETTINGS).integrator.radial
     for message, chunk in zip(rates, offline, strict=True):
         np.testing.assert_allclose(
             message["mean_profile"], chunk.profiles.mean(axis=0), rtol=1e-4, atol=1e-6
         )
+        axis = message["radial_first"] + message["radial_step"] * np.arange(radial.size)
+        np.testing.assert_allclose(axis, radial, rtol=1e-9)
     images = recorder.of_type("image")
     assert [m["n_peaks"] for m in sorted(images, key=lambda m: m["image_number"])] == list(peaks)
     assert recorder.messages[-1]["type"] == "end"
