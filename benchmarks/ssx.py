@@ -4,7 +4,7 @@ In one run, per size, sides interleaved in every repetition and medians reported
 machine is shared: ratios measured under the same load are what count):
 
 - azimuthal integration, 1000 q bins, solid angle + polarisation + mask + Poisson
-  errors: our CSR kernel on 1 thread and on every core, pyFAI's `integrate1d` with the
+  errors: our per-pixel map kernel on 1 thread and on every core, pyFAI's `integrate1d` with the
   same geometry, bins and corrections (`("bbox", "csr", "cython")`, warmed up, its
   default OpenMP threads), and the largest relative difference between the two;
 - hit finding on a blank frame (water ring + Poisson background, the common case in a
@@ -183,7 +183,10 @@ def measure(name: str, shape: tuple[int, int], repeats: int, reference: bool) ->
     result.update(
         shape=list(shape),
         n_peaks_on_blank=n_peaks,
-        csr_entries=int(integrator.indices.size),
+        map_span=integrator.span,
+        map_bytes_per_pixel=round(
+            (integrator.first.nbytes + integrator.coefs.nbytes) / integrator.first.size, 1
+        ),
         our_build_s=round(build_s, 2),
         pyfai_setup_s=round(pyfai_setup_s, 2),
         integrate_speedup_vs_pyfai_1t=round(result["pyfai_ms"] / result["integrate_ms_1t"], 2),

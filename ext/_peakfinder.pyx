@@ -6,10 +6,14 @@ Per frame, with the GIL released:
 
 1. One streaming pass: a per-ring histogram of the valid pixels' counts (exact up to
    HIST_BINS - 1, larger counts kept in a list), and the largest count of every block
-   of BLOCK pixels of a row.
+   of BLOCK pixels of a row. The histogram is count-major (hist[count][ring], masked
+   pixels counted in a spare ring column): along a row the ring changes every pixel or
+   two while a blank frame's counts stay small, so the increments stay in a few cache
+   lines, and a small count needs no branch on the mask.
 2. Per ring, `n_iterations` rounds of sigma clipping on the histogram (exact integer sums,
    so the numpy reference gets the same doubles): threshold = max(mean + min_snr·sigma,
    adc_threshold); each round keeps the pixels below the previous round's threshold.
+   Only the histogram's rows up to the frame's largest small count are read.
 3. A second pass over the blocks whose largest count can pass the lowest threshold of
    the rings they cross (almost none on a blank frame) collects candidate pixels.
 4. 8-connected components of the candidates (union-find in scan order), kept when their
@@ -56,6 +60,7 @@ cdef struct Workspace:
     uint64_t* sq_hi
     double* mean
     double* threshold
+    int64_t* bound
     int64_t* sparse
     int levels
     int64_t* block_max
@@ -100,7 +105,8 @@ cdef int _alloc(Workspace* ws, Py_ssize_t n_rings, Py_ssize_t n_blocks) noexcept
     ws.levels = 1
     while (1 << ws.levels) <= n_rings:
         ws.levels += 1
-    ws.hist = <uint32_t*> malloc(n_rings * HIST_BINS * sizeof(uint32_t))
+    ws.hist = <uint32_t*> malloc((n_rings + 1) * HIST_BINS * sizeof(uint32_t))
+    ws.bound = <int64_t*> malloc(n_rings * sizeof(int64_t))
     ws.count = <int64_t*> malloc(n_rings * sizeof(int64_t))
     ws.total = <int64_t*> malloc(n_rings * sizeof(int64_t))
     ws.sq_lo = <uint64_t*> malloc(n_rings * sizeof(uint64_t))
@@ -111,13 +117,13 @@ cdef int _alloc(Workspace* ws, Py_ssize_t n_rings, Py_ssize_t n_blocks) noexcept
     ws.block_max = <int64_t*> malloc(n_blocks * sizeof(int64_t))
     if (ws.hist == NULL or ws.count == NULL or ws.total == NULL or ws.sq_lo == NULL
             or ws.sq_hi == NULL or ws.mean == NULL or ws.threshold == NULL
-            or ws.sparse == NULL or ws.block_max == NULL):
+            or ws.sparse == NULL or ws.block_max == NULL or ws.bound == NULL):
         return -1
     return 0
 
 
 cdef void _release(Workspace* ws) noexcept nogil:
-    free(ws.hist); free(ws.over_ring); free(ws.over_value); free(ws.count); free(ws.total)
+    free(ws.hist); free(ws.bound); free(ws.over_ring); free(ws.over_value); free(ws.count); free(ws.total)
     free(ws.sq_lo); free(ws.sq_hi); free(ws.mean); free(ws.threshold); free(ws.sparse)
     free(ws.block_max); free(ws.cand); free(ws.parent); free(ws.npix); free(ws.vmax)
     free(ws.imax); free(ws.w); free(ws.wx); free(ws.wy)
@@ -130,27 +136,34 @@ cdef inline void _add_square(Workspace* ws, Py_ssize_t ring, uint64_t x) noexcep
         ws.sq_hi[ring] += 1
 
 
-cdef void _ring_statistics(Workspace* ws, Py_ssize_t n_rings, const Params* p) noexcept nogil:
-    """Sigma-clipped mean and threshold of every ring, from the histogram and the list."""
-    cdef Py_ssize_t ring, b, k, bound
+cdef void _ring_statistics(
+    Workspace* ws, Py_ssize_t n_rings, Py_ssize_t top, const Params* p
+) noexcept nogil:
+    """Sigma-clipped mean and threshold of every ring, from the histogram (rows below
+    `top` hold every small count) and the list."""
+    cdef Py_ssize_t ring, b, k
+    cdef Py_ssize_t stride = n_rings + 1
     cdef int it
     cdef uint32_t n
     cdef int64_t v
     cdef double mean, var, sq, t
+    cdef const uint32_t* counts
     for it in range(p.n_iterations):
         memset(ws.count, 0, n_rings * sizeof(int64_t))
         memset(ws.total, 0, n_rings * sizeof(int64_t))
         memset(ws.sq_lo, 0, n_rings * sizeof(uint64_t))
         memset(ws.sq_hi, 0, n_rings * sizeof(uint64_t))
-        for ring in range(n_rings):
-            if it == 0:
-                bound = HIST_BINS
+        for ring in range(n_rings):  # counts b < bound are below the ring's threshold
+            t = ws.threshold[ring]
+            if it == 0 or t >= HIST_BINS:
+                ws.bound[ring] = HIST_BINS
             else:
-                t = ws.threshold[ring]
-                bound = HIST_BINS if t >= HIST_BINS else <Py_ssize_t> ceil(t)
-            for b in range(bound):
-                n = ws.hist[ring * HIST_BINS + b]
-                if n:
+                ws.bound[ring] = <int64_t> ceil(t)
+        for b in range(top):
+            counts = ws.hist + b * stride
+            for ring in range(n_rings):
+                n = counts[ring]
+                if n and b < ws.bound[ring]:
                     ws.count[ring] += n
                     ws.total[ring] += <int64_t> n * b
                     _add_square(ws, ring, <uint64_t> n * <uint64_t> (b * b))
@@ -245,10 +258,13 @@ cdef Py_ssize_t _find_peaks(
     cdef int R = p.local_max_radius
 
     # Pass 1: histogram per ring, list of large counts, block maxima. Locals, not the
-    # workspace's fields, in the loop: stores through `hist` cannot alias them.
+    # workspace's fields, in the loop: stores through `hist` cannot alias them. Column
+    # n_rings of the count-major histogram collects masked pixels' small counts (unread).
     cdef uint32_t* hist = ws.hist
     cdef int64_t overflow = p.overflow
-    memset(hist, 0, n_rings * HIST_BINS * sizeof(uint32_t))
+    cdef Py_ssize_t stride = n_rings + 1
+    cdef int64_t top = -1
+    memset(hist, 0, stride * HIST_BINS * sizeof(uint32_t))
     ws.n_over = 0
     for r in range(ny):
         row = frame + r * nx
@@ -260,21 +276,27 @@ cdef Py_ssize_t _find_peaks(
             for c in range(c0, c1):
                 ring = ring_row[c]
                 v = <int64_t> row[c]
+                if <uint64_t> v < HIST_BINS:  # a small count (a negative one is not)
+                    if ring == NO_RING:
+                        ring = n_rings
+                    elif v > bmax:
+                        bmax = v
+                    hist[v * stride + ring] += 1
+                    continue
                 if ring == NO_RING or v < 0 or v >= overflow:
                     continue
                 if v > bmax:
                     bmax = v
-                if v < HIST_BINS:
-                    hist[ring * HIST_BINS + v] += 1
-                else:
-                    if ws.n_over == ws.cap_over and _grow(ws, False) < 0:
-                        return -1
-                    ws.over_ring[ws.n_over] = <uint16_t> ring
-                    ws.over_value[ws.n_over] = v
-                    ws.n_over += 1
+                if ws.n_over == ws.cap_over and _grow(ws, False) < 0:
+                    return -1
+                ws.over_ring[ws.n_over] = <uint16_t> ring
+                ws.over_value[ws.n_over] = v
+                ws.n_over += 1
             ws.block_max[r * nbx + bx] = bmax
+            if bmax > top:
+                top = bmax
 
-    _ring_statistics(ws, n_rings, p)
+    _ring_statistics(ws, n_rings, top + 1 if top < HIST_BINS else HIST_BINS, p)
     _integer_thresholds(ws, n_rings, p)
 
     # Pass 2: candidates, only in blocks whose largest count can pass.

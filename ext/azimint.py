@@ -1,7 +1,8 @@
 """Azimuthal integration (1-D, q or 2θ) of detector frames: pyFAI's method, Cython kernel.
 
 The public face of the `_azimint` kernel. `AzimuthalIntegrator.build` computes once per
-geometry and mask the sparse pixel-to-bin matrix with pixel splitting over each pixel's
+geometry and mask the sparse pixel-to-bin map (per pixel: its first bin and the
+fractions it gives that bin and the next ones) with pixel splitting over each pixel's
 bounding box in radius (pyFAI's "bbox" split: a pixel of centre c and half-width d
 spreads over [c − d, c + d], d the largest centre-to-corner difference), the
 solid-angle (cos³ of the incidence angle) and polarisation corrections and the bins
@@ -19,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from prefect_beamline.ext._azimint import integrate_kernel
+from prefect_beamline.ext._azimint import accumulator_copies, integrate_kernel
 from prefect_beamline.ext.arguments import (
     kernel_threads,
     require_array,
@@ -128,13 +129,14 @@ class Profile:
 
 @dataclass(frozen=True)
 class AzimuthalIntegrator:
-    """The precomputed CSR pixel-to-bin matrix of one geometry, mask, binning and set of
-    corrections. Rows are pixels (row-major frame order), columns bins."""
+    """The precomputed pixel-to-bin map of one geometry, mask, binning and set of
+    corrections, per pixel in frame (row-major) order: `first` bin (uint16) and `coefs`
+    (n_pixels, span) float32 for bins first..first + span − 1 (0 past a pixel's last
+    bin; all 0 for a masked pixel). `norm_sum` is Σ c·norm per bin over every pixel."""
 
     unit: str
     radial: np.ndarray
-    indptr: np.ndarray
-    indices: np.ndarray
+    first: np.ndarray
     coefs: np.ndarray
     norm: np.ndarray
     norm_sum: np.ndarray
@@ -143,6 +145,11 @@ class AzimuthalIntegrator:
     @property
     def n_bins(self) -> int:
         return int(self.radial.shape[0])
+
+    @property
+    def span(self) -> int:
+        """Most bins a pixel spreads over (2 when bins are wider than a pixel's bbox)."""
+        return int(self.coefs.shape[1])
 
     @classmethod
     def build(
@@ -155,7 +162,7 @@ class AzimuthalIntegrator:
         polarization_factor: float | None = 0.99,
         solid_angle: bool = True,
     ) -> AzimuthalIntegrator:
-        """The matrix for this geometry and mask (True = valid); seconds for 16 Mpixel."""
+        """The map for this geometry and mask (True = valid); seconds for 16 Mpixel."""
         if unit not in UNITS:
             raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
         n_bins = require_integer("n_bins", n_bins, minimum=1)
@@ -175,24 +182,28 @@ class AzimuthalIntegrator:
         pos_max_in = max(0.0, float(high[keep].max()))
         pos_max = pos_max_in * _EPS32 if pos_max_in > 0 else pos_max_in / _EPS32
         step = (pos_max - pos_min) / n_bins
-        indptr, indices, coefs = _bbox_matrix(low, high, keep, pos_min, step, n_bins)
+        first, coefs = _bbox_map(low, high, keep, pos_min, step, n_bins)
         radial = pos_min + (np.arange(n_bins) + 0.5) * step
         if unit == "2th_deg":
             radial = np.degrees(radial)
         norm32 = norm.ravel().astype(np.float32)
-        rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-        norm_sum = np.bincount(
-            indices, weights=coefs.astype(np.float64) * norm32[rows], minlength=n_bins
-        )
-        return cls(unit, radial, indptr, indices, coefs, norm32, norm_sum, geometry.shape)
+        span = coefs.shape[1]
+        bins = first[:, None].astype(np.int64) + np.arange(span)
+        weights = coefs.astype(np.float64) * norm32[:, None]
+        norm_sum = np.bincount(bins.ravel(), weights=weights.ravel(), minlength=n_bins + span)
+        return cls(unit, radial, first, coefs, norm32, norm_sum[:n_bins], geometry.shape)
 
     def matrix(self) -> object:
-        """The same matrix as a scipy.sparse.csr_matrix (n_pixels, n_bins)."""
+        """The same map as a scipy.sparse.csr_matrix (n_pixels, n_bins)."""
         from scipy import sparse
 
-        n_pixels = self.indptr.size - 1
+        n_pixels, span = self.coefs.shape
+        rows = np.repeat(np.arange(n_pixels), span)
+        bins = (self.first[:, None].astype(np.int64) + np.arange(span)).ravel()
+        weights = self.coefs.ravel()
+        kept = weights != 0
         return sparse.csr_matrix(
-            (self.coefs, self.indices.astype(np.int32), self.indptr), shape=(n_pixels, self.n_bins)
+            (weights[kept], (rows[kept], bins[kept])), shape=(n_pixels, self.n_bins)
         )
 
     def integrate(self, frames: np.ndarray, *, n_threads: int | None = 1) -> Profile:
@@ -204,35 +215,53 @@ class AzimuthalIntegrator:
         require_shape("frames", chunk[0], self.shape, source="the integrator's")
         n = chunk.shape[0]
         threads = kernel_threads(n_threads)
-        parts = (n, 2 * threads, self.n_bins)
-        signal, variance, removed = np.zeros(parts), np.zeros(parts), np.zeros(parts)
+        padded = self.n_bins + self.span - 1
+        partial = np.zeros((n, accumulator_copies() * threads, 2 * padded))
+        removed = np.zeros((n, threads, padded))
         if chunk.dtype.kind == "f":
             lowest, overflow = -math.inf, math.inf
         else:
             lowest, overflow = 0.0, float(np.iinfo(chunk.dtype).max)
         integrate_kernel(
             chunk.reshape(n, -1),
-            self.indptr,
-            self.indices,
+            self.first,
             self.coefs,
             self.norm,
             lowest,
             overflow,
-            signal,
-            variance,
+            partial,
             removed,
             threads,
         )
-        normalization = self.norm_sum[None, :] - removed.sum(axis=1)
+        sums = partial.sum(axis=1).reshape(n, padded, 2)[:, : self.n_bins]
+        signal, variance = sums[..., 0], sums[..., 1]
+        normalization = self.norm_sum[None, :] - removed.sum(axis=1)[:, : self.n_bins]
         filled = normalization > 0
         safe = np.where(filled, normalization, 1.0)
         return Profile(
             unit=self.unit,
             radial=self.radial,
-            intensity=np.where(filled, signal.sum(axis=1) / safe, 0.0),
-            sigma=np.where(filled, np.sqrt(variance.sum(axis=1)) / safe, 0.0),
+            intensity=np.where(filled, signal / safe, 0.0),
+            sigma=np.where(filled, np.sqrt(variance) / safe, 0.0),
             normalization=np.where(filled, normalization, 0.0),
         )
+
+
+def _bbox_map(
+    low: np.ndarray, high: np.ndarray, keep: np.ndarray, pos_min: float, step: float, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: first bin (uint16) and the (n_pixels, span) float32 coefficients of the
+    bbox split, span the most bins any pixel covers."""
+    indptr, indices, coefs = _bbox_matrix(low, high, keep, pos_min, step, n_bins)
+    counts = np.diff(indptr)
+    span = max(1, int(counts.max()))
+    first = np.zeros(counts.size, dtype=np.uint16)
+    covered = counts > 0
+    first[covered] = indices[indptr[:-1][covered]]
+    rows = np.repeat(np.arange(counts.size), counts)
+    table = np.zeros((counts.size, span), dtype=np.float32)
+    table[rows, np.arange(indptr[-1]) - indptr[:-1][rows]] = coefs
+    return first, table
 
 
 def _bbox_matrix(

@@ -101,7 +101,7 @@ def centre_hooks(job: Job) -> list[CentreHook]:
     return [point.load()(job) for point in entry_points(group=CENTRE_HOOKS_GROUP)]
 
 
-def _publisher(config: BeamlineLive, collection_id: int) -> ResultsStreamPublisher:
+def results_publisher(config: BeamlineLive, collection_id: int) -> ResultsStreamPublisher:
     settings = get_settings()
     url = config.results_url or f"http://127.0.0.1:{settings.gateway_port}"
     token = settings.operator_token.get_secret_value() if settings.operator_token else None
@@ -123,7 +123,7 @@ def _session(
         FrameAnalyser(geometry, valid, settings),
         n_images=n_images,
         grid=job.collection.grid,
-        publisher=_publisher(config, job.data_collection_id),
+        publisher=results_publisher(config, job.data_collection_id),
         lims_writer=LimsResultsWriter(job.lims(), job.program_id, job.data_collection_id),
         on_centre=centre_hooks(job) if job.collection.grid is not None else (),
         n_workers=config.workers or available_cores(),

@@ -7,6 +7,7 @@ The flow a DAQ's `finished` event starts for a jet or chip collection (see
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 from pydantic import Field
 
+from prefect_beamline.ext.arguments import available_cores
 from prefect_beamline.ext.peakfinder import PeakFinderParameters
 from prefect_beamline.flows.common import (
     CHUNK_CACHE_EXPIRATION,
@@ -29,6 +31,12 @@ from prefect_beamline.flows.common import (
     technique_flow,
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
+from prefect_beamline.flows.live import (
+    LIVE_VARIABLE,
+    BeamlineLive,
+    live_configuration,
+    results_publisher,
+)
 from prefect_beamline.flows.mx import count_images, data_signature, image_chunks
 from prefect_beamline.flows.rerun import (
     NO_CHANGES,
@@ -38,8 +46,15 @@ from prefect_beamline.flows.rerun import (
     ScienceParameters,
     TriggeredBy,
 )
-from prefect_beamline.formats.nxmx import NXmxCollection
+from prefect_beamline.formats.nxmx import DetectorGeometry, NXmxCollection
 from prefect_beamline.lims import CollectionDescription
+from prefect_beamline.live.inputs import (
+    collection_setup,
+    follow_images_ready,
+    follow_stream,
+    follow_swmr,
+)
+from prefect_beamline.live.stream2 import Stream2Consumer
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.ssx import crystfel, records, report
 from prefect_beamline.techniques.ssx.analysis import (
@@ -51,6 +66,11 @@ from prefect_beamline.techniques.ssx.analysis import (
     analyse_chunk,
     join_chunks,
     summarise,
+)
+from prefect_beamline.techniques.ssx.live import (
+    ChunkRateWriter,
+    SerialLiveSession,
+    SerialLiveSummary,
 )
 
 
@@ -274,3 +294,104 @@ def process_ssx(
         publish_ssx_report(job, summary, files)
     stats = summary.as_dict()
     return job.finish(stats, message=f"{stats['n_hits']} hits in {stats['n_frames']} frames")
+
+
+# -- live: hit rate while the detector runs -----------------------------------------------
+
+
+def _live_session(
+    job: Job,
+    config: BeamlineLive,
+    parameters: SSXParameters,
+    geometry: DetectorGeometry,
+    valid: np.ndarray,
+    n_images: int,
+) -> SerialLiveSession:
+    return SerialLiveSession(
+        SerialAnalyser.build(geometry, valid, parameters.settings()),
+        n_images=n_images,
+        frames_per_chunk=parameters.frames_per_chunk,
+        publisher=results_publisher(config, job.data_collection_id),
+        lims_writer=ChunkRateWriter(job.lims(), job.program_id, job.data_collection_id),
+        n_threads=config.workers or available_cores(),
+        max_backlog=config.max_backlog,
+    )
+
+
+def run_live_ssx(job: Job, config: BeamlineLive, parameters: SSXParameters) -> SerialLiveSummary:
+    """Follow the configured input (as live MX: SWMR files, Stream V2 or images_ready
+    events) until every frame of the collection is analysed."""
+    master = Path(job.collection.data_files[0])
+    if config.input == "stream":
+        if not config.stream_endpoint:
+            raise ValueError("beamline-live: input 'stream' needs stream_endpoint")
+        distance = config.detector_distance_mm
+        if distance is None:
+            distance = collection_setup(master)[0].detector_distance_mm
+        consumer = Stream2Consumer(config.stream_endpoint)
+        try:
+            session = follow_stream(
+                consumer,
+                lambda geometry, valid, n: _live_session(
+                    job, config, parameters, geometry, valid, n
+                ),
+                distance,
+            )
+        finally:
+            consumer.close()
+        return session.finish()
+    geometry, valid, n_images = collection_setup(master)
+    session = _live_session(job, config, parameters, geometry, valid, n_images)
+    if config.input == "swmr":
+        follow_swmr(master, session)
+    else:
+        asyncio.run(follow_images_ready(master, job.data_collection_id, session))
+    return session.finish()
+
+
+@technique_flow(
+    "ssx-live",
+    more_arguments="""
+    Runs only for beamlines named in the Prefect Variable `beamline-live` (flows/live.py).
+    """,
+)
+def live_ssx(
+    collection_id: CollectionId,
+    parameters: SSXParameters = NO_CHANGES,
+    collection: Announcement = None,
+    triggered_by: TriggeredBy = "",
+    lims_block: LimsBlock = None,
+) -> dict[str, Any]:
+    """Live hit finding while the detector runs: peaks per frame and the hit rate per
+    chunk to the results stream and the LIMS as they happen."""
+    if collection is None:
+        raise ValueError("live analysis starts from the DAQ's started event (collection)")
+    config = live_configuration(collection.beamline)
+    if config is None:
+        get_run_logger().info(
+            "live path off for beamline %s (Variable %s)", collection.beamline, LIVE_VARIABLE
+        )
+        return {"live": "off"}
+    job = open_job(
+        collection_id,
+        collection,
+        parameters,
+        model=SSXParameters,
+        triggered_by=triggered_by,
+        lims_block=lims_block,
+        program="hit finding (peakfinder8), live",
+    )
+    chosen = job.settings(SSXParameters)
+    with job.failure_recorded():
+        summary = run_live_ssx(job, config, chosen)
+    n_hits = sum(chunk.n_hits for chunk in summary.chunks)
+    stats = {
+        "live": config.input,
+        "n_results": len(summary.n_peaks),
+        "n_hits": n_hits,
+        "n_chunks": len(summary.chunks),
+        "failed_images": summary.failed,
+    }
+    return job.finish(
+        stats, message=f"live: {n_hits} hits in {len(summary.n_peaks)} frames analysed"
+    )

@@ -8,8 +8,11 @@ ends after the collection's `end` message. Messages are kept in memory per colle
 (bounded; the LIMS holds the durable copy), the oldest collections forgotten first.
 
 Message types (`event:` line): `image` (image_number, n_spots, total_intensity,
-d_min_angstrom, backlog_images, lag_s), `centre` (the grid scan's X-ray centre, as the
-LIMS's XrayCentringResult), `status` (backlog and lag without a result), `end`.
+d_min_angstrom, backlog_images, lag_s; serial crystallography: n_peaks and hit instead
+of the spot fields), `centre` (the grid scan's X-ray centre, as the LIMS's
+XrayCentringResult), `hit_rate` (a serial collection's chunk: first_image, last_image,
+n_frames, n_hits, hit_rate, mean_peaks_per_hit, its mean radial profile), `status`
+(backlog and lag without a result), `end`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 LIVE_PREFIX = "/api/v1/live"
-MESSAGE_TYPES = ("image", "centre", "status", "end")
+MESSAGE_TYPES = ("image", "centre", "hit_rate", "status", "end")
 KEEPALIVE_S = 15.0
 
 

@@ -1,4 +1,5 @@
-"""The three ways frames become live work, each feeding a `LiveSession`.
+"""The three ways frames become live work, each feeding a session (MX's `LiveSession`,
+serial crystallography's `SerialLiveSession`: anything with `submit` and the image range).
 
 - `follow_swmr`: a collection's NXmx files being written with SWMR (new images by count);
 - `follow_stream`: a DECTRIS Stream V2 series (frames from memory, no file);
@@ -15,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,12 +28,22 @@ from prefect_beamline.formats.nxmx import (
     NXmxError,
     _DataBlock,
 )
-from prefect_beamline.formats.raw_chunks import RawFrameReader
-from prefect_beamline.live.session import LiveSession
+from prefect_beamline.formats.raw_chunks import RawFrame, RawFrameReader
 from prefect_beamline.live.stream2 import SeriesHeader, Stream2Consumer, StreamError, StreamImage
 from prefect_beamline.live.swmr import SwmrWatcher
 
-SessionFactory = Callable[[DetectorGeometry, np.ndarray, int], LiveSession]
+
+class FrameSession(Protocol):
+    """What an input feeds: frames of images first_image..first_image + n_images − 1."""
+
+    first_image: int
+    n_images: int
+
+    def submit(self, raw: RawFrame, available_at: float | None = None) -> None: ...
+
+
+Session = TypeVar("Session", bound=FrameSession)
+SessionFactory = Callable[[DetectorGeometry, np.ndarray, int], Session]
 """Builds a session from the collection's geometry, valid-pixel mask and image count."""
 
 
@@ -76,7 +87,7 @@ def _planned_images(master_file: Path) -> int:
         return reader.planned_images()
 
 
-def follow_swmr(master_file: Path, session: LiveSession, *, stall_timeout_s: float = 60.0) -> None:
+def follow_swmr(master_file: Path, session: FrameSession, *, stall_timeout_s: float = 60.0) -> None:
     """Submit each image of `master_file` as soon as its data file's count shows it."""
     with SwmrWatcher(master_file) as watcher:
         for raw in watcher.frames(
@@ -101,11 +112,13 @@ def geometry_from_header(header: SeriesHeader, detector_distance_mm: float) -> D
 
 
 def follow_stream(
-    consumer: Stream2Consumer, make_session: SessionFactory, detector_distance_mm: float
-) -> LiveSession:
+    consumer: Stream2Consumer,
+    make_session: SessionFactory[Session],
+    detector_distance_mm: float,
+) -> Session:
     """One Stream V2 series: its start message sets the session up, each image message
     is submitted as it arrives; returns the session (not yet finished) after `end`."""
-    session: LiveSession | None = None
+    session: Session | None = None
     for item in consumer.series():
         if isinstance(item, SeriesHeader):
             if item.pixel_mask is None:
@@ -126,7 +139,7 @@ def follow_stream(
 async def follow_images_ready(
     master_file: Path,
     collection_id: int,
-    session: LiveSession,
+    session: FrameSession,
     *,
     timeout_s: float = 600.0,
     poll_s: float = 1.0,
