@@ -346,4 +346,74 @@ static inline int bslz4_decode_chunk(
     return status;
 }
 
+/* A chunk decoded in order, a few blocks at a time, for a caller that works on the
+ * rows decoded so far while they are still in cache (spot finding fused with decoding). */
+typedef struct {
+    const uint8_t* src;
+    size_t src_size;
+    uint8_t* dst;
+    size_t elem_size, n, block_n, n_blocks;
+    size_t next_block; /* the next block to decode */
+    size_t at;         /* its offset in src */
+    size_t decoded;    /* elements decoded so far (dst[0 .. decoded * elem_size)) */
+    uint8_t* scratch;
+} bslz4_cursor;
+
+/* Check the header and set the cursor up; 0 or a BSLZ4_ERR_* code. */
+static inline int bslz4_cursor_open(
+    bslz4_cursor* c, const uint8_t* src, size_t src_size, uint8_t* dst, size_t dst_size,
+    size_t elem_size) {
+    memset(c, 0, sizeof *c);
+    if (src_size < BSLZ4_HEADER_BYTES) return BSLZ4_ERR_HEADER;
+    uint64_t total = bslz4_read_u64_be(src);
+    if (total != dst_size || total % elem_size != 0) return BSLZ4_ERR_SIZE;
+    int64_t block_n = bslz4_block_elements(bslz4_read_u32_be(src + 8), elem_size);
+    if (block_n < 0) return (int)block_n;
+    c->src = src;
+    c->src_size = src_size;
+    c->dst = dst;
+    c->elem_size = elem_size;
+    c->n = total / elem_size;
+    c->block_n = (size_t)block_n;
+    c->n_blocks = bslz4_n_blocks(c->n, c->block_n);
+    c->at = BSLZ4_HEADER_BYTES;
+    c->scratch = (uint8_t*)malloc(c->block_n * elem_size + BSLZ4_PAD);
+    return c->scratch == NULL ? BSLZ4_ERR_NOMEMORY : 0;
+}
+
+/* Decode blocks until at least `elements` elements are decoded (all of them, the
+ * stored tail included, once `elements` reaches the chunk's count); 0 or a BSLZ4_ERR_*
+ * code, *bad_block the failing block. */
+static inline int bslz4_cursor_advance(bslz4_cursor* c, size_t elements, int64_t* bad_block) {
+    *bad_block = -1;
+    while (c->decoded < elements && c->next_block < c->n_blocks) {
+        size_t b = c->next_block;
+        if (c->src_size - c->at < 4) { *bad_block = (int64_t)b; return BSLZ4_ERR_TRUNCATED; }
+        size_t size = bslz4_read_u32_be(c->src + c->at);
+        if (c->src_size - c->at - 4 < size) { *bad_block = (int64_t)b; return BSLZ4_ERR_TRUNCATED; }
+        size_t length = bslz4_block_length(b, c->n, c->block_n);
+        int status = bslz4_decode_block(c->src + c->at + 4, size, c->dst + c->decoded * c->elem_size,
+                                        length, c->elem_size, c->scratch);
+        if (status) { *bad_block = (int64_t)b; return status; }
+        c->at += 4 + size;
+        c->decoded += length;
+        c->next_block++;
+    }
+    if (c->decoded < elements && c->decoded < c->n) { /* the last n % 8 elements, as stored */
+        size_t tail_bytes = (c->n - c->decoded) * c->elem_size;
+        if (c->src_size - c->at != tail_bytes) return BSLZ4_ERR_TRAILING;
+        memcpy(c->dst + c->decoded * c->elem_size, c->src + c->at, tail_bytes);
+        c->at += tail_bytes;
+        c->decoded = c->n;
+    } else if (c->decoded == c->n && c->src_size != c->at) {
+        return BSLZ4_ERR_TRAILING;
+    }
+    return 0;
+}
+
+static inline void bslz4_cursor_close(bslz4_cursor* c) {
+    free(c->scratch);
+    c->scratch = NULL;
+}
+
 #endif
