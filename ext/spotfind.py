@@ -180,12 +180,15 @@ def find_spots_bslz4(
     max_valid: float | None = None,
     min_spot_size: int = 2,
     max_spot_size: int = 1000,
+    strong: np.ndarray | None = None,
     where: str = "chunk",
 ) -> Spots:
     """`find_spots` on the frame a bitshuffle-LZ4 `chunk` holds, decoded into `image`
     (a C-contiguous uint16, uint32 or int32 buffer of the frame's shape and dtype) on
     one thread, fused: rows are thresholded stripe by stripe as they are decoded, still
     in cache. The same spots as decoding, then `find_spots` (the tests check it).
+    `strong`, if given, is a bool buffer of the frame's shape for the strong pixels,
+    reused across frames (a new 16 Mpixel mask costs page faults on every frame).
     BitshuffleLZ4Error for a chunk that is not this frame."""
     require_array("image", image, ndim=2, axes="(ny, nx)", dtypes=SUPPORTED_DTYPES[:3])
     if not image.flags.c_contiguous or not image.flags.writeable:
@@ -197,7 +200,7 @@ def find_spots_bslz4(
     source = np.frombuffer(chunk, dtype=np.uint8)
     if source.size < HEADER_BYTES:
         raise BitshuffleLZ4Error(f"{where}: {source.size} bytes, shorter than the header")
-    strong = np.empty(image.shape, dtype=np.bool_)
+    strong = output_buffer("strong", strong, image.shape, np.bool_, source="image")
     if image.size == 0:
         return _spots(image, strong, 0, min_spot_size, max_spot_size)
     status, bad_block, n_overloads = decode_threshold_kernel(

@@ -1,7 +1,7 @@
 """Per-image MX analysis of frames as they arrive: warm state, bounded backlog, threads.
 
 A `FrameAnalyser` holds what every frame of a running collection shares (geometry,
-mask, spot-finding settings) and one decode buffer per thread, so a frame costs its
+mask, spot-finding settings) and its buffers per thread, so a frame costs its
 decompression and spot finding and nothing else; for integer frames the two are fused
 (`find_spots_bslz4`: rows thresholded as they are decoded, still in cache).
 `LiveAnalysis` runs it on worker threads behind a bounded queue: decompression and spot
@@ -86,11 +86,15 @@ class FrameAnalyser:
         self.settings = settings
         self._local = threading.local()
 
-    def _buffer(self, raw: RawFrame) -> np.ndarray:
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None or buffer.shape != raw.shape or buffer.dtype != raw.dtype:
-            buffer = np.empty(raw.shape, dtype=raw.dtype)
-            self._local.buffer = buffer
+    def _buffer(
+        self, raw: RawFrame, name: str = "buffer", dtype: np.dtype | None = None
+    ) -> np.ndarray:
+        """This thread's buffer `name` of the frame's shape (and dtype, unless given)."""
+        dtype = raw.dtype if dtype is None else dtype
+        buffer = getattr(self._local, name, None)
+        if buffer is None or buffer.shape != raw.shape or buffer.dtype != dtype:
+            buffer = np.empty(raw.shape, dtype=dtype)
+            setattr(self._local, name, buffer)
         return buffer
 
     def analyse(self, raw: RawFrame) -> ImageQuality:
@@ -111,6 +115,7 @@ class FrameAnalyser:
                     settings.dispersion,
                     min_spot_size=settings.min_spot_size,
                     max_spot_size=settings.max_spot_size,
+                    strong=self._buffer(raw, "strong", np.dtype(np.bool_)),
                     where=raw.where,
                 )
             except BitshuffleLZ4Error as error:

@@ -76,6 +76,9 @@ def test_fused_spots_are_decode_then_find_spots(dtype: type) -> None:
         np.testing.assert_array_equal(getattr(spots, field), getattr(expected, field))
     assert spots.n_overloads == expected.n_overloads
     np.testing.assert_array_equal(image, frame)
+    reused = np.ones(frame.shape, dtype=bool)  # a buffer from another frame: overwritten
+    again = find_spots_bslz4(chunk, valid, image, max_valid=MAX_VALID, strong=reused)
+    np.testing.assert_array_equal(again.intensity, expected.intensity)
 
 
 def test_a_corrupt_chunk_is_a_named_error() -> None:
