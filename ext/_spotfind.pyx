@@ -475,3 +475,73 @@ cdef void _accumulate(
             sum_y[label] += value * (runs[i].row + 0.5)
             if value > peak[label]:
                 peak[label] = value
+
+
+cdef extern from "_bslz4.h" nogil:
+    ctypedef struct bslz4_cursor:
+        pass
+    int bslz4_cursor_open(
+        bslz4_cursor* cursor, const unsigned char* src, size_t src_size, unsigned char* dst,
+        size_t dst_size, size_t elem_size)
+    int bslz4_cursor_advance(bslz4_cursor* cursor, size_t elements, int64_t* bad_block)
+    void bslz4_cursor_close(bslz4_cursor* cursor)
+
+
+def decode_threshold_kernel(
+    const unsigned char[::1] chunk,
+    mx_pixel_t[:, ::1] image,
+    const unsigned char[:, ::1] valid,
+    unsigned char[:, ::1] out,
+    double gain,
+    double sigma_background,
+    double sigma_strong,
+    int kernel_size,
+    int min_local,
+    double global_threshold,
+    double max_valid,
+    Py_ssize_t stripe_rows,
+):
+    """Decode a bitshuffle-LZ4 `chunk` into `image` and threshold it, one stripe of rows
+    at a time: each stripe is thresholded as soon as the rows its windows reach are
+    decoded, while they are still in cache, instead of after the whole frame went to
+    memory and back. The same rows as `dispersion_threshold_kernel` (one thread; bands
+    give identical results, every sum being exact). Integer frames only.
+
+    Returns (status, bad_block, overloads): status 0, else a negative BSLZ4_ERR_* code.
+    """
+    cdef Py_ssize_t ny = image.shape[0], nx = image.shape[1]
+    cdef Py_ssize_t columns = nx + 2 * kernel_size + 1
+    cdef Py_ssize_t start = 0, stop, reach
+    cdef long long[::1] int_sums = np.zeros(2 * columns, dtype=np.int64)
+    cdef uint32_t[::1] work = np.zeros(columns, dtype=np.uint32)
+    cdef long long overloads = 0
+    cdef int64_t bad_block = -1
+    cdef int status
+    cdef bslz4_cursor cursor
+    cdef spot_params params
+    if mx_pixel_t is float:
+        raise TypeError("decode_threshold_kernel takes integer frames")
+    else:
+        params.gain = gain
+        params.sigma_background = sigma_background
+        params.sigma_strong = sigma_strong
+        params.global_threshold = global_threshold
+        params.kernel_size = kernel_size
+        params.min_local = min_local
+        params.max_valid = <uint32_t>(max_valid if max_valid < 4294967295.0 else 4294967295.0)
+        with nogil:
+            status = bslz4_cursor_open(
+                &cursor, &chunk[0], chunk.shape[0], <unsigned char*>&image[0, 0],
+                ny * nx * sizeof(mx_pixel_t), sizeof(mx_pixel_t))
+            while status == 0 and start < ny:
+                stop = start + stripe_rows if start + stripe_rows < ny else ny
+                reach = stop + kernel_size if stop + kernel_size < ny else ny
+                status = bslz4_cursor_advance(&cursor, reach * nx, &bad_block)
+                if status == 0:
+                    overloads += _integer_band(
+                        image, valid, out, start, stop, &params, &work[0], &int_sums[0],
+                        columns, max_valid,
+                    )
+                start = stop
+            bslz4_cursor_close(&cursor)
+        return status, bad_block, overloads

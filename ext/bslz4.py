@@ -63,12 +63,21 @@ def decode_bslz4(
     status, bad_block = bslz4_decode_kernel(
         source, out.reshape(-1).view(np.uint8), dtype.itemsize, kernel_threads(n_threads)
     )
-    if status:
-        detail = _ERRORS.get(status, f"error {status}")
-        if status == -2:
-            detail += f" ({bslz4_header(source)[0]} bytes, expected {out.nbytes})"
-        block = f" (block {bad_block})" if bad_block >= 0 else ""
-        raise BitshuffleLZ4Error(
-            f"{where}: not bitshuffle-LZ4 for {shape} {dtype}: {detail}{block}"
-        )
+    raise_for_status(status, bad_block, source, out, where)
     return out
+
+
+def raise_for_status(
+    status: int, bad_block: int, source: np.ndarray, out: np.ndarray, where: str
+) -> None:
+    """BitshuffleLZ4Error naming what is wrong with `source` when a kernel that decoded
+    it into `out` returned a nonzero status."""
+    if not status:
+        return
+    detail = _ERRORS.get(status, f"error {status}")
+    if status == -2:
+        detail += f" ({bslz4_header(source)[0]} bytes, expected {out.nbytes})"
+    block = f" (block {bad_block})" if bad_block >= 0 else ""
+    raise BitshuffleLZ4Error(
+        f"{where}: not bitshuffle-LZ4 for {out.shape} {out.dtype}: {detail}{block}"
+    )

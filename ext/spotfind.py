@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prefect_beamline.ext._spotfind import dispersion_threshold_kernel, label_spots_kernel
+from prefect_beamline.ext._spotfind import (
+    decode_threshold_kernel,
+    dispersion_threshold_kernel,
+    label_spots_kernel,
+)
 from prefect_beamline.ext.arguments import (
     kernel_threads,
     output_buffer,
@@ -21,8 +25,12 @@ from prefect_beamline.ext.arguments import (
     require_number,
     require_same_shape,
 )
+from prefect_beamline.ext.bslz4 import HEADER_BYTES, BitshuffleLZ4Error, raise_for_status
 
 SUPPORTED_DTYPES = (np.uint16, np.uint32, np.int32, np.float32)
+# Rows thresholded per stripe when decoding and spot finding are fused: with the rows
+# their windows reach, a stripe of a 16M frame (17 kB a row) stays in a core's L2.
+STRIPE_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,63 @@ def find_spots(
     max_spot_size = require_integer("max_spot_size", max_spot_size, minimum=min_spot_size)
     strong = np.empty(image.shape, dtype=np.bool_)
     n_overloads = _threshold_into(image, valid, params, max_valid, strong, n_threads)
+    return _spots(image, strong, n_overloads, min_spot_size, max_spot_size)
+
+
+def find_spots_bslz4(
+    chunk: bytes | memoryview | np.ndarray,
+    mask: np.ndarray,
+    image: np.ndarray,
+    params: DispersionParameters = DispersionParameters(),
+    *,
+    max_valid: float | None = None,
+    min_spot_size: int = 2,
+    max_spot_size: int = 1000,
+    strong: np.ndarray | None = None,
+    where: str = "chunk",
+) -> Spots:
+    """`find_spots` on the frame a bitshuffle-LZ4 `chunk` holds, decoded into `image`
+    (a C-contiguous uint16, uint32 or int32 buffer of the frame's shape and dtype) on
+    one thread, fused: rows are thresholded stripe by stripe as they are decoded, still
+    in cache. The same spots as decoding, then `find_spots` (the tests check it).
+    `strong`, if given, is a bool buffer of the frame's shape for the strong pixels,
+    reused across frames (a new 16 Mpixel mask costs page faults on every frame).
+    BitshuffleLZ4Error for a chunk that is not this frame."""
+    require_array("image", image, ndim=2, axes="(ny, nx)", dtypes=SUPPORTED_DTYPES[:3])
+    if not image.flags.c_contiguous or not image.flags.writeable:
+        raise ValueError("image must be a writeable C-contiguous buffer")
+    _, valid = _checked(image, mask)
+    params = _checked_params(params)
+    min_spot_size = require_integer("min_spot_size", min_spot_size, minimum=1)
+    max_spot_size = require_integer("max_spot_size", max_spot_size, minimum=min_spot_size)
+    source = np.frombuffer(chunk, dtype=np.uint8)
+    if source.size < HEADER_BYTES:
+        raise BitshuffleLZ4Error(f"{where}: {source.size} bytes, shorter than the header")
+    strong = output_buffer("strong", strong, image.shape, np.bool_, source="image")
+    if image.size == 0:
+        return _spots(image, strong, 0, min_spot_size, max_spot_size)
+    status, bad_block, n_overloads = decode_threshold_kernel(
+        source,
+        image,
+        valid,
+        strong.view(np.uint8),
+        float(params.gain),
+        float(params.sigma_background),
+        float(params.sigma_strong),
+        int(params.kernel_size),
+        int(params.min_local),
+        float(params.global_threshold),
+        _kernel_max_valid(image, max_valid),
+        STRIPE_ROWS,
+    )
+    raise_for_status(status, bad_block, source, image, where)
+    return _spots(image, strong, int(n_overloads), min_spot_size, max_spot_size)
+
+
+def _spots(
+    image: np.ndarray, strong: np.ndarray, n_overloads: int, min_spot_size: int, max_spot_size: int
+) -> Spots:
+    """The spots of a frame's strong-pixel mask: components, sizes kept, centroids."""
     n_pixels, sums, sum_x, sum_y, peak = label_spots_kernel(image, strong.view(np.uint8))
     keep = (n_pixels >= min_spot_size) & (n_pixels <= max_spot_size) & (sums > 0)
     sums = sums[keep]

@@ -22,8 +22,9 @@ round robin (Stream V2) or by image ranges.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,7 +45,7 @@ from prefect_beamline.live.inputs import (
     follow_swmr,
 )
 from prefect_beamline.live.session import CentreHook, LiveSession, LiveSummary
-from prefect_beamline.live.sinks import LimsResultsWriter, ResultsStreamPublisher
+from prefect_beamline.live.sinks import BatchingSink, LimsResultsWriter, ResultsStreamPublisher
 from prefect_beamline.live.stream2 import Stream2Consumer
 from prefect_beamline.settings import get_settings
 from prefect_beamline.techniques.mx import records
@@ -115,6 +116,7 @@ def _session(
     geometry: DetectorGeometry,
     valid: Any,
     n_images: int,
+    plot: LivePlot,
 ) -> LiveSession:
     settings = SpotSettings(
         parameters.dispersion(), parameters.min_spot_size, parameters.max_spot_size
@@ -126,13 +128,25 @@ def _session(
         publisher=results_publisher(config, job.data_collection_id),
         lims_writer=LimsResultsWriter(job.lims(), job.program_id, job.data_collection_id),
         on_centre=centre_hooks(job) if job.collection.grid is not None else (),
+        on_result=[plot.add],
         n_workers=config.workers or available_cores(),
         max_backlog=config.max_backlog,
     )
 
 
 def run_live(job: Job, config: BeamlineLive, parameters: MXParameters) -> LiveSummary:
-    """Follow the configured input until every image of the collection is analysed."""
+    """Follow the configured input until every image of the collection is analysed;
+    the live plot is republished as results come."""
+    plot = LivePlot(job)
+    try:
+        return _follow_input(job, config, parameters, plot)
+    finally:
+        plot.close()
+
+
+def _follow_input(
+    job: Job, config: BeamlineLive, parameters: MXParameters, plot: LivePlot
+) -> LiveSummary:
     master = Path(job.collection.data_files[0])
     if config.input == "stream":
         if not config.stream_endpoint:
@@ -145,14 +159,16 @@ def run_live(job: Job, config: BeamlineLive, parameters: MXParameters) -> LiveSu
         try:
             session = follow_stream(
                 consumer,
-                lambda geometry, valid, n: _session(job, config, parameters, geometry, valid, n),
+                lambda geometry, valid, n: _session(
+                    job, config, parameters, geometry, valid, n, plot
+                ),
                 distance,
             )
         finally:
             consumer.close()
         return session.finish()
     geometry, valid, n_images = collection_setup(master)
-    session = _session(job, config, parameters, geometry, valid, n_images)
+    session = _session(job, config, parameters, geometry, valid, n_images, plot)
     if config.input == "swmr":
         follow_swmr(master, session)
     else:
@@ -178,6 +194,40 @@ def publish_live_plot(job: Job, images: Sequence[ImageQuality]) -> None:
         key=f"live-plot-dc{job.data_collection_id}",
         description="Live spot finding",
     )
+
+
+class LivePlot:
+    """The `live-plot` artifact while the collection runs: republished with every result
+    so far, at most every `interval_s`, on a thread of its own that runs in the flow
+    run's context (so the artifact is the run's); the last update at `close`."""
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        interval_s: float = 1.0,
+        publish: Callable[[Job, Sequence[ImageQuality]], None] = publish_live_plot,
+    ) -> None:
+        self.job = job
+        self.publish = publish
+        self._images: dict[int, ImageQuality] = {}
+        context = contextvars.copy_context()
+        self._sink = BatchingSink(
+            lambda batch: context.run(self._update, batch),
+            interval_s=interval_s,
+            name=f"live-plot-{job.data_collection_id}",
+        )
+
+    def _update(self, batch: list[ImageQuality]) -> None:
+        for quality in batch:
+            self._images[quality.image_number] = quality
+        self.publish(self.job, [self._images[number] for number in sorted(self._images)])
+
+    def add(self, quality: ImageQuality) -> None:
+        self._sink.put(quality)
+
+    def close(self) -> None:
+        self._sink.close()
 
 
 # -- what the end-of-collection flow reuses ----------------------------------------------

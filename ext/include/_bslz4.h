@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <emmintrin.h> /* SSE2: every x86-64 CPU has it */
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -60,7 +61,18 @@ static inline int64_t bslz4_block_elements(uint32_t block_bytes, size_t elem_siz
     return n;
 }
 
-/* One LZ4 block into exactly dst_size bytes; 0 or BSLZ4_ERR_CORRUPT. */
+/* Slack after each scratch block: the LZ4 decoder copies 16 bytes at a time and may
+ * write up to 31 bytes past the block's end (never past this). */
+#define BSLZ4_PAD 32
+
+/* 16 bytes from s to d (unaligned; one SSE2 load and store). */
+static inline void bslz4_copy16(uint8_t* d, const uint8_t* s) { memcpy(d, s, 16); }
+
+/* One LZ4 block into exactly dst_size bytes; 0 or BSLZ4_ERR_CORRUPT. `dst` has
+ * BSLZ4_PAD writable bytes beyond dst_size. Copies go 16 bytes at a time: literals
+ * when the input holds 16 bytes past them, matches at offsets of 16 or more at once,
+ * shorter offsets after their first period is laid down (a multiple of the offset of at
+ * least 16 bytes), runs of one byte by memset (the zeros of low-count frames). */
 static inline int bslz4_lz4_block(const uint8_t* src, size_t src_size, uint8_t* dst, size_t dst_size) {
     const uint8_t* ip = src;
     const uint8_t* const iend = src + src_size;
@@ -78,7 +90,13 @@ static inline int bslz4_lz4_block(const uint8_t* src, size_t src_size, uint8_t* 
             } while (s == 255);
         }
         if ((size_t)(iend - ip) < length || (size_t)(oend - op) < length) return BSLZ4_ERR_CORRUPT;
-        memcpy(op, ip, length);
+        if ((size_t)(iend - ip) >= length + 16) {
+            uint8_t* d = op;
+            const uint8_t* s = ip;
+            do { bslz4_copy16(d, s); d += 16; s += 16; } while (d < op + length);
+        } else {
+            memcpy(op, ip, length);
+        }
         ip += length;
         op += length;
         if (ip == iend) break; /* the last sequence: literals only */
@@ -98,21 +116,29 @@ static inline int bslz4_lz4_block(const uint8_t* src, size_t src_size, uint8_t* 
         length += 4;
         if ((size_t)(oend - op) < length) return BSLZ4_ERR_CORRUPT;
         const uint8_t* match = op - offset;
-        if (offset == 1) {
-            memset(op, *match, length); /* a run of one byte: zeros of low-count frames */
-            op += length;
+        uint8_t* const end = op + length;
+        if (offset >= 16) {
+            /* Each 16-byte copy reads bytes already written (the source trails by 16+). */
+            do { bslz4_copy16(op, match); op += 16; match += 16; } while (op < end);
+        } else if (offset == 1 || (offset == 2 && match[0] == match[1])) {
+            memset(op, *match, length); /* a run of one byte: the zeros of low counts */
+        } else if (16 % offset == 0) {
+            /* Periods of 2, 4 or 8 bytes: 16 of them in a register, stored 16 at a time
+             * (copying from 16 bytes back would wait on each store). */
+            uint8_t pattern[16];
+            for (size_t i = 0; i < 16; i++) pattern[i] = match[i % offset];
+            __m128i repeat = _mm_loadu_si128((const __m128i*)pattern);
+            for (; op < end; op += 16) _mm_storeu_si128((__m128i*)op, repeat);
         } else {
-            /* The match repeats with period `offset`: copy from `match` in steps that
-             * double (op - match grows by each copy), so long overlapping runs take a
-             * few memcpy calls. */
-            while (length > 0) {
-                size_t step = (size_t)(op - match);
-                if (step > length) step = length;
-                memcpy(op, match, step);
-                op += step;
-                length -= step;
-            }
+            /* Period `offset`: lay down one stretch of `span` bytes (a multiple of the
+             * period, 16 to 30 bytes) byte by byte, then copy 16 at a time from `span`
+             * back, which repeats the period. */
+            size_t span = offset * ((16 + offset - 1) / offset);
+            size_t first = length < span ? length : span;
+            for (size_t i = 0; i < first; i++) op[i] = match[i];
+            for (op += span; op < end; op += 16) bslz4_copy16(op, op - span);
         }
+        op = end;
     }
     return op == oend ? 0 : BSLZ4_ERR_CORRUPT;
 }
@@ -129,6 +155,42 @@ static inline uint64_t bslz4_transpose8(uint64_t x) {
     return x;
 }
 
+/* The same transpose on both 64-bit halves of an SSE2 vector. */
+static inline __m128i bslz4_transpose8x2(__m128i x) {
+    __m128i t;
+    t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 7)), _mm_set1_epi64x(0x00AA00AA00AA00AALL));
+    x = _mm_xor_si128(_mm_xor_si128(x, t), _mm_slli_epi64(t, 7));
+    t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 14)), _mm_set1_epi64x(0x0000CCCC0000CCCCLL));
+    x = _mm_xor_si128(_mm_xor_si128(x, t), _mm_slli_epi64(t, 14));
+    t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 28)), _mm_set1_epi64x(0x00000000F0F0F0F0LL));
+    x = _mm_xor_si128(_mm_xor_si128(x, t), _mm_slli_epi64(t, 28));
+    return x;
+}
+
+/* Byte k of 128 elements from one byte plane: rows rows[0], rows[stride], ...,
+ * rows[7 * stride] (bit b of byte k), 16 bytes each (8 elements a byte, LSB first).
+ * An 8 x 16 byte transpose (three rounds of unpacks) puts the 8 row bytes of each group
+ * of 8 elements in one 64-bit lane, then a bit transpose per lane: c[v] holds byte k of
+ * elements 16 v .. 16 v + 15, in order. */
+static inline void bslz4_plane16(const uint8_t* rows, size_t stride, __m128i c[8]) {
+    __m128i r[8], a[8], b[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm_loadu_si128((const __m128i*)(rows + (size_t)i * stride));
+    for (int i = 0; i < 4; i++) {
+        a[2 * i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);     /* columns 0..7 */
+        a[2 * i + 1] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]); /* columns 8..15 */
+    }
+    for (int h = 0; h < 2; h++) { /* rows 0-3 (h = 0) and 4-7 (h = 1) */
+        b[4 * h + 0] = _mm_unpacklo_epi16(a[4 * h + 0], a[4 * h + 2]); /* columns 0..3 */
+        b[4 * h + 1] = _mm_unpackhi_epi16(a[4 * h + 0], a[4 * h + 2]); /* 4..7 */
+        b[4 * h + 2] = _mm_unpacklo_epi16(a[4 * h + 1], a[4 * h + 3]); /* 8..11 */
+        b[4 * h + 3] = _mm_unpackhi_epi16(a[4 * h + 1], a[4 * h + 3]); /* 12..15 */
+    }
+    for (int q = 0; q < 4; q++) {
+        c[2 * q] = bslz4_transpose8x2(_mm_unpacklo_epi32(b[q], b[4 + q]));
+        c[2 * q + 1] = bslz4_transpose8x2(_mm_unpackhi_epi32(b[q], b[4 + q]));
+    }
+}
+
 /* The 8 bytes at rows[0], rows[stride], ..., rows[7 * stride] as one uint64 (row b in
  * byte b), bit-transposed: byte i then holds bit b of row b's column i. */
 static inline uint64_t bslz4_gather_transposed(const uint8_t* rows, size_t stride) {
@@ -137,85 +199,64 @@ static inline uint64_t bslz4_gather_transposed(const uint8_t* rows, size_t strid
     return x ? bslz4_transpose8(x) : 0;
 }
 
-/* True when the `size` bytes at p (a multiple of 8) are all zero. */
-static inline int bslz4_all_zero8(const uint8_t* p, size_t size) {
-    uint64_t any = 0;
-    for (size_t i = 0; i < size; i += 8) {
-        uint64_t word;
-        memcpy(&word, p + i, 8);
-        any |= word;
-    }
-    return any == 0;
+/* True when the `size` bytes at p are all zero. */
+static inline int bslz4_all_zero(const uint8_t* p, size_t size) {
+    __m128i any = _mm_setzero_si128();
+    size_t i = 0;
+    for (; i + 16 <= size; i += 16) any = _mm_or_si128(any, _mm_loadu_si128((const __m128i*)(p + i)));
+    int zero = _mm_movemask_epi8(_mm_cmpeq_epi8(any, _mm_setzero_si128())) == 0xFFFF;
+    for (; i < size; i++) zero &= p[i] == 0;
+    return zero;
 }
 
-/* Rows row[0], row[stride], ..., row[7 * stride] (8 bytes each: 8 groups of 8
- * elements) transposed into y[j] (j = group): byte i of y[j] holds bit b of element
- * 8 j + i in its bit b. An 8 x 8 byte transpose, then an 8 x 8 bit transpose per group. */
-static inline void bslz4_plane8(const uint8_t* row, size_t stride, uint64_t y[8]) {
-    uint64_t t;
-    for (int b = 0; b < 8; b++) memcpy(&y[b], row + b * stride, 8);
-    for (int b = 0; b < 8; b += 2) {
-        t = ((y[b] >> 8) ^ y[b + 1]) & 0x00FF00FF00FF00FFULL;
-        y[b + 1] ^= t;
-        y[b] ^= t << 8;
-    }
-    for (int b = 0; b < 8; b += (b % 4 == 1) ? 3 : 1) {
-        t = ((y[b] >> 16) ^ y[b + 2]) & 0x0000FFFF0000FFFFULL;
-        y[b + 2] ^= t;
-        y[b] ^= t << 16;
-    }
-    for (int b = 0; b < 4; b++) {
-        t = ((y[b] >> 32) ^ y[b + 4]) & 0x00000000FFFFFFFFULL;
-        y[b + 4] ^= t;
-        y[b] ^= t << 32;
-    }
-    for (int j = 0; j < 8; j++) y[j] = y[j] ? bslz4_transpose8(y[j]) : 0;
-}
+#define BSLZ4_MAX_PLANES 8 /* element sizes up to 8 bytes take the vector path */
 
 /* Undo the bit transpose of one block of n elements (n a multiple of 8). Byte plane k
  * (rows 8 k .. 8 k + 7) holds byte k of every element; low-count frames leave most
- * planes of a block all zero, which are skipped. 64 elements at a time, then the rest. */
+ * planes of a block all zero, and those are never transposed. 128 elements at a time
+ * with SSE2 (part of x86-64, so no dispatch), then the rest 8 at a time. */
 static inline void bslz4_unshuffle(const uint8_t* in, uint8_t* out, size_t n, size_t elem_size) {
     const size_t row_bytes = n / 8;
-    const size_t wide = row_bytes - row_bytes % 8;
-    int nonzero[8];
-    for (size_t k = 0; k < elem_size && k < 8; k++)
-        nonzero[k] = !bslz4_all_zero8(in + 8 * k * row_bytes, 8 * row_bytes);
-    size_t g = 0;
-    if (elem_size <= 8) {
-        uint64_t y[8][8];
-        for (; g < wide; g += 8) {
-            for (size_t k = 0; k < elem_size; k++) {
-                if (nonzero[k]) bslz4_plane8(in + 8 * k * row_bytes + g, row_bytes, y[k]);
-                else memset(y[k], 0, sizeof(y[k]));
-            }
-            if (elem_size == 4) {
-                uint32_t* o = (uint32_t*)out + 8 * g;
-                for (int j = 0; j < 8; j++)
-                    for (int i = 0; i < 8; i++)
-                        o[8 * j + i] = (uint32_t)((y[0][j] >> (8 * i)) & 0xFF) |
-                                       (uint32_t)((y[1][j] >> (8 * i)) & 0xFF) << 8 |
-                                       (uint32_t)((y[2][j] >> (8 * i)) & 0xFF) << 16 |
-                                       (uint32_t)((y[3][j] >> (8 * i)) & 0xFF) << 24;
+    const size_t plane_bytes = 8 * row_bytes;
+    const size_t wide = elem_size <= BSLZ4_MAX_PLANES ? row_bytes - row_bytes % 16 : 0;
+    int nonzero[BSLZ4_MAX_PLANES];
+    for (size_t k = 0; k < elem_size && k < BSLZ4_MAX_PLANES; k++)
+        nonzero[k] = !bslz4_all_zero(in + k * plane_bytes, plane_bytes);
+    const __m128i zero = _mm_setzero_si128();
+    for (size_t g = 0; g < wide; g += 16) {
+        __m128i p[BSLZ4_MAX_PLANES][8];
+        for (size_t k = 0; k < elem_size; k++) {
+            if (nonzero[k]) bslz4_plane16(in + k * plane_bytes + g, row_bytes, p[k]);
+            else for (int v = 0; v < 8; v++) p[k][v] = zero;
+        }
+        uint8_t* o = out + 8 * g * elem_size; /* element 8 g */
+        for (int v = 0; v < 8; v++, o += 16 * elem_size) {
+            if (elem_size == 1) {
+                _mm_storeu_si128((__m128i*)o, p[0][v]);
             } else if (elem_size == 2) {
-                uint16_t* o = (uint16_t*)out + 8 * g;
-                for (int j = 0; j < 8; j++)
-                    for (int i = 0; i < 8; i++)
-                        o[8 * j + i] = (uint16_t)(((y[0][j] >> (8 * i)) & 0xFF) |
-                                                  ((y[1][j] >> (8 * i)) & 0xFF) << 8);
+                _mm_storeu_si128((__m128i*)o, _mm_unpacklo_epi8(p[0][v], p[1][v]));
+                _mm_storeu_si128((__m128i*)(o + 16), _mm_unpackhi_epi8(p[0][v], p[1][v]));
+            } else if (elem_size == 4) {
+                __m128i lo01 = _mm_unpacklo_epi8(p[0][v], p[1][v]);
+                __m128i hi01 = _mm_unpackhi_epi8(p[0][v], p[1][v]);
+                __m128i lo23 = _mm_unpacklo_epi8(p[2][v], p[3][v]);
+                __m128i hi23 = _mm_unpackhi_epi8(p[2][v], p[3][v]);
+                _mm_storeu_si128((__m128i*)o, _mm_unpacklo_epi16(lo01, lo23));
+                _mm_storeu_si128((__m128i*)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
+                _mm_storeu_si128((__m128i*)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
+                _mm_storeu_si128((__m128i*)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
             } else {
-                uint8_t* o = out + 8 * g * elem_size;
-                for (int j = 0; j < 8; j++)
-                    for (int i = 0; i < 8; i++)
-                        for (size_t k = 0; k < elem_size; k++)
-                            o[(8 * j + i) * elem_size + k] = (uint8_t)(y[k][j] >> (8 * i));
+                uint8_t bytes[BSLZ4_MAX_PLANES][16];
+                for (size_t k = 0; k < elem_size; k++) _mm_storeu_si128((__m128i*)bytes[k], p[k][v]);
+                for (int i = 0; i < 16; i++)
+                    for (size_t k = 0; k < elem_size; k++) o[i * elem_size + k] = bytes[k][i];
             }
         }
     }
-    for (; g < row_bytes; g++) {
+    for (size_t g = wide; g < row_bytes; g++) {
         uint8_t* group = out + 8 * g * elem_size;
         for (size_t k = 0; k < elem_size; k++) {
-            uint64_t x = bslz4_gather_transposed(in + 8 * k * row_bytes + g, row_bytes);
+            uint64_t x = bslz4_gather_transposed(in + k * plane_bytes + g, row_bytes);
             for (int i = 0; i < 8; i++) group[i * elem_size + k] = (uint8_t)(x >> (8 * i));
         }
     }
@@ -235,7 +276,7 @@ static inline size_t bslz4_n_blocks(size_t n, size_t block_n) {
     return n / block_n + (leftover - leftover % 8 > 0 ? 1 : 0);
 }
 
-/* Decode one block; `scratch` holds at least block_n * elem_size bytes. */
+/* Decode one block; `scratch` holds at least n * elem_size + BSLZ4_PAD bytes. */
 static inline int bslz4_decode_block(
     const uint8_t* src, size_t src_size, uint8_t* dst, size_t n, size_t elem_size, uint8_t* scratch) {
     int status = bslz4_lz4_block(src, src_size, scratch, n * elem_size);
@@ -259,7 +300,8 @@ static inline int bslz4_decode_chunk(
     size_t n = total / elem_size;
     size_t n_blocks = bslz4_n_blocks(n, (size_t)block_n);
     size_t* starts = (size_t*)malloc((n_blocks + 1) * sizeof(size_t));
-    uint8_t* scratch = (uint8_t*)malloc((size_t)(n_threads > 0 ? n_threads : 1) * (size_t)block_n * elem_size);
+    const size_t scratch_bytes = (size_t)block_n * elem_size + BSLZ4_PAD;
+    uint8_t* scratch = (uint8_t*)malloc((size_t)(n_threads > 0 ? n_threads : 1) * scratch_bytes);
     int status = 0;
     if (starts == NULL || scratch == NULL) {
         free(starts);
@@ -290,7 +332,7 @@ static inline int bslz4_decode_chunk(
             int s = bslz4_decode_block(
                 src + starts[b] + 4, bslz4_read_u32_be(src + starts[b]),
                 dst + (size_t)b * (size_t)block_n * elem_size, length, elem_size,
-                scratch + (size_t)thread * (size_t)block_n * elem_size);
+                scratch + (size_t)thread * scratch_bytes);
             if (s) {
                 #pragma omp critical
                 { if (failed < 0 || b < failed) { failed = b; failed_status = s; } }
@@ -302,6 +344,76 @@ static inline int bslz4_decode_chunk(
     free(starts);
     free(scratch);
     return status;
+}
+
+/* A chunk decoded in order, a few blocks at a time, for a caller that works on the
+ * rows decoded so far while they are still in cache (spot finding fused with decoding). */
+typedef struct {
+    const uint8_t* src;
+    size_t src_size;
+    uint8_t* dst;
+    size_t elem_size, n, block_n, n_blocks;
+    size_t next_block; /* the next block to decode */
+    size_t at;         /* its offset in src */
+    size_t decoded;    /* elements decoded so far (dst[0 .. decoded * elem_size)) */
+    uint8_t* scratch;
+} bslz4_cursor;
+
+/* Check the header and set the cursor up; 0 or a BSLZ4_ERR_* code. */
+static inline int bslz4_cursor_open(
+    bslz4_cursor* c, const uint8_t* src, size_t src_size, uint8_t* dst, size_t dst_size,
+    size_t elem_size) {
+    memset(c, 0, sizeof *c);
+    if (src_size < BSLZ4_HEADER_BYTES) return BSLZ4_ERR_HEADER;
+    uint64_t total = bslz4_read_u64_be(src);
+    if (total != dst_size || total % elem_size != 0) return BSLZ4_ERR_SIZE;
+    int64_t block_n = bslz4_block_elements(bslz4_read_u32_be(src + 8), elem_size);
+    if (block_n < 0) return (int)block_n;
+    c->src = src;
+    c->src_size = src_size;
+    c->dst = dst;
+    c->elem_size = elem_size;
+    c->n = total / elem_size;
+    c->block_n = (size_t)block_n;
+    c->n_blocks = bslz4_n_blocks(c->n, c->block_n);
+    c->at = BSLZ4_HEADER_BYTES;
+    c->scratch = (uint8_t*)malloc(c->block_n * elem_size + BSLZ4_PAD);
+    return c->scratch == NULL ? BSLZ4_ERR_NOMEMORY : 0;
+}
+
+/* Decode blocks until at least `elements` elements are decoded (all of them, the
+ * stored tail included, once `elements` reaches the chunk's count); 0 or a BSLZ4_ERR_*
+ * code, *bad_block the failing block. */
+static inline int bslz4_cursor_advance(bslz4_cursor* c, size_t elements, int64_t* bad_block) {
+    *bad_block = -1;
+    while (c->decoded < elements && c->next_block < c->n_blocks) {
+        size_t b = c->next_block;
+        if (c->src_size - c->at < 4) { *bad_block = (int64_t)b; return BSLZ4_ERR_TRUNCATED; }
+        size_t size = bslz4_read_u32_be(c->src + c->at);
+        if (c->src_size - c->at - 4 < size) { *bad_block = (int64_t)b; return BSLZ4_ERR_TRUNCATED; }
+        size_t length = bslz4_block_length(b, c->n, c->block_n);
+        int status = bslz4_decode_block(c->src + c->at + 4, size, c->dst + c->decoded * c->elem_size,
+                                        length, c->elem_size, c->scratch);
+        if (status) { *bad_block = (int64_t)b; return status; }
+        c->at += 4 + size;
+        c->decoded += length;
+        c->next_block++;
+    }
+    if (c->decoded < elements && c->decoded < c->n) { /* the last n % 8 elements, as stored */
+        size_t tail_bytes = (c->n - c->decoded) * c->elem_size;
+        if (c->src_size - c->at != tail_bytes) return BSLZ4_ERR_TRAILING;
+        memcpy(c->dst + c->decoded * c->elem_size, c->src + c->at, tail_bytes);
+        c->at += tail_bytes;
+        c->decoded = c->n;
+    } else if (c->decoded == c->n && c->src_size != c->at) {
+        return BSLZ4_ERR_TRAILING;
+    }
+    return 0;
+}
+
+static inline void bslz4_cursor_close(bslz4_cursor* c) {
+    free(c->scratch);
+    c->scratch = NULL;
 }
 
 #endif

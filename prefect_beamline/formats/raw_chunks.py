@@ -42,7 +42,7 @@ class RawFrame:
     """
 
     image_number: int
-    chunk: bytes
+    chunk: bytes | memoryview
     compressed: bool
     shape: tuple[int, int]
     dtype: np.dtype

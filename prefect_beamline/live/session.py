@@ -1,7 +1,8 @@
 """One collection's live analysis: frames in, each result out as soon as it is ready.
 
 A `LiveSession` runs `LiveAnalysis` and sends every image's result to its sinks (the
-gateway's results stream, the LIMS) from the analysis threads. For a grid scan, the
+gateway's results stream, the LIMS, every `on_result` hook: the live plot) from the
+analysis threads. For a grid scan, the
 result that completes the grid computes the X-ray centre at once, on that thread, and
 publishes it to the stream, the LIMS and every `on_centre` hook (the facility bridge
 registers its RabbitMQ publisher there, in dodal's `ZocaloResults` shape).
@@ -25,6 +26,7 @@ from prefect_beamline.techniques.mx.analysis import GridResult, ImageQuality, fi
 
 logger = logging.getLogger("prefect_beamline.live")
 CentreHook = Callable[[GridResult | None, Sequence[ImageQuality]], None]
+ResultHook = Callable[[ImageQuality], None]
 
 
 @dataclass
@@ -55,6 +57,7 @@ class LiveSession:
         publisher: ResultsStreamPublisher | None = None,
         lims_writer: LimsResultsWriter | None = None,
         on_centre: Sequence[CentreHook] = (),
+        on_result: Sequence[ResultHook] = (),
         n_workers: int = 1,
         max_backlog: int = 32,
     ) -> None:
@@ -64,6 +67,7 @@ class LiveSession:
         self.publisher = publisher
         self.lims_writer = lims_writer
         self.on_centre = list(on_centre)
+        self.on_result = list(on_result)
         self._lock = threading.Lock()
         self._results: dict[int, ImageQuality] = {}
         self._failed: list[int] = []
@@ -94,6 +98,11 @@ class LiveSession:
             self.lims_writer.add(result.quality)
         if self.publisher is not None:
             self.publisher.publish(result.as_message())
+        for hook in self.on_result:
+            try:
+                hook(result.quality)
+            except Exception:  # a hook (the live plot) must not lose the image's result
+                logger.exception("on_result hook %r failed", hook)
         with self._lock:
             self._results[result.quality.image_number] = result.quality
             self._lags.append(result.lag_s)

@@ -8,8 +8,9 @@ DECTRIS's tag 56500 `["bslz4", element size, bytes]` in the framing of the HDF5
 bitshuffle filter. Images carry `image_id`, `series_id`, `series_unique_id` and
 `start_time`/`stop_time`/`real_time` as rationals.
 
-The consumer decodes the CBOR only: an image's compressed bytes travel on as a
-`RawFrame`, and the analysis threads decompress them with the GIL released.
+The consumer decodes the CBOR only, and without copying: an image's compressed bytes
+travel on as a `RawFrame` holding a view of the received ZeroMQ message (`cbor.loads`),
+and the analysis threads decompress them with the GIL released.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import cbor2
 import numpy as np
 
 from prefect_beamline.formats.raw_chunks import RawFrame
+from prefect_beamline.live.cbor import CBORError, default_tags, loads
 
 DETECTOR_PORT = 31001
 SELF_DESCRIBED_CBOR = 55799
@@ -66,7 +68,7 @@ class Compressed:
 
     algorithm: str
     elem_size: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class StreamArray:
 
     shape: tuple[int, ...]
     dtype: np.dtype
-    data: bytes | Compressed
+    data: bytes | memoryview | Compressed
 
     def to_numpy(self) -> np.ndarray:
         """Decoded array (native byte order); decompresses on the caller's thread."""
@@ -114,28 +116,30 @@ class StreamArray:
         )
 
 
-def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
-    """Tags 56500, typed arrays and tag 40 as the objects above; others unchanged
-    (cbor2 >= 6 calls a tag hook with the tag and whether it must be immutable)."""
-    if tag.tag == DECTRIS_COMPRESSION:
+def _tag_hook(tag: int, value: Any) -> Any:
+    """Tags 56500, typed arrays and tag 40 as the objects above; others as `cbor`
+    decodes them (dates as datetimes, the rest as (tag, value))."""
+    if tag == DECTRIS_COMPRESSION:
         try:
-            algorithm, elem_size, data = tag.value
+            algorithm, elem_size, data = value
         except (TypeError, ValueError):
             raise StreamError("tag 56500 must hold [algorithm, element size, bytes]") from None
-        return Compressed(str(algorithm), int(elem_size), bytes(data))
-    if tag.tag in TYPED_ARRAY_TAGS:
-        if not isinstance(tag.value, bytes | Compressed):
-            raise StreamError(f"typed array tag {tag.tag} must hold a byte string")
-        return (TYPED_ARRAY_TAGS[tag.tag], tag.value)
-    if tag.tag == MULTI_DIMENSIONAL_ARRAY:
+        if not isinstance(data, memoryview):
+            raise StreamError("tag 56500 must hold [algorithm, element size, bytes]")
+        return Compressed(str(algorithm), int(elem_size), data)
+    if tag in TYPED_ARRAY_TAGS:
+        if not isinstance(value, memoryview | Compressed):
+            raise StreamError(f"typed array tag {tag} must hold a byte string")
+        return (TYPED_ARRAY_TAGS[tag], value)
+    if tag == MULTI_DIMENSIONAL_ARRAY:
         try:
-            dims, (dtype, data) = tag.value
+            dims, (dtype, data) = value
         except (TypeError, ValueError):
             raise StreamError("tag 40 must hold [dimensions, typed array]") from None
         return StreamArray(tuple(int(size) for size in dims), dtype, data)
-    if tag.tag == SELF_DESCRIBED_CBOR:
-        return tag.value
-    return tag
+    if tag == SELF_DESCRIBED_CBOR:
+        return value
+    return default_tags(tag, value)
 
 
 def encode_array(array: np.ndarray, compressed: bytes | None = None) -> cbor2.CBORTag:
@@ -160,11 +164,14 @@ def encode_message(message: dict[str, Any]) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(SELF_DESCRIBED_CBOR, message))
 
 
-def decode_message(payload: bytes) -> dict[str, Any]:
-    """A Stream V2 message as a dict (arrays as `StreamArray`); StreamError if malformed."""
+def decode_message(payload: bytes | memoryview) -> dict[str, Any]:
+    """A Stream V2 message as a dict (arrays as `StreamArray`, their bytes views of
+    `payload`); StreamError if malformed."""
     try:
-        message = cbor2.loads(payload, tag_hook=_tag_hook)
-    except (cbor2.CBORDecodeError, ValueError) as error:
+        message = loads(payload, tag_hook=_tag_hook)
+    except StreamError:
+        raise
+    except (CBORError, ValueError, RecursionError) as error:
         raise StreamError(f"not a Stream V2 CBOR message ({error})") from error
     if not isinstance(message, Mapping) or message.get("type") not in ("start", "image", "end"):
         raise StreamError("message is not a map with type start, image or end")
@@ -355,7 +362,8 @@ class Stream2Consumer:
         import zmq
 
         try:
-            payload = self._socket.recv(copy=True)
+            # The message's own buffer: its frame is decoded in place, never copied.
+            payload = self._socket.recv(copy=False).buffer
         except zmq.Again:
             raise TimeoutError(f"{self.endpoint}: no Stream V2 message in time") from None
         return decode_message(payload)

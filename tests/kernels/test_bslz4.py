@@ -1,14 +1,16 @@
-"""The bitshuffle-LZ4 decoder (`ext/bslz4.py`) against hdf5plugin's encoder and a numpy
-reference encoder, on frame sizes that exercise full, partial and leftover blocks."""
+"""The bitshuffle-LZ4 decoder (`ext/bslz4.py`) against hdf5plugin's encoder, the
+`bitshuffle` package's encoder and decoder, and a numpy reference encoder, on frame sizes
+that exercise full, partial and leftover blocks."""
 
 from __future__ import annotations
 
 import threading
 
+import bitshuffle
 import numpy as np
 import pytest
 
-from prefect_beamline.ext.bslz4 import BitshuffleLZ4Error, bslz4_header, decode_bslz4
+from prefect_beamline.ext.bslz4 import HEADER_BYTES, BitshuffleLZ4Error, bslz4_header, decode_bslz4
 from prefect_beamline.formats.raw_chunks import encode_bslz4
 from tests.kernels.bslz4_reference import reference_encode
 
@@ -52,6 +54,45 @@ def test_inverts_the_numpy_reference_encoding(shape: tuple[int, int], dtype: typ
     frame = np.random.default_rng(2).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
     chunk = reference_encode(frame, block_elements=256)
     np.testing.assert_array_equal(decode_bslz4(chunk, shape, dtype), frame)
+
+
+def contents(kind: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """Frames that take each path of the decoder: every byte plane busy (random, all
+    at the maximum), none (zeros), the low planes only (low counts), and runs that LZ4
+    encodes as matches of every short period (rows repeating every 1 to 24 bytes)."""
+    rng = np.random.default_rng(5)
+    top = np.iinfo(dtype).max
+    if kind == "random":
+        return rng.integers(0, top, shape, dtype=dtype, endpoint=True)
+    if kind == "zeros":
+        return np.zeros(shape, dtype)
+    if kind == "max":
+        return np.full(shape, top, dtype)
+    if kind == "low":
+        return rng.poisson(0.5, shape).astype(dtype)
+    # Element period 8 p: each bit row of a block repeats every p bytes.
+    flat = np.concatenate([np.tile(rng.integers(0, 4, 8 * period), 6) for period in range(1, 25)])
+    return np.resize(flat, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+@pytest.mark.parametrize("kind", ["random", "zeros", "max", "low", "periodic"])
+@pytest.mark.parametrize("shape", [(1, 3), (37, 41), (131, 129)])
+def test_matches_the_bitshuffle_package_and_the_numpy_reference(
+    kind: str, shape: tuple[int, int], dtype: type
+) -> None:
+    """The package's own chunks (its header is the HDF5 filter's) decode to the frame,
+    as the package decodes them; so do the reference's literal-only chunks."""
+    frame = contents(kind, shape, dtype)
+    header = frame.nbytes.to_bytes(8, "big") + (0).to_bytes(4, "big")
+    chunk = header + bitshuffle.compress_lz4(frame.reshape(-1)).tobytes()
+    peer = bitshuffle.decompress_lz4(
+        np.frombuffer(chunk, np.uint8)[HEADER_BYTES:], shape, np.dtype(dtype)
+    )
+    np.testing.assert_array_equal(peer, frame)
+    np.testing.assert_array_equal(decode_bslz4(chunk, shape, dtype), frame)
+    literal = reference_encode(frame, block_elements=1024)
+    np.testing.assert_array_equal(decode_bslz4(literal, shape, dtype), frame)
 
 
 def test_parallel_blocks_and_a_reused_buffer_give_the_same_frame() -> None:

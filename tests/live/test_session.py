@@ -4,6 +4,7 @@ once the last result is in, a bounded backlog, and no frame lost without a word.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -134,3 +135,30 @@ def test_a_frame_that_fails_is_reported_and_the_centre_names_it(
     assert failed[0]["failed_image"] == 7 and "image 7" in failed[0]["error"]
     centre = next(m for m in recorder.messages if m["type"] == "centre")
     assert centre["missing_images"] == [7]
+
+
+def test_the_live_plot_is_republished_as_results_come(grid_scan: SyntheticCollection) -> None:
+    from types import SimpleNamespace
+
+    from prefect_beamline.flows.live import LivePlot
+
+    published: list[list[int]] = []
+    job = SimpleNamespace(data_collection_id=7)
+    plot = LivePlot(
+        job,  # type: ignore[arg-type]
+        interval_s=0.0,
+        publish=lambda _job, images: published.append([q.image_number for q in images]),
+    )
+    session = session_for(grid_scan.master_file, Recorder(), on_result=[plot.add])
+    with RawFrameReader(grid_scan.master_file) as reader:
+        session.submit(reader.read(1))
+        deadline = time.monotonic() + 30
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert published == [[1]]  # the plot of the first result, before any other frame
+        for number in range(2, 21):
+            session.submit(reader.read(number))
+    session.finish()
+    plot.close()
+    assert published[-1] == list(range(1, 21))
+    assert all(len(after) >= len(before) for before, after in itertools.pairwise(published))
