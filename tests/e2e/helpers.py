@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import httpx
 
 from prefect_beamline.demo import post_event
 from prefect_beamline.events import COMPLETED_EVENT, RESOURCE_PREFIX, CollectionEvent
+from prefect_beamline.live.daq_client import follow_results
 from prefect_beamline.runs import (
     TERMINAL_STATES,
     FlowRunInfo,
@@ -114,3 +116,47 @@ def artifacts(stack: LocalStack, keys: list[str]) -> list[dict[str, Any]]:
     found = list(response.json())
     assert {a["key"] for a in found} == set(keys)
     return found
+
+
+# How long the live tests wait for a collection's results stream to end.
+LIVE_TIMEOUT_S = 120.0
+
+
+def configure_live(stack: LocalStack, beamline: str, config: dict[str, Any]) -> None:
+    """Add `beamline` to the server's `beamline-live` Variable (what a facility sets)."""
+    url = f"{stack.api_url}/variables/name/beamline-live"
+    found = httpx.get(url, timeout=10.0)
+    value = found.json()["value"] if found.status_code == 200 else {}
+    value[beamline] = config
+    if found.status_code == 200:
+        httpx.patch(url, json={"value": value}, timeout=10.0).raise_for_status()
+    else:
+        body = {"name": "beamline-live", "value": value}
+        httpx.post(f"{stack.api_url}/variables/", json=body, timeout=10.0).raise_for_status()
+
+
+class DaqFollower(threading.Thread):
+    """The DAQ following the results stream, recording what came and when."""
+
+    def __init__(self, stack: LocalStack, collection_id: int) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.collection_id = stack, collection_id
+        self.messages: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for message in follow_results(
+                self.stack.gateway_url,
+                self.collection_id,
+                self.stack.gateway_token,
+                timeout_s=LIVE_TIMEOUT_S,
+            ):
+                self.messages.append(message)
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.join(LIVE_TIMEOUT_S)
+        assert self.error is None and not self.is_alive(), self.error
+        return self.messages

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -22,18 +21,22 @@ from prefect_beamline.events import CollectionEventKind, GridScan
 from prefect_beamline.ext.spotfind import DispersionParameters, find_spots
 from prefect_beamline.formats.nxmx import NXmxCollection
 from prefect_beamline.formats.raw_chunks import RawFrameReader
-from prefect_beamline.live.daq_client import follow_results
 from prefect_beamline.live.stream2 import SeriesHeader, Stream2Simulator
 from prefect_beamline.live.swmr import replay_with_swmr
 from prefect_beamline.stack import LocalStack, free_port
 from prefect_beamline.techniques.mx import records
 from prefect_beamline.techniques.mx.analysis import find_grid_centre
 from prefect_beamline.techniques.mx.synth import SyntheticCollection, write_mx_collection
-from tests.e2e.helpers import completed_run, final_run, next_collection_id
+from tests.e2e.helpers import (
+    DaqFollower,
+    completed_run,
+    configure_live,
+    final_run,
+    next_collection_id,
+)
 
 pytestmark = pytest.mark.e2e
 GRID = GridScan(steps_x=6, steps_y=4, dx_um=20, dy_um=20, snaked=True)
-LIVE_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -54,46 +57,6 @@ def offline_centre(master: Path) -> dict[str, Any]:
     centre = find_grid_centre(GRID, np.array(counts))
     assert centre is not None
     return {"x": centre.x, "y": centre.y, "max_count": centre.max_count}
-
-
-def configure_live(stack: LocalStack, beamline: str, config: dict[str, Any]) -> None:
-    """Add `beamline` to the server's `beamline-live` Variable (what a facility sets)."""
-    url = f"{stack.api_url}/variables/name/beamline-live"
-    found = httpx.get(url, timeout=10.0)
-    value = found.json()["value"] if found.status_code == 200 else {}
-    value[beamline] = config
-    if found.status_code == 200:
-        httpx.patch(url, json={"value": value}, timeout=10.0).raise_for_status()
-    else:
-        body = {"name": "beamline-live", "value": value}
-        httpx.post(f"{stack.api_url}/variables/", json=body, timeout=10.0).raise_for_status()
-
-
-class DaqFollower(threading.Thread):
-    """The DAQ following the results stream, recording what came and when."""
-
-    def __init__(self, stack: LocalStack, collection_id: int) -> None:
-        super().__init__(daemon=True)
-        self.stack, self.collection_id = stack, collection_id
-        self.messages: list[dict[str, Any]] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            for message in follow_results(
-                self.stack.gateway_url,
-                self.collection_id,
-                self.stack.gateway_token,
-                timeout_s=LIVE_TIMEOUT_S,
-            ):
-                self.messages.append(message)
-        except BaseException as error:  # reported by the test
-            self.error = error
-
-    def finish(self) -> list[dict[str, Any]]:
-        self.join(LIVE_TIMEOUT_S)
-        assert self.error is None and not self.is_alive(), self.error
-        return self.messages
 
 
 def assert_every_image_then_the_centre(

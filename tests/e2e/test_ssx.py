@@ -9,21 +9,28 @@ Uses the session-wide embedded stack of conftest.py.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from prefect_beamline.demo import daq_event, post_event
+from prefect_beamline.events import CollectionEventKind
+from prefect_beamline.live.swmr import replay_with_swmr
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.ssx import records
 from prefect_beamline.techniques.ssx.demo import DEPLOYMENT, demo_event
 from prefect_beamline.techniques.ssx.synth import SerialGeometry, write_serial_collection
 from tests.e2e.helpers import (
+    DaqFollower,
     announce,
     artifacts,
     completed_events,
     completed_run,
+    configure_live,
     final_run,
     next_collection_id,
 )
@@ -101,3 +108,55 @@ def test_corrupt_frame_file_fails_the_run_naming_the_file(
     job = stack.lims.jobs_for_collection(collection_id)[0]
     assert job.program_status == "failed"
     assert broken.name in (job.program_message or "")
+
+
+def test_serial_collection_written_with_swmr_gives_hit_rates_live_through_the_stack(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """The DAQ's `started` event runs `ssx-live` through its automation; the DAQ following
+    the results stream gets every frame's peaks and each chunk's hit rate, then the end;
+    the chunk rows are in the LIMS when the run completes."""
+    collection_id = next_collection_id()
+    configure_live(stack, "i24-swmr", {"input": "swmr", "workers": 1})
+    source = write_serial_collection(
+        tmp_path / "source", n_frames=30, frames_per_data_file=10, hit_fraction=0.4,
+        geometry=SMALL, seed=21,
+    )  # fmt: skip
+    target = tmp_path / "data"
+    master = target / source.master_file.name
+    event = daq_event(
+        "ssx",
+        collection_id,
+        master,
+        beamline="i24-swmr",
+        visit="mx23457-1",  # a visit is on one beamline
+        experiment_type="jet",
+        kind=CollectionEventKind.started,
+        processing_parameters={"frames_per_chunk": 10},
+    )
+    writer = threading.Thread(
+        target=replay_with_swmr, args=(source.master_file, target), kwargs={"rate_hz": 20}
+    )
+    writer.start()
+    while not master.is_file():
+        time.sleep(0.01)
+    follower = DaqFollower(stack, collection_id)
+    follower.start()
+    post_event(stack, event)
+    writer.join()
+    messages = follower.finish()
+
+    images = sorted(m["image_number"] for m in messages if m["type"] == "image")
+    assert images == list(range(1, 31))
+    rates = [m for m in messages if m["type"] == "hit_rate"]
+    assert [(m["first_image"], m["n_frames"]) for m in rates] == [(1, 10), (11, 10), (21, 10)]
+    assert abs(sum(m["n_hits"] for m in rates) - int(source.is_hit.sum())) <= 1
+    assert messages[-1]["type"] == "end"
+    completed_run(stack, "ssx-live/ssx-live", collection_id)
+    (job,) = stack.lims.jobs_for_collection(collection_id)
+    assert (job.recipe, job.program_status) == ("ssx-live", "success")
+    assert job.program_id is not None
+    stored = records.chunk_hit_rates(stack.lims, job.program_id)
+    assert [(c.first_image, c.n_hits) for c in stored] == [
+        (m["first_image"], m["n_hits"]) for m in rates
+    ]
