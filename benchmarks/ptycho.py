@@ -2,10 +2,13 @@
 
 Timed on the same synthetic data and starting guess, the sides interleaved (each round
 runs every side once; medians of the rounds, after a warm-up round): our driver (one
-Cython kernel call per iteration, FFTW through pyFFTW) on 1 thread and on all cores;
-its floor, the iteration's 2 FFTs per position alone with the same library, plan and
-threads (`fft_floor_s`); the plain numpy implementation of the same update
-(tests/kernels/epie_reference.py, numpy.fft, one thread); and, when `ptychi` is
+Cython kernel call per iteration: the fused block pass, FFTW's row and column plans
+run from C) on 1 thread and on all cores; the previous path (whole-array 2-D FFTW plans
+called back from the kernel, three passes between them: `iteration_s_2d_plan`); the
+floor, the iteration's 2 whole-array 2-D FFTs per position alone with FFTW through
+pyFFTW, planned FFTW_MEASURE, in place, same threads (`fft_floor_s`); the plain numpy
+implementation of the same update (tests/kernels/epie_reference.py, numpy.fft, one
+thread); and, when `ptychi` is
 importable, Pty-Chi's EPIE on CPU torch at its default mini-batch of 100 (a different,
 parallel update). Targets (issue 15): `iteration_s` <= 1.5 x `fft_floor_s`, >= 5x numpy.
 """
@@ -25,10 +28,11 @@ from prefect_beamline.techniques.ptycho.analysis import (
     epie_iteration,
     initial_probe,
     object_grid_shape,
+    plan_iteration_fft,
     position_order,
     total_measured_power,
 )
-from prefect_beamline.techniques.ptycho.fft import InPlaceFFT2, plan_fft2
+from prefect_beamline.techniques.ptycho.fft import BlockFFT, InPlaceFFT2, plan_fft2
 from prefect_beamline.techniques.ptycho.synth import make_probe, resolution_pattern, scan_positions
 from tests.kernels.epie_reference import reference_iteration
 
@@ -65,7 +69,7 @@ def realistic_scan(
     }
 
 
-def ours(scan: dict[str, Any], threads: int, fft: InPlaceFFT2) -> Callable[[], object]:
+def ours(scan: dict[str, Any], threads: int, fft: BlockFFT | InPlaceFFT2) -> Callable[[], object]:
     state = Reconstruction(np.ones(scan["object_shape"], np.complex64), scan["probe"].copy())
     power = total_measured_power(scan["amplitudes"], scan["valid"])
 
@@ -220,12 +224,13 @@ def run(quick: bool = False) -> dict[str, Any]:
     threads = os.cpu_count() or 1
     shape = scan["probe"].shape
     load_before = os.getloadavg()
-    fft_1t, fft_all = plan_fft2(shape, 1), plan_fft2(shape, threads)
+    fft_1t, fft_all = plan_iteration_fft(shape, 1), plan_iteration_fft(shape, threads)
     times = interleaved(
         {
             "ours_1t": ours(scan, 1, fft_1t),
             "floor_1t": fft_floor(scan, plan_fft2(shape, 1)),
             "numpy": plain_numpy(scan),
+            "ours_2d_1t": ours(scan, 1, plan_fft2(shape, 1)),
             "ours_all": ours(scan, threads, fft_all),
             "floor_all": fft_floor(scan, plan_fft2(shape, threads)),
         },
@@ -243,6 +248,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "iteration_cpu_s": cpu_1t,
         "fft_floor_s": floor_1t,
         "iteration_over_fft_floor": wall_1t / floor_1t,
+        "iteration_s_2d_plan": times["ours_2d_1t"][0],
+        "iteration_2d_plan_over_fft_floor": times["ours_2d_1t"][0] / floor_1t,
         "iteration_s_all_threads": wall_all,
         "fft_floor_s_all_threads": floor_all,
         "iteration_over_fft_floor_all_threads": wall_all / floor_all,
@@ -285,6 +292,8 @@ def report(result: dict[str, Any]) -> str:
         f"(load average {result['load_average'][0]:.2f}):",
         f"  ours, 1 thread          {result['iteration_s']:8.3f} s  FFTs alone "
         f"{result['fft_floor_s']:.3f} s ({result['iteration_over_fft_floor']:.2f}x the floor)",
+        f"  ours, 2-D plans, 1 thread {result['iteration_s_2d_plan']:6.3f} s "
+        f"({result['iteration_2d_plan_over_fft_floor']:.2f}x the floor)",
         f"  ours, {result['threads']} threads         {result['iteration_s_all_threads']:8.3f} s  "
         f"FFTs alone {result['fft_floor_s_all_threads']:.3f} s "
         f"({result['iteration_over_fft_floor_all_threads']:.2f}x)",

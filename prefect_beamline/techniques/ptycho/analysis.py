@@ -42,15 +42,24 @@ class Reconstruction:
 
 
 def positions_in_pixels(
-    positions_m: np.ndarray, object_pixel_m: tuple[float, float], pattern_shape: tuple[int, int]
+    positions_m: np.ndarray,
+    object_pixel_m: tuple[float, float],
+    pattern_shape: tuple[int, int],
+    subpixel: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Integer (row, column) patch corners from motor positions, and the object's shape.
+    """(row, column) patch corners in object pixels from motor positions, and the
+    object's shape; the first row and column of the object are the lowest positions.
 
-    Positions are rounded to the nearest object pixel (sub-pixel positions are not
-    refined); the first row and column of the object are the lowest positions.
+    Rounded to the nearest pixel (int64), or with `subpixel` kept as they are (float64:
+    the kernels interpolate the object between pixels; the object is a pixel larger
+    each way, as a fractional patch covers one more row and column).
     """
     pixels = positions_m / np.asarray(object_pixel_m)[None, :]
-    corners = np.rint(pixels - pixels.min(axis=0)).astype(np.int64)
+    pixels = pixels - pixels.min(axis=0)
+    if subpixel:
+        grid = object_grid_shape(np.floor(pixels).astype(np.int64), pattern_shape)
+        return pixels.astype(np.float64), (grid[0] + 1, grid[1] + 1)
+    corners = np.rint(pixels).astype(np.int64)
     return corners, object_grid_shape(corners, pattern_shape)
 
 
@@ -80,6 +89,23 @@ def initial_probe(mean_amplitude_fft: np.ndarray, valid_fft: np.ndarray) -> np.n
     measured_power = float(np.sum(mean_amplitude_fft[valid_fft] ** 2)) / valid_fft.mean()
     probe *= np.sqrt(measured_power / max(float(np.sum(np.abs(probe) ** 2)), 1e-30))
     return np.ascontiguousarray(probe, dtype=np.complex64)
+
+
+def initial_probe_modes(probe: np.ndarray, modes: int, weak: float = 0.05) -> np.ndarray:
+    """(modes, n, n) starting probes for mixed-state ePIE from one probe: mode 0 the
+    probe, each further mode the probe with a phase ramp of m cycles across it (its far
+    field shifted by m pixels, so the modes start distinct) carrying `weak` of the
+    power; the total power is the probe's."""
+    if modes < 1:
+        raise ValueError(f"modes must be at least 1, got {modes}")
+    single = probe[0] if probe.ndim == 3 else probe
+    if modes == 1:
+        return np.ascontiguousarray(single[np.newaxis], dtype=np.complex64)
+    n = single.shape[1]
+    ramp = np.exp(2j * np.pi * np.arange(n) / n)[np.newaxis, :]
+    stack = [single * np.sqrt(1.0 - weak * (modes - 1))]
+    stack += [single * ramp**m * np.sqrt(weak) for m in range(1, modes)]
+    return np.ascontiguousarray(np.stack(stack), dtype=np.complex64)
 
 
 def initial_object(shape: tuple[int, int]) -> np.ndarray:
@@ -228,11 +254,12 @@ def run_iterations(
 
 
 def illumination(probe: np.ndarray, positions: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Σ over positions of |P|² on the object grid (float32)."""
+    """Σ over positions (sub-pixel ones rounded) of |P|² on the object grid (float32)."""
     total = np.zeros(shape, dtype=np.float32)
     probe = np.ascontiguousarray(probe, dtype=np.complex64)
-    for y0, x0 in positions:
-        add_intensity(total, probe, int(y0), int(x0))
+    for y0, x0 in np.rint(positions).astype(np.int64):
+        y0, x0 = min(int(y0), shape[0] - probe.shape[0]), min(int(x0), shape[1] - probe.shape[1])
+        add_intensity(total, probe, y0, x0)
     return total
 
 
