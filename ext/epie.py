@@ -20,6 +20,7 @@ import numpy as np
 
 from prefect_beamline.ext._epie import (
     add_intensity_kernel,
+    block_fft_pairs_kernel,
     epie_blocks_kernel,
     epie_positions_kernel,
     exit_wave_kernel,
@@ -363,4 +364,24 @@ def epie_positions_blocks(
             update_probe,
             kernel_threads(n_threads),
         )
+    )
+
+
+def block_fft_pairs(fft: BlockPlans, nx: int, repeats: int) -> None:
+    """`repeats` unnormalised forward + inverse 2-D FFTs of each mode of `fft.buffer`
+    (first `nx` columns) in place, through the block plans as the fused pass runs them:
+    each pair multiplies the waves by ny·nx. The FFTs of the fused pass alone."""
+    wave = fft.buffer
+    require_buffer("fft.buffer", wave, np.complex64, ndim=3, axes="(mode, ny, stride)")
+    nx = require_integer("nx", nx, minimum=1)
+    if nx > wave.shape[2]:
+        raise ValueError(f"nx {nx} is wider than fft.buffer's rows ({wave.shape[2]})")
+    block_fft_pairs_kernel(
+        wave.view(np.float32),
+        nx,
+        fft.execute,
+        np.ascontiguousarray(fft.plans, dtype=np.uint64),
+        fft.rows,
+        fft.cols,
+        require_integer("repeats", repeats, minimum=0),
     )

@@ -80,16 +80,21 @@ static float epie_row_max(const float *values, ptrdiff_t n) {
 
 /* Pass 1 on row block `block`: the exit waves of every mode, then their row FFTs.
  * *probe_max: the block's largest sum over modes of |P_m|^2; *obj_max its largest |O|^2.
- * `power`: 3*nx floats of scratch (the interpolated object row after nx of them). */
+ * `power`: 3*nx floats of scratch (the interpolated object row after nx of them).
+ * The same rows of the position's measured `amplitude` are prefetched: pass 2 reads
+ * them a column block at a time, an access pattern the hardware prefetcher does not
+ * follow from memory, where every position's amplitudes come from. */
 static void epie_forward_rows(const epie_blocks *b, ptrdiff_t block, const float *probe,
                               float *wave, const float *obj, ptrdiff_t obj_stride,
-                              float *power, float *probe_max, float *obj_max) {
+                              const float *amplitude, float *power, float *probe_max,
+                              float *obj_max) {
     ptrdiff_t nx = b->nx, row = 2 * nx, mode = 2 * b->ny * nx;
     ptrdiff_t wrow = 2 * b->stride, wmode = 2 * b->ny * b->stride;
     ptrdiff_t first = block * b->rows;
     ptrdiff_t last = first + b->rows < b->ny ? first + b->rows : b->ny;
     float pm = 0.0f, om = 0.0f, p, o;
     for (ptrdiff_t i = first; i < last; i++) {
+        for (ptrdiff_t k = 0; k < nx; k += 16) __builtin_prefetch(amplitude + i * nx + k, 0, 2);
         const float *under = obj + i * obj_stride;
         if (b->subpixel) {
             epie_interp_row(under, under + obj_stride, nx, b->fy, b->fx, power + nx);
@@ -290,6 +295,38 @@ static void epie_spread_rows(const epie_blocks *b, ptrdiff_t block, float *obj,
         if (t < b->ny) epie_spread_row(obj + t * obj_stride, step + t * row, nx, 1.0f - b->fy, b->fx);
         if (t >= 1) epie_spread_row(obj + t * obj_stride, step + (t - 1) * row, nx, b->fy, b->fx);
     }
+}
+
+/* The FFTs of one position alone, as the fused pass runs them (the benchmark's floor of
+ * the block plans): every mode's row FFTs, column FFTs, inverse column FFTs, inverse
+ * row FFTs, block by block. */
+static void epie_block_rows_fft(const epie_blocks *b, float *wave, int backward) {
+    ptrdiff_t wrow = 2 * b->stride, wmode = 2 * b->ny * b->stride;
+    for (ptrdiff_t first = 0; first < b->ny; first += b->rows) {
+        int full = first + b->rows <= b->ny;
+        void *plan = backward ? (full ? b->row_backward : b->row_backward_last)
+                              : (full ? b->row_forward : b->row_forward_last);
+        for (ptrdiff_t m = 0; m < b->modes; m++)
+            b->execute(plan, wave + m * wmode + first * wrow, wave + m * wmode + first * wrow);
+    }
+}
+
+static void epie_block_cols_fft(const epie_blocks *b, float *wave, int backward) {
+    ptrdiff_t wmode = 2 * b->ny * b->stride;
+    for (ptrdiff_t first = 0; first < b->nx; first += b->cols) {
+        int full = first + b->cols <= b->nx;
+        void *plan = backward ? (full ? b->col_backward : b->col_backward_last)
+                              : (full ? b->col_forward : b->col_forward_last);
+        for (ptrdiff_t m = 0; m < b->modes; m++)
+            b->execute(plan, wave + m * wmode + 2 * first, wave + m * wmode + 2 * first);
+    }
+}
+
+static void epie_block_fft_pair(const epie_blocks *b, float *wave) {
+    epie_block_rows_fft(b, wave, 0);
+    epie_block_cols_fft(b, wave, 0);
+    epie_block_cols_fft(b, wave, 1);
+    epie_block_rows_fft(b, wave, 1);
 }
 
 #endif

@@ -14,6 +14,7 @@ import pytest
 
 from prefect_beamline.ext.epie import (
     add_intensity,
+    block_fft_pairs,
     epie_positions,
     epie_positions_blocks,
     exit_wave,
@@ -315,6 +316,18 @@ def test_one_mode_at_half_a_pixel_sees_the_average_of_two_pixels() -> None:
             obj[:n, :n].copy(), probes, plan_block_fft((n, n)), amplitudes, valid,
             np.array([[0.0, 0.5]]), np.array([0]), alpha=1.0, beta=1.0,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+def test_the_block_plans_are_a_2d_fft_and_its_unnormalised_inverse(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(12)
+    waves = random_complex(rng, (2, *shape))
+    fft = plan_block_fft(shape, modes=2)
+    fft.buffer[:, :, : shape[1]] = waves
+    block_fft_pairs(fft, shape[1], 1)
+    np.testing.assert_allclose(
+        fft.buffer[:, :, : shape[1]], waves * waves[0].size, rtol=1e-4, atol=1e-3
+    )
 
 
 def test_the_fft_plans_are_unnormalised_inverses_of_each_other() -> None:
