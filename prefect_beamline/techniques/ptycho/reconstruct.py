@@ -108,17 +108,25 @@ def starting_probe(
     pattern_shape: tuple[int, int],
     mean_amplitude: np.ndarray,
     valid: np.ndarray,
+    modes: int = 1,
 ) -> np.ndarray:
-    """The probe of an earlier run, or one estimated from the mean pattern."""
+    """The probe of an earlier run, or one estimated from the mean pattern; with several
+    `modes`, the earlier run's modes when it had as many, else modes made from its probe."""
     if probe_file is None:
-        return initial_probe(mean_amplitude, valid)
-    probe = read_reconstruction(Path(probe_file)).probe
+        probe = initial_probe(mean_amplitude, valid)
+        return probe if modes == 1 else initial_probe_modes(probe, modes)
+    saved = read_reconstruction(Path(probe_file))
+    probe = saved.probe
     if probe.shape != pattern_shape:
         raise DataFileError(
             f"{probe_file}: /entry/reconstruction/probe has shape {probe.shape}, the scan's "
             f"patterns are {pattern_shape}"
         )
-    return probe
+    if modes == 1:
+        return probe
+    if saved.probe_modes is not None and saved.probe_modes.shape == (modes, *pattern_shape):
+        return saved.probe_modes
+    return initial_probe_modes(probe, modes)
 
 
 def reconstruct_scan(
@@ -151,9 +159,7 @@ def reconstruct_scan(
             probe = initial_probe_modes(saved.probe, modes)
         state = Reconstruction(saved.obj, probe, saved.iteration, list(saved.errors))
     else:
-        probe = starting_probe(probe_file, pattern_shape, mean_amplitude, valid)
-        if modes > 1:
-            probe = initial_probe_modes(probe, modes)
+        probe = starting_probe(probe_file, pattern_shape, mean_amplitude, valid, modes)
         state = Reconstruction(initial_object(object_shape), probe)
     resumed_from = state.iteration
     pixel_m = float(np.mean(geometry.object_pixel_m))

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from prefect_beamline.flows.ptycho import PtychoParameters
-from prefect_beamline.techniques.ptycho.reconstruct import checkpoint_key, reconstruct_scan
+from prefect_beamline.techniques.ptycho.reconstruct import (
+    checkpoint_key,
+    reconstruct_scan,
+    starting_probe,
+)
 from prefect_beamline.techniques.ptycho.results_file import CHECKPOINT_FILE, read_reconstruction
 from prefect_beamline.techniques.ptycho.synth import SyntheticScan, write_ptycho_scan
 from tests.techniques.ptycho.metrics import is_decreasing
@@ -170,3 +174,9 @@ def test_probe_modes_and_subpixel_positions_reconstruct_and_resume(
     ny, nx = scan.object_true.shape
     assert saved.obj.shape == (ny + 1, nx + 1)
     assert scan.phase_nrmse(saved.obj[:ny, :nx]) <= MAX_PHASE_NRMSE
+    # probe_from this run: its modes when as many are asked, else modes made from mode 0.
+    unused = np.zeros(saved.probe.shape, np.float32), np.ones(saved.probe.shape, bool)
+    again = starting_probe(summary.reconstruction_file, saved.probe.shape, *unused, modes=2)
+    np.testing.assert_array_equal(again, saved.probe_modes)
+    three = starting_probe(summary.reconstruction_file, saved.probe.shape, *unused, modes=3)
+    assert three.shape == (3, *saved.probe.shape)
