@@ -238,9 +238,9 @@ def _block_case(
     return obj, probes, amplitudes, valid, position_order(n_positions, 2)
 
 
-# (ny, nx): blocks of 8 that divide evenly (aligned plans); rows and columns with a
-# narrower last block, and rows whose 20 complex64 are not a multiple of 64 bytes
-# (unaligned plans).
+# (ny, nx): in blocks of 8 rows and 8 columns, sizes that divide evenly (aligned plans);
+# rows and columns with a narrower last block, and rows whose 20 (+8 padding) complex64
+# are not a multiple of 64 bytes (unaligned plans).
 BLOCK_SHAPES = [(24, 16), (20, 24), (24, 20)]
 
 
@@ -252,7 +252,7 @@ def test_the_block_pass_matches_the_reference_with_one_mode(
     obj, probes, amplitudes, valid, order = _block_case(9, shape, 1)
     positions = np.random.default_rng(1).integers(0, 30, (len(amplitudes), 2))
     ours_obj, ours_probes = obj.copy(), probes.copy()
-    fft = plan_block_fft(shape)
+    fft = plan_block_fft(shape, rows=8, cols=8)  # narrower last blocks both ways
     error = epie_positions_blocks(
         ours_obj, ours_probes, fft, amplitudes, valid, positions, order, alpha=0.6, beta=0.9,
         regularised=algorithm == "rpie", n_threads=threads,
@@ -322,7 +322,7 @@ def test_one_mode_at_half_a_pixel_sees_the_average_of_two_pixels() -> None:
 def test_the_block_plans_are_a_2d_fft_and_its_unnormalised_inverse(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(12)
     waves = random_complex(rng, (2, *shape))
-    fft = plan_block_fft(shape, modes=2)
+    fft = plan_block_fft(shape, modes=2, rows=8, cols=8)
     fft.buffer[:, :, : shape[1]] = waves
     block_fft_pairs(fft, shape[1], 1)
     np.testing.assert_allclose(
