@@ -1,13 +1,18 @@
 """One ePIE iteration over a realistic scan: 1000 positions of 256 x 256 patterns.
 
 Timed on the same synthetic data and starting guess, the sides interleaved (each round
-runs every side once; medians of the rounds, after a warm-up round): our driver (one
-Cython kernel call per iteration, FFTW through pyFFTW) on 1 thread and on all cores;
-its floor, the iteration's 2 FFTs per position alone with the same library, plan and
-threads (`fft_floor_s`); the plain numpy implementation of the same update
-(tests/kernels/epie_reference.py, numpy.fft, one thread); and, when `ptychi` is
-importable, Pty-Chi's EPIE on CPU torch at its default mini-batch of 100 (a different,
-parallel update). Targets (issue 15): `iteration_s` <= 1.5 x `fft_floor_s`, >= 5x numpy.
+runs every side once; medians of the rounds, after a warm-up round; the one-thread
+sides in rounds of their own, then the all-thread ones): our driver (one
+Cython kernel call per iteration: the fused block pass, FFTW's row and column plans
+run from C) on 1 thread and on all cores; the same row and column FFTs alone
+(`block_fft_floor_s`); the previous path (whole-array 2-D FFTW plans called back from
+the kernel, three passes between them: `iteration_s_2d_plan`); the floor, the
+iteration's 2 whole-array 2-D FFTs per position alone with FFTW through pyFFTW,
+planned FFTW_MEASURE, in place, same threads (`fft_floor_s`); the plain numpy
+implementation of the same update (tests/kernels/epie_reference.py, numpy.fft, one
+thread); and, when `ptychi` is importable, Pty-Chi's EPIE on CPU torch at its default
+mini-batch of 100 (a different, parallel update). Targets (issue 15): `iteration_s`
+<= 1.5 x `fft_floor_s`, >= 5x numpy.
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from prefect_beamline.ext.epie import block_fft_pairs
 from prefect_beamline.techniques.ptycho.analysis import (
     Reconstruction,
     epie_iteration,
     initial_probe,
     object_grid_shape,
+    plan_iteration_fft,
     position_order,
     total_measured_power,
 )
-from prefect_beamline.techniques.ptycho.fft import InPlaceFFT2, plan_fft2
+from prefect_beamline.techniques.ptycho.fft import BlockFFT, InPlaceFFT2, plan_block_fft, plan_fft2
 from prefect_beamline.techniques.ptycho.synth import make_probe, resolution_pattern, scan_positions
 from tests.kernels.epie_reference import reference_iteration
 
@@ -65,7 +72,7 @@ def realistic_scan(
     }
 
 
-def ours(scan: dict[str, Any], threads: int, fft: InPlaceFFT2) -> Callable[[], object]:
+def ours(scan: dict[str, Any], threads: int, fft: BlockFFT | InPlaceFFT2) -> Callable[[], object]:
     state = Reconstruction(np.ones(scan["object_shape"], np.complex64), scan["probe"].copy())
     power = total_measured_power(scan["amplitudes"], scan["valid"])
 
@@ -191,6 +198,23 @@ def fft_floor(scan: dict[str, Any], fft: InPlaceFFT2) -> Callable[[], object]:
     return step
 
 
+def block_fft_floor(scan: dict[str, Any], fft: BlockFFT) -> Callable[[], object]:
+    """The fused pass's FFTs alone: its row and column plans, block by block, 2 per position."""
+    n = scan["probe"].shape[1]
+    buffer = fft.buffer
+    buffer[0, :, :n] = scan["probe"]
+    n_positions = len(scan["positions"])
+
+    def step() -> object:
+        for _ in range(n_positions // 4):
+            block_fft_pairs(fft, n, 4)
+            np.multiply(buffer, np.float32(float(n) ** -8.0), out=buffer)  # keeps it finite
+        block_fft_pairs(fft, n, n_positions % 4)
+        return None
+
+    return step
+
+
 def interleaved(
     steps: dict[str, Callable[[], object]], repeats: int
 ) -> dict[str, tuple[float, float]]:
@@ -220,12 +244,22 @@ def run(quick: bool = False) -> dict[str, Any]:
     threads = os.cpu_count() or 1
     shape = scan["probe"].shape
     load_before = os.getloadavg()
-    fft_1t, fft_all = plan_fft2(shape, 1), plan_fft2(shape, threads)
+    fft_1t, fft_all = plan_iteration_fft(shape, 1), plan_iteration_fft(shape, threads)
+    # One-thread sides and all-thread sides in rounds of their own: the worker threads
+    # of a threaded side spin on after it, and would land on whichever side came next
+    # (in its wall time, and in its CPU time: they belong to this process).
     times = interleaved(
         {
             "ours_1t": ours(scan, 1, fft_1t),
             "floor_1t": fft_floor(scan, plan_fft2(shape, 1)),
             "numpy": plain_numpy(scan),
+            "ours_2d_1t": ours(scan, 1, plan_fft2(shape, 1)),
+            "block_floor_1t": block_fft_floor(scan, plan_block_fft(shape)),
+        },
+        repeats,
+    )
+    times |= interleaved(
+        {
             "ours_all": ours(scan, threads, fft_all),
             "floor_all": fft_floor(scan, plan_fft2(shape, threads)),
         },
@@ -243,6 +277,16 @@ def run(quick: bool = False) -> dict[str, Any]:
         "iteration_cpu_s": cpu_1t,
         "fft_floor_s": floor_1t,
         "iteration_over_fft_floor": wall_1t / floor_1t,
+        # CPU-time medians beside the wall ones: on a shared machine a process waits for
+        # a core, which CPU time leaves out (cache misses from neighbours stay in).
+        "fft_floor_cpu_s": times["floor_1t"][1],
+        "iteration_over_fft_floor_cpu": cpu_1t / times["floor_1t"][1],
+        "block_fft_floor_s": times["block_floor_1t"][0],
+        "block_fft_floor_cpu_s": times["block_floor_1t"][1],
+        "iteration_over_block_fft_floor": wall_1t / times["block_floor_1t"][0],
+        "iteration_s_2d_plan": times["ours_2d_1t"][0],
+        "iteration_2d_plan_over_fft_floor": times["ours_2d_1t"][0] / floor_1t,
+        "iteration_2d_plan_cpu_s": times["ours_2d_1t"][1],
         "iteration_s_all_threads": wall_all,
         "fft_floor_s_all_threads": floor_all,
         "iteration_over_fft_floor_all_threads": wall_all / floor_all,
@@ -285,6 +329,10 @@ def report(result: dict[str, Any]) -> str:
         f"(load average {result['load_average'][0]:.2f}):",
         f"  ours, 1 thread          {result['iteration_s']:8.3f} s  FFTs alone "
         f"{result['fft_floor_s']:.3f} s ({result['iteration_over_fft_floor']:.2f}x the floor)",
+        f"  its FFTs alone as the fused pass runs them (row/column plans) "
+        f"{result['block_fft_floor_s']:.3f} s ({result['iteration_over_block_fft_floor']:.2f}x)",
+        f"  ours, 2-D plans, 1 thread {result['iteration_s_2d_plan']:6.3f} s "
+        f"({result['iteration_2d_plan_over_fft_floor']:.2f}x the floor)",
         f"  ours, {result['threads']} threads         {result['iteration_s_all_threads']:8.3f} s  "
         f"FFTs alone {result['fft_floor_s_all_threads']:.3f} s "
         f"({result['iteration_over_fft_floor_all_threads']:.2f}x)",

@@ -14,11 +14,14 @@ one step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from prefect_beamline.ext._epie import (
     add_intensity_kernel,
+    block_fft_pairs_kernel,
+    epie_blocks_kernel,
     epie_positions_kernel,
     exit_wave_kernel,
     extract_patch_kernel,
@@ -174,6 +177,48 @@ def update_object_probe(
     )
 
 
+def _check_scan(
+    obj: np.ndarray,
+    shape: tuple[int, ...],
+    amplitudes: np.ndarray,
+    valid: np.ndarray,
+    positions: np.ndarray,
+    order: np.ndarray,
+    margin: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(corners, order) as int64 once the amplitudes, mask, positions and order fit a
+    probe of `shape` and the object (every patch, `margin` pixels wider, inside it)."""
+    require_buffer("amplitudes", amplitudes, np.float32, ndim=3, axes="(position, ny, nx)")
+    require_shape("amplitudes", amplitudes, (len(amplitudes), *shape), source="probe")
+    require_array("valid", valid, dtypes=(np.bool_,))
+    if valid.shape != tuple(shape):
+        raise ValueError(f"valid shape {valid.shape} differs from probe shape {tuple(shape)}")
+    corners = kernel_input(
+        "positions",
+        positions,
+        np.int64,
+        (len(amplitudes), 2),
+        source="amplitudes' (position, 2)",
+        kinds="iu",
+    )
+    ny, nx = shape[0] + margin, shape[1] + margin
+    if len(corners) and (
+        corners.min() < 0
+        or corners[:, 0].max() + ny > obj.shape[0]
+        or corners[:, 1].max() + nx > obj.shape[1]
+    ):
+        raise ValueError(
+            f"positions: a {ny}x{nx} patch at corners from {corners.min(axis=0).tolist()} to "
+            f"{corners.max(axis=0).tolist()} falls outside the object {obj.shape}"
+        )
+    visit = kernel_input("order", order, np.int64, (len(order),), source="order", kinds="iu")
+    if len(visit) and (visit.min() < 0 or visit.max() >= len(amplitudes)):
+        raise ValueError(
+            f"order must index the {len(amplitudes)} positions, got {visit.min()}..{visit.max()}"
+        )
+    return corners, visit
+
+
 def epie_positions(
     obj: np.ndarray,
     probe: np.ndarray,
@@ -201,33 +246,7 @@ def epie_positions(
     """
     o, p, w = (_complex_view(a, n) for a, n in ((obj, "obj"), (probe, "probe"), (wave, "wave")))
     require_same_shape(probe=probe, wave=wave)
-    require_buffer("amplitudes", amplitudes, np.float32, ndim=3, axes="(position, ny, nx)")
-    require_shape("amplitudes", amplitudes, (len(amplitudes), *probe.shape), source="probe")
-    require_array("valid", valid, dtypes=(np.bool_,))
-    require_same_shape(probe=probe, valid=valid)
-    corners = kernel_input(
-        "positions",
-        positions,
-        np.int64,
-        (len(amplitudes), 2),
-        source="amplitudes' (position, 2)",
-        kinds="iu",
-    )
-    ny, nx = probe.shape
-    if len(corners) and (
-        corners.min() < 0
-        or corners[:, 0].max() + ny > obj.shape[0]
-        or corners[:, 1].max() + nx > obj.shape[1]
-    ):
-        raise ValueError(
-            f"positions: a {ny}x{nx} patch at corners from {corners.min(axis=0).tolist()} to "
-            f"{corners.max(axis=0).tolist()} falls outside the object {obj.shape}"
-        )
-    visit = kernel_input("order", order, np.int64, (len(order),), source="order", kinds="iu")
-    if len(visit) and (visit.min() < 0 or visit.max() >= len(amplitudes)):
-        raise ValueError(
-            f"order must index the {len(amplitudes)} positions, got {visit.min()}..{visit.max()}"
-        )
+    corners, visit = _check_scan(obj, probe.shape, amplitudes, valid, positions, order)
     alpha, beta = _step_sizes(alpha, beta)
     mask = np.ascontiguousarray(valid).view(np.uint8)
     return float(
@@ -247,4 +266,122 @@ def epie_positions(
             update_probe,
             kernel_threads(n_threads),
         )
+    )
+
+
+def _split_positions(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(integer corners, float32 fractions in [0, 1]) of integer or float positions."""
+    array = np.asarray(positions)
+    if array.dtype.kind != "f":
+        return array, np.zeros(array.shape, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("positions must be finite")
+    corners = np.floor(array)
+    return corners.astype(np.int64), np.ascontiguousarray(array - corners, dtype=np.float32)
+
+
+class BlockPlans(Protocol):
+    """What `epie_positions_blocks` needs of `techniques.ptycho.fft.BlockFFT`."""
+
+    @property
+    def buffer(self) -> np.ndarray: ...
+    @property
+    def execute(self) -> int: ...
+    @property
+    def plans(self) -> np.ndarray: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def cols(self) -> int: ...
+    @property
+    def aligned(self) -> bool: ...
+
+
+def epie_positions_blocks(
+    obj: np.ndarray,
+    probes: np.ndarray,
+    fft: BlockPlans,
+    amplitudes: np.ndarray,
+    valid: np.ndarray,
+    positions: np.ndarray,
+    order: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    regularised: bool = False,
+    update_probe: bool = True,
+    n_threads: int | None = 1,
+) -> float:
+    """`epie_positions` with the FFTs taken apart into cache-sized blocks, and probe modes.
+
+    `probes` (modes, ny, nx) complex64 (one mode: (1, ny, nx)); `fft` the plans and wave
+    buffer of `plan_block_fft` for that shape and number of modes. `positions` may be
+    fractional (float): a patch at a fractional corner is the bilinear interpolation of
+    the (ny + 1, nx + 1) object pixels from its integer part, and the object step goes
+    back through the same weights. With several modes
+    the modulus constraint scales every mode's far field by √I / √(Σ_m |Ψ_m|²), the
+    object step uses Σ_m P_m*Δ_m over Σ_m |P_m|², and each mode's step is the
+    single-mode one. Returns Σ positions Σ valid (√(Σ_m |Ψ_m|²) − √I)².
+    """
+    require_buffer("obj", obj, np.complex64, ndim=2)
+    require_buffer("probes", probes, np.complex64, ndim=3, axes="(mode, ny, nx)")
+    wave = fft.buffer
+    require_buffer("fft.buffer", wave, np.complex64, ndim=3, axes="(mode, ny, stride)")
+    if wave.shape[:2] != probes.shape[:2] or wave.shape[2] < probes.shape[2]:
+        raise ValueError(
+            f"fft.buffer shape {wave.shape} does not hold the probes' {probes.shape}"
+            " (modes, ny the same, rows at least nx long)"
+        )
+    if fft.aligned and wave.ctypes.data % 64:
+        raise ValueError("fft.buffer must start on 64 bytes, as the plans were made for")
+    if len(fft.plans) != 8:
+        raise ValueError(f"fft.plans must hold 8 plan addresses, got {len(fft.plans)}")
+    corners, fractions = _split_positions(positions)
+    subpixel = bool(np.any(fractions))
+    corners, visit = _check_scan(
+        obj, probes.shape[1:], amplitudes, valid, corners, order, margin=int(subpixel)
+    )
+    alpha, beta = _step_sizes(alpha, beta)
+    mask = np.ascontiguousarray(valid).view(np.uint8)
+    return float(
+        epie_blocks_kernel(
+            obj.view(np.float32),
+            probes.view(np.float32),
+            wave.view(np.float32),
+            amplitudes,
+            mask,
+            corners,
+            visit,
+            fractions,
+            subpixel,
+            fft.execute,
+            np.ascontiguousarray(fft.plans, dtype=np.uint64),
+            fft.rows,
+            fft.cols,
+            alpha,
+            beta,
+            regularised,
+            update_probe,
+            kernel_threads(n_threads),
+        )
+    )
+
+
+def block_fft_pairs(fft: BlockPlans, nx: int, repeats: int) -> None:
+    """`repeats` unnormalised forward + inverse 2-D FFTs of each mode of `fft.buffer`
+    (first `nx` columns) in place, through the block plans as the fused pass runs them:
+    each pair multiplies the waves by ny·nx. The FFTs of the fused pass alone."""
+    wave = fft.buffer
+    require_buffer("fft.buffer", wave, np.complex64, ndim=3, axes="(mode, ny, stride)")
+    nx = require_integer("nx", nx, minimum=1)
+    if nx > wave.shape[2]:
+        raise ValueError(f"nx {nx} is wider than fft.buffer's rows ({wave.shape[2]})")
+    block_fft_pairs_kernel(
+        wave.view(np.float32),
+        nx,
+        fft.execute,
+        np.ascontiguousarray(fft.plans, dtype=np.uint64),
+        fft.rows,
+        fft.cols,
+        require_integer("repeats", repeats, minimum=0),
     )

@@ -69,6 +69,17 @@ class PtychoParameters(ScienceParameters):
         """A processing job id may come as a number (the DAQ's JSON)."""
         return str(value) if isinstance(value, int) else value
 
+    probe_modes: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Incoherent probe modes (mixed-state ePIE; 1: a fully coherent probe)",
+    )
+    subpixel_positions: bool = Field(
+        False,
+        description="Keep positions between object pixels (bilinear patches) instead of "
+        "rounding them to the nearest pixel",
+    )
     iterations_per_checkpoint: int = Field(
         20, ge=1, description="Iterations between checkpoints (and progress reports)"
     )

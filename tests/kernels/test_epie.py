@@ -14,7 +14,9 @@ import pytest
 
 from prefect_beamline.ext.epie import (
     add_intensity,
+    block_fft_pairs,
     epie_positions,
+    epie_positions_blocks,
     exit_wave,
     extract_patch,
     modulus_constraint,
@@ -25,10 +27,11 @@ from prefect_beamline.techniques.ptycho.analysis import (
     epie_iteration,
     position_order,
 )
-from prefect_beamline.techniques.ptycho.fft import LIBRARIES, plan_fft2
+from prefect_beamline.techniques.ptycho.fft import LIBRARIES, plan_block_fft, plan_fft2
 from tests.kernels.epie_reference import (
     reference_exit_wave,
     reference_iteration,
+    reference_modes_iteration,
     reference_modulus,
     reference_update,
 )
@@ -218,6 +221,113 @@ def test_the_fused_pass_matches_the_reference_on_either_fft_library(
     assert error / measured == pytest.approx(ref_error, rel=1e-4)
     np.testing.assert_allclose(ours_obj, ref_obj, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(ours_probe, ref_probe, rtol=1e-3, atol=1e-4)
+
+
+def _block_case(
+    seed: int, shape: tuple[int, int], modes: int, n_positions: int = 12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(object, probes (modes, ny, nx), amplitudes, valid, order): random, with a zero
+    far field at one valid pixel (no phase to keep)."""
+    rng = np.random.default_rng(seed)
+    obj = np.ones((60, 64), dtype=np.complex64) + 0.1 * random_complex(rng, (60, 64))
+    probes = random_complex(rng, (modes, *shape)) / np.float32(np.sqrt(modes))
+    amplitudes = rng.uniform(0, 3, (n_positions, *shape)).astype(np.float32)
+    valid = rng.uniform(size=shape) > 0.1
+    valid[0, 0] = True
+    amplitudes[:, 0, 0] = 0.0
+    return obj, probes, amplitudes, valid, position_order(n_positions, 2)
+
+
+# (ny, nx): in blocks of 8 rows and 8 columns, sizes that divide evenly (aligned plans);
+# rows and columns with a narrower last block, and rows whose 20 (+8 padding) complex64
+# are not a multiple of 64 bytes (unaligned plans).
+BLOCK_SHAPES = [(24, 16), (20, 24), (24, 20)]
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+@pytest.mark.parametrize(("algorithm", "threads"), [("epie", 1), ("rpie", 2)])
+def test_the_block_pass_matches_the_reference_with_one_mode(
+    shape: tuple[int, int], algorithm: str, threads: int
+) -> None:
+    obj, probes, amplitudes, valid, order = _block_case(9, shape, 1)
+    positions = np.random.default_rng(1).integers(0, 30, (len(amplitudes), 2))
+    ours_obj, ours_probes = obj.copy(), probes.copy()
+    fft = plan_block_fft(shape, rows=8, cols=8)  # narrower last blocks both ways
+    error = epie_positions_blocks(
+        ours_obj, ours_probes, fft, amplitudes, valid, positions, order, alpha=0.6, beta=0.9,
+        regularised=algorithm == "rpie", n_threads=threads,
+    )  # fmt: skip
+    ref_obj, ref_probe = obj.copy(), probes[0].copy()
+    ref_error = reference_iteration(
+        ref_obj, ref_probe, amplitudes, valid, positions, order, alpha=0.6, beta=0.9,
+        regularised=algorithm == "rpie",
+    )  # fmt: skip
+    assert error / float(np.sum((amplitudes**2)[:, valid])) == pytest.approx(ref_error, rel=1e-4)
+    np.testing.assert_allclose(ours_obj, ref_obj, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(ours_probes[0], ref_probe, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "modes"), [((24, 16), 3), ((20, 24), 2)])
+@pytest.mark.parametrize(("algorithm", "threads"), [("epie", 1), ("rpie", 2)])
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_probe_modes_and_subpixel_positions_match_the_reference(
+    shape: tuple[int, int], modes: int, algorithm: str, threads: int, subpixel: bool
+) -> None:
+    obj, probes, amplitudes, valid, order = _block_case(11, shape, modes)
+    rng = np.random.default_rng(3)
+    positions = rng.uniform(0, 30, (len(amplitudes), 2))
+    if not subpixel:
+        positions = np.rint(positions).astype(np.int64)
+    ours_obj, ours_probes = obj.copy(), probes.copy()
+    fft = plan_block_fft(shape, modes)
+    error = epie_positions_blocks(
+        ours_obj, ours_probes, fft, amplitudes, valid, positions, order, alpha=0.6, beta=0.9,
+        regularised=algorithm == "rpie", n_threads=threads,
+    )  # fmt: skip
+    ref_obj, ref_probes = obj.copy(), probes.copy()
+    ref_error = reference_modes_iteration(
+        ref_obj, ref_probes, amplitudes, valid, positions, order, alpha=0.6, beta=0.9,
+        regularised=algorithm == "rpie",
+    )  # fmt: skip
+    assert error / float(np.sum((amplitudes**2)[:, valid])) == pytest.approx(ref_error, rel=1e-4)
+    np.testing.assert_allclose(ours_obj, ref_obj, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(ours_probes, ref_probes, rtol=1e-3, atol=1e-4)
+
+
+def test_one_mode_at_half_a_pixel_sees_the_average_of_two_pixels() -> None:
+    """A known answer for the interpolation: an object of columns 0, 1, 0, 1, ... under a
+    patch half a pixel right is 0.5 everywhere, so a probe of ones sends the flat wave's
+    whole power to the zero frequency; the error against that measured is zero."""
+    n = 16
+    obj = np.ascontiguousarray(np.tile(np.array([0, 1], np.complex64), (n + 1, n))[:, : n + 1])
+    probes = np.ones((1, n, n), np.complex64)
+    amplitudes = np.zeros((1, n, n), np.float32)
+    amplitudes[0, 0, 0] = 0.5 * n  # |FFT_ortho(0.5)| at the zero frequency
+    valid = np.ones((n, n), bool)
+    before = obj.copy()
+    error = epie_positions_blocks(
+        obj, probes, plan_block_fft((n, n)), amplitudes, valid, np.array([[0.0, 0.5]]),
+        np.array([0]), alpha=1.0, beta=1.0,
+    )  # fmt: skip
+    assert error == pytest.approx(0.0, abs=1e-8)
+    np.testing.assert_allclose(obj, before, atol=1e-6)
+    with pytest.raises(ValueError, match="falls outside the object"):
+        epie_positions_blocks(
+            obj[:n, :n].copy(), probes, plan_block_fft((n, n)), amplitudes, valid,
+            np.array([[0.0, 0.5]]), np.array([0]), alpha=1.0, beta=1.0,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+def test_the_block_plans_are_a_2d_fft_and_its_unnormalised_inverse(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(12)
+    waves = random_complex(rng, (2, *shape))
+    fft = plan_block_fft(shape, modes=2, rows=8, cols=8)
+    fft.buffer[:, :, : shape[1]] = waves
+    block_fft_pairs(fft, shape[1], 1)
+    np.testing.assert_allclose(
+        fft.buffer[:, :, : shape[1]], waves * waves[0].size, rtol=1e-4, atol=1e-3
+    )
 
 
 def test_the_fft_plans_are_unnormalised_inverses_of_each_other() -> None:

@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from prefect_beamline.ext.epie import add_intensity, epie_positions
-from prefect_beamline.techniques.ptycho.fft import InPlaceFFT2, plan_fft2
+from prefect_beamline.ext.epie import add_intensity, epie_positions, epie_positions_blocks
+from prefect_beamline.techniques.ptycho.fft import (
+    BlockFFT,
+    InPlaceFFT2,
+    block_fft_available,
+    plan_block_fft,
+    plan_fft2,
+)
 
 ALGORITHMS = ("epie", "rpie")
 
@@ -30,21 +36,30 @@ class Reconstruction:
     """Object and probe after `iteration` iterations, and the error of each iteration."""
 
     obj: np.ndarray  # complex64 (ny, nx)
-    probe: np.ndarray  # complex64 (n, n)
+    probe: np.ndarray  # complex64 (n, n), or (modes, n, n) for mixed-state ePIE
     iteration: int = 0
     errors: list[float] = field(default_factory=list)
 
 
 def positions_in_pixels(
-    positions_m: np.ndarray, object_pixel_m: tuple[float, float], pattern_shape: tuple[int, int]
+    positions_m: np.ndarray,
+    object_pixel_m: tuple[float, float],
+    pattern_shape: tuple[int, int],
+    subpixel: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Integer (row, column) patch corners from motor positions, and the object's shape.
+    """(row, column) patch corners in object pixels from motor positions, and the
+    object's shape; the first row and column of the object are the lowest positions.
 
-    Positions are rounded to the nearest object pixel (sub-pixel positions are not
-    refined); the first row and column of the object are the lowest positions.
+    Rounded to the nearest pixel (int64), or with `subpixel` kept as they are (float64:
+    the kernels interpolate the object between pixels; the object is a pixel larger
+    each way, as a fractional patch covers one more row and column).
     """
     pixels = positions_m / np.asarray(object_pixel_m)[None, :]
-    corners = np.rint(pixels - pixels.min(axis=0)).astype(np.int64)
+    pixels = pixels - pixels.min(axis=0)
+    if subpixel:
+        grid = object_grid_shape(np.floor(pixels).astype(np.int64), pattern_shape)
+        return pixels.astype(np.float64), (grid[0] + 1, grid[1] + 1)
+    corners = np.rint(pixels).astype(np.int64)
     return corners, object_grid_shape(corners, pattern_shape)
 
 
@@ -76,6 +91,23 @@ def initial_probe(mean_amplitude_fft: np.ndarray, valid_fft: np.ndarray) -> np.n
     return np.ascontiguousarray(probe, dtype=np.complex64)
 
 
+def initial_probe_modes(probe: np.ndarray, modes: int, weak: float = 0.05) -> np.ndarray:
+    """(modes, n, n) starting probes for mixed-state ePIE from one probe: mode 0 the
+    probe, each further mode the probe with a phase ramp of m cycles across it (its far
+    field shifted by m pixels, so the modes start distinct) carrying `weak` of the
+    power; the total power is the probe's."""
+    if modes < 1:
+        raise ValueError(f"modes must be at least 1, got {modes}")
+    single = probe[0] if probe.ndim == 3 else probe
+    if modes == 1:
+        return np.ascontiguousarray(single[np.newaxis], dtype=np.complex64)
+    n = single.shape[1]
+    ramp = np.exp(2j * np.pi * np.arange(n) / n)[np.newaxis, :]
+    stack = [single * np.sqrt(1.0 - weak * (modes - 1))]
+    stack += [single * ramp**m * np.sqrt(weak) for m in range(1, modes)]
+    return np.ascontiguousarray(np.stack(stack), dtype=np.complex64)
+
+
 def initial_object(shape: tuple[int, int]) -> np.ndarray:
     """A transparent object: ones."""
     return np.ones(shape, dtype=np.complex64)
@@ -84,6 +116,18 @@ def initial_object(shape: tuple[int, int]) -> np.ndarray:
 def position_order(n_positions: int, iteration: int, seed: int = 0) -> np.ndarray:
     """The random visiting order of one iteration, reproducible from the iteration number."""
     return np.random.default_rng((seed, iteration)).permutation(n_positions)
+
+
+def plan_iteration_fft(
+    pattern_shape: tuple[int, int], n_threads: int = 1, modes: int = 1
+) -> BlockFFT | InPlaceFFT2:
+    """The FFTs an iteration runs on: the fused pass's block plans where FFTW's C library
+    is reachable, else (one mode only) an in-place 2-D pair."""
+    if block_fft_available():
+        return plan_block_fft(pattern_shape, modes)
+    if modes != 1:
+        raise ValueError("probe modes need FFTW's C library (pyFFTW), not found here")
+    return plan_fft2(pattern_shape, n_threads)
 
 
 def epie_iteration(
@@ -99,16 +143,18 @@ def epie_iteration(
     n_threads: int = 1,
     seed: int = 0,
     measured_power: float | None = None,
-    fft: InPlaceFFT2 | None = None,
+    fft: BlockFFT | InPlaceFFT2 | None = None,
 ) -> float:
     """One pass over every position, in place on `state`; returns the normalised error.
 
-    `fft`: the in-place FFT pair on a buffer of the probe's shape (`plan_fft2`), planned
-    once by a caller that iterates; a new one when not given, on `n_threads` threads.
-    The three passes per position run on one thread: at pattern sizes up to 512² each
-    takes tens of microseconds, less than a parallel region's fork and barrier cost on a
-    busy machine (measured here at load ~12: 2 OpenMP threads made a 64-position
-    iteration take 20.7 s instead of 0.025 s).
+    `fft`: the block plans of the fused pass (`plan_block_fft`, the only path for probe
+    modes: `state.probe` of shape (modes, n, n)) or an in-place 2-D FFT pair
+    (`plan_fft2`), planned once by a caller that iterates; `plan_iteration_fft` when not
+    given. The block pass runs its blocks on `n_threads` threads; the 2-D pair's passes
+    run on one thread and its FFTs on `n_threads` (at pattern sizes up to 512² a pass
+    takes tens of microseconds, less than a parallel region's fork and barrier on a busy
+    machine: at load ~12, 2 OpenMP threads made a 64-position iteration take 20.7 s
+    instead of 0.025 s).
 
     The error is Σ_positions Σ_valid (|Ψ| − √I)² / Σ_positions Σ_valid I: the Fourier
     magnitude misfit before each position's update, relative to the measured photons
@@ -116,24 +162,45 @@ def epie_iteration(
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    modes = state.probe.shape[0] if state.probe.ndim == 3 else 1
     if fft is None:
-        fft = plan_fft2(state.probe.shape, n_threads)
-    error = epie_positions(
-        state.obj,
-        state.probe,
-        fft.buffer,
-        fft.forward,
-        fft.backward,
-        amplitudes,
-        valid,
-        positions,
-        position_order(len(positions), state.iteration, seed),
-        alpha=alpha,
-        beta=beta,
-        regularised=algorithm == "rpie",
-        update_probe=update_probe,
-        n_threads=1,  # see the docstring: threads go to the FFTs
-    )
+        fft = plan_iteration_fft(amplitudes.shape[1:], n_threads, modes)
+    order = position_order(len(positions), state.iteration, seed)
+    if isinstance(fft, BlockFFT):
+        probes = state.probe if state.probe.ndim == 3 else state.probe[np.newaxis]
+        error = epie_positions_blocks(
+            state.obj,
+            probes,
+            fft,
+            amplitudes,
+            valid,
+            positions,
+            order,
+            alpha=alpha,
+            beta=beta,
+            regularised=algorithm == "rpie",
+            update_probe=update_probe,
+            n_threads=n_threads,
+        )
+    else:
+        if modes != 1:
+            raise ValueError("probe modes need the block plans (plan_block_fft)")
+        error = epie_positions(
+            state.obj,
+            state.probe,
+            fft.buffer,
+            fft.forward,
+            fft.backward,
+            amplitudes,
+            valid,
+            positions,
+            order,
+            alpha=alpha,
+            beta=beta,
+            regularised=algorithm == "rpie",
+            update_probe=update_probe,
+            n_threads=1,  # see the docstring: threads go to the FFTs
+        )
     state.iteration += 1
     if measured_power is None:
         measured_power = total_measured_power(amplitudes, valid)
@@ -165,7 +232,8 @@ def run_iterations(
     """Iterate until `state.iteration == until`, calling `on_block` every `every`
     iterations (a checkpoint, a progress report)."""
     measured_power = total_measured_power(amplitudes, valid)
-    fft = plan_fft2(state.probe.shape, n_threads)
+    modes = state.probe.shape[0] if state.probe.ndim == 3 else 1
+    fft = plan_iteration_fft(amplitudes.shape[1:], n_threads, modes)
     while state.iteration < until:
         epie_iteration(
             state,
@@ -186,11 +254,12 @@ def run_iterations(
 
 
 def illumination(probe: np.ndarray, positions: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Σ over positions of |P|² on the object grid (float32)."""
+    """Σ over positions (sub-pixel ones rounded) of |P|² on the object grid (float32)."""
     total = np.zeros(shape, dtype=np.float32)
     probe = np.ascontiguousarray(probe, dtype=np.complex64)
-    for y0, x0 in positions:
-        add_intensity(total, probe, int(y0), int(x0))
+    for y0, x0 in np.rint(positions).astype(np.int64):
+        y0, x0 = min(int(y0), shape[0] - probe.shape[0]), min(int(x0), shape[1] - probe.shape[1])
+        add_intensity(total, probe, y0, x0)
     return total
 
 

@@ -25,6 +25,7 @@ from prefect_beamline.techniques.ptycho.analysis import (
     detector_to_fft_order,
     initial_object,
     initial_probe,
+    initial_probe_modes,
     positions_in_pixels,
     run_iterations,
 )
@@ -52,6 +53,10 @@ class ReconstructionSettings(Protocol):
     @property
     def probe_update_start(self) -> int: ...
     @property
+    def probe_modes(self) -> int: ...
+    @property
+    def subpixel_positions(self) -> bool: ...
+    @property
     def iterations_per_checkpoint(self) -> int: ...
     @property
     def frames_per_chunk(self) -> int: ...
@@ -72,6 +77,11 @@ def checkpoint_key(settings: ReconstructionSettings, scan_file: str, probe_file:
         "beta": settings.beta,
         "probe_update_start": settings.probe_update_start,
     }
+    # Only when not the default, so checkpoints written before these existed still match.
+    if settings.probe_modes != 1:
+        shaping["probe_modes"] = settings.probe_modes
+    if settings.subpixel_positions:
+        shaping["subpixel_positions"] = True
     text = json.dumps([scan_signature(scan_file), probe_file, shaping], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -98,17 +108,25 @@ def starting_probe(
     pattern_shape: tuple[int, int],
     mean_amplitude: np.ndarray,
     valid: np.ndarray,
+    modes: int = 1,
 ) -> np.ndarray:
-    """The probe of an earlier run, or one estimated from the mean pattern."""
+    """The probe of an earlier run, or one estimated from the mean pattern; with several
+    `modes`, the earlier run's modes when it had as many, else modes made from its probe."""
     if probe_file is None:
-        return initial_probe(mean_amplitude, valid)
-    probe = read_reconstruction(Path(probe_file)).probe
+        probe = initial_probe(mean_amplitude, valid)
+        return probe if modes == 1 else initial_probe_modes(probe, modes)
+    saved = read_reconstruction(Path(probe_file))
+    probe = saved.probe
     if probe.shape != pattern_shape:
         raise DataFileError(
             f"{probe_file}: /entry/reconstruction/probe has shape {probe.shape}, the scan's "
             f"patterns are {pattern_shape}"
         )
-    return probe
+    if modes == 1:
+        return probe
+    if saved.probe_modes is not None and saved.probe_modes.shape == (modes, *pattern_shape):
+        return saved.probe_modes
+    return initial_probe_modes(probe, modes)
 
 
 def reconstruct_scan(
@@ -130,14 +148,18 @@ def reconstruct_scan(
         geometry = scan.geometry
         pattern_shape = scan.pattern_shape
         positions, object_shape = positions_in_pixels(
-            scan.positions_m, geometry.object_pixel_m, pattern_shape
+            scan.positions_m, geometry.object_pixel_m, pattern_shape, settings.subpixel_positions
         )
         amplitudes, valid, mean_amplitude = load_amplitudes(scan, settings.frames_per_chunk)
     saved = read_checkpoint(results_dir, key)
+    modes = settings.probe_modes
     if saved is not None and saved.obj.shape == object_shape and saved.probe.shape == pattern_shape:
-        state = Reconstruction(saved.obj, saved.probe, saved.iteration, list(saved.errors))
+        probe = saved.probe if modes == 1 else saved.probe_modes
+        if probe is None or (modes > 1 and probe.shape != (modes, *pattern_shape)):
+            probe = initial_probe_modes(saved.probe, modes)
+        state = Reconstruction(saved.obj, probe, saved.iteration, list(saved.errors))
     else:
-        probe = starting_probe(probe_file, pattern_shape, mean_amplitude, valid)
+        probe = starting_probe(probe_file, pattern_shape, mean_amplitude, valid, modes)
         state = Reconstruction(initial_object(object_shape), probe)
     resumed_from = state.iteration
     pixel_m = float(np.mean(geometry.object_pixel_m))

@@ -39,6 +39,7 @@ class SavedReconstruction:
     errors: list[float]
     key: str
     positions_px: np.ndarray | None = None  # (row, column) patch corners, final file only
+    probe_modes: np.ndarray | None = None  # (modes, ny, nx) when more than one mode
 
 
 def write_reconstruction(
@@ -53,7 +54,9 @@ def write_reconstruction(
     pixel_size_m: tuple[float, float] | None = None,
 ) -> Path:
     """Write object, probe, errors (and the patch corners) to `path` atomically
-    (temp file + rename). `pixel_size_m` is the object's (y, x) pixel size."""
+    (temp file + rename). `pixel_size_m` is the object's (y, x) pixel size. A probe of
+    several modes (modes, ny, nx) is written whole as `probe_modes`, its first (the
+    strongest) as `probe`, so readers of one probe (viewers, `probe_from`) see that."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with h5py.File(temporary, "w") as handle:
@@ -64,12 +67,17 @@ def write_reconstruction(
         group = entry.create_group("reconstruction")
         group.attrs["NX_class"] = "NXprocess"
         group.create_dataset("object", data=obj.astype(np.complex64))
+        if probe.ndim == 3:
+            group.create_dataset("probe_modes", data=probe.astype(np.complex64))
+            probe = probe[0]
         group.create_dataset("probe", data=probe.astype(np.complex64))
         group.create_dataset("object_phase", data=np.angle(obj).astype(np.float32))
         group.create_dataset("object_amplitude", data=np.abs(obj).astype(np.float32))
         group.create_dataset("error", data=np.asarray(errors, dtype=np.float64))
         if positions_px is not None:
-            group.create_dataset("positions_px", data=np.asarray(positions_px, dtype=np.int64))
+            corners = np.asarray(positions_px)
+            kind = np.float64 if corners.dtype.kind == "f" else np.int64  # sub-pixel: float
+            group.create_dataset("positions_px", data=corners.astype(kind))
         group.attrs["iteration"] = len(errors)
         group.attrs["key"] = key
         for name, value in (attributes or {}).items():
@@ -140,6 +148,11 @@ def read_reconstruction(path: Path) -> SavedReconstruction:
                 key=str(group.attrs.get("key", "")),
                 positions_px=(
                     np.asarray(group["positions_px"][()]) if "positions_px" in group else None
+                ),
+                probe_modes=(
+                    np.ascontiguousarray(group["probe_modes"][()], dtype=np.complex64)
+                    if "probe_modes" in group
+                    else None
                 ),
             )
     except OSError as error:

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from prefect_beamline.flows.ptycho import PtychoParameters
-from prefect_beamline.techniques.ptycho.reconstruct import checkpoint_key, reconstruct_scan
+from prefect_beamline.techniques.ptycho.reconstruct import (
+    checkpoint_key,
+    reconstruct_scan,
+    starting_probe,
+)
 from prefect_beamline.techniques.ptycho.results_file import CHECKPOINT_FILE, read_reconstruction
 from prefect_beamline.techniques.ptycho.synth import SyntheticScan, write_ptycho_scan
 from tests.techniques.ptycho.metrics import is_decreasing
@@ -137,3 +141,42 @@ def test_synthetic_truth_is_consistent(scan: SyntheticScan) -> None:
     phase = np.angle(scan.object_true)
     assert 0.9 < phase.max() - phase.min() < 1.3  # no wrapping: max_phase_rad 1.2
     assert scan.valid.sum() < scan.valid.size  # beamstop and dead pixels masked
+
+
+def test_probe_modes_and_subpixel_positions_reconstruct_and_resume(
+    scan: SyntheticScan, tmp_path: Path
+) -> None:
+    """Two probe modes on sub-pixel (here near-integer) positions: the checkpoint keeps
+    both modes, a retry resumes from it, and the phase is still recovered."""
+    parameters = PtychoParameters(
+        iterations=40, iterations_per_checkpoint=20, probe_modes=2, subpixel_positions=True
+    )
+    default_key = checkpoint_key(PtychoParameters(iterations=40), str(scan.scan_file), None)
+    assert checkpoint_key(parameters, str(scan.scan_file), None) != default_key
+
+    def crash(state: object) -> None:
+        raise ConnectionError("worker lost")
+
+    with pytest.raises(ConnectionError):
+        reconstruct_scan(str(scan.scan_file), tmp_path, parameters, on_block=crash)
+    checkpoint = read_reconstruction(tmp_path / CHECKPOINT_FILE)
+    assert checkpoint.probe_modes is not None and checkpoint.probe_modes.shape[0] == 2
+    summary = reconstruct_scan(str(scan.scan_file), tmp_path, parameters)
+    assert summary.resumed_from_iteration == 20 and summary.iterations == 40
+    saved = read_reconstruction(Path(summary.reconstruction_file))
+    assert saved.probe_modes is not None
+    np.testing.assert_array_equal(saved.probe, saved.probe_modes[0])
+    # The second mode carries little power: the synthetic probe is fully coherent.
+    powers = np.sum(np.abs(saved.probe_modes) ** 2, axis=(1, 2))
+    assert powers[1] < 0.2 * powers[0]
+    assert saved.positions_px is not None
+    np.testing.assert_allclose(saved.positions_px, scan.positions_px, atol=1e-6)
+    ny, nx = scan.object_true.shape
+    assert saved.obj.shape == (ny + 1, nx + 1)
+    assert scan.phase_nrmse(saved.obj[:ny, :nx]) <= MAX_PHASE_NRMSE
+    # probe_from this run: its modes when as many are asked, else modes made from mode 0.
+    unused = np.zeros(saved.probe.shape, np.float32), np.ones(saved.probe.shape, bool)
+    again = starting_probe(summary.reconstruction_file, saved.probe.shape, *unused, modes=2)
+    np.testing.assert_array_equal(again, saved.probe_modes)
+    three = starting_probe(summary.reconstruction_file, saved.probe.shape, *unused, modes=3)
+    assert three.shape == (3, *saved.probe.shape)
