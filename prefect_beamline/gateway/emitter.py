@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 
 from prefect_beamline import metrics
-from prefect_beamline.events import encode_prefect_event
+from prefect_beamline.events import encode_prefect_event, prefect_event_id_text
 from prefect_beamline.gateway.outbox import Outbox, StoredEvent
 
 logger = logging.getLogger("prefect_beamline.gateway")
@@ -65,6 +65,13 @@ class Backoff:
 # An event at fault: retried after 1 s, 2 s, 4 s, ... up to 5 min between attempts.
 EVENT_BACKOFF = Backoff(start_s=1.0, max_s=300.0)
 DEFAULT_MAX_ATTEMPTS = 10
+# Prefect 3.9's in-memory broker queues at most 10,000 messages per consumer and drops the
+# rest, after its POST has answered 204 (server/utilities/messaging/memory.py). So at most
+# this many events may be in Prefect and not yet in its event store: past it the drainer
+# waits until the last one sent is stored (the persister works in order).
+UNSTORED_WINDOW = 2_000
+STORED_WAIT_S = 60.0
+STORED_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,18 @@ class PrefectEmitter:
             return EmitResult("server_error", message)
         return EmitResult("refused", message)
 
+    async def is_stored(self, prefect_event_id: str, occurred: datetime) -> bool:
+        """Whether Prefect's event store holds this event (searched around `occurred`:
+        Prefect's filter looks back only a day by default, a backlog may be older)."""
+        window = {
+            "since": (occurred - timedelta(minutes=5)).isoformat(),
+            "until": (occurred + timedelta(minutes=5)).isoformat(),
+        }
+        body = {"filter": {"id": {"id": [prefect_event_id]}, "occurred": window}, "limit": 1}
+        response = await self.client.post(f"{self.api_url}/events/filter", json=body)
+        response.raise_for_status()
+        return bool(response.json().get("events"))
+
     async def reachable(self, timeout_s: float = 1.0) -> bool:
         """Whether Prefect's `/health` answers 200 right now."""
         try:
@@ -257,6 +276,7 @@ class Drainer:
         idle_poll_s: float = 5.0,
         retention: timedelta | None = None,
         prune_every_s: float = 60.0,
+        unstored_window: int = UNSTORED_WINDOW,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -274,6 +294,8 @@ class Drainer:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-drainer")
         self._pruned_at: float | None = None
+        self.unstored_window = unstored_window
+        self._unstored = 0  # sent since Prefect was last seen to have stored what we sent
 
     def wake(self) -> None:
         self._wake.set()
@@ -352,6 +374,9 @@ class Drainer:
             self.status.consecutive_failures = 0
             self.status.emitted += len(rows)
             self.status.last_emitted_at = datetime.now(UTC)
+            self._unstored += len(rows)
+            if self._unstored >= self.unstored_window:
+                await self._wait_until_stored(rows[-1])
             return True
         if result.outcome == "unavailable" or (
             result.outcome == "server_error" and not await self.emitter.reachable()
@@ -370,6 +395,30 @@ class Drainer:
         return await self._send(encoded[:middle], round_) and await self._send(
             encoded[middle:], round_
         )
+
+    async def _wait_until_stored(self, last: StoredEvent) -> None:
+        """Hold the drain until Prefect has stored `last` (and so, in order, what came
+        before), so Prefect's broker never holds more than the window of our events."""
+        event_id = prefect_event_id_text(last.event_id)
+        deadline = asyncio.get_running_loop().time() + STORED_WAIT_S
+        while True:
+            try:
+                if await self.emitter.is_stored(event_id, last.event.timestamp):
+                    break
+            except (httpx.HTTPError, ValueError, KeyError) as error:
+                logger.warning(
+                    "cannot tell whether Prefect stored event %s: %r", last.event_id, error
+                )
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                logger.warning(
+                    "Prefect has not stored event %s %s s after it took it; going on",
+                    last.event_id,
+                    STORED_WAIT_S,
+                )
+                break
+            await asyncio.sleep(STORED_POLL_S)
+        self._unstored = 0
 
     def _mark_emitted(self, rows: list[StoredEvent]) -> None:
         self.outbox.mark_emitted([row.sequence for row in rows])
