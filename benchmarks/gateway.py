@@ -55,14 +55,14 @@ def _load(stack: LocalStack, **config: Any) -> dict[str, Any]:
         data_root=str(stack.workdir / "data"),  # the stack's data root: paths must lie under it
         client=os.environ.get(CLIENT_VARIABLE, RAW_CLIENT),
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.http_load", json.dumps(config)],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout)
+    with tempfile.TemporaryDirectory() as folder:
+        config["result_file"] = str(Path(folder) / "result.json")
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.http_load", json.dumps(config)],
+            cwd=REPOSITORY,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(Path(config["result_file"]).read_text())
     return result
 
 

@@ -1,9 +1,9 @@
 """HTTP load generator of the gateway benchmark, run in its own process.
 
 `python -m benchmarks.http_load CONFIG_JSON` posts the announcements CONFIG describes and
-prints one JSON object: wall time, per-request latencies (ms), the indices answered 202
-and the client used. Two modes: closed loop (`concurrency` connections, each posting as
-soon as its last answer came: throughput and latency) and open loop (`rate_per_s`: one
+writes one JSON object to CONFIG["result_file"]: wall time, per-request latencies (ms), the
+indices answered 202 and the client used. Two modes: closed loop (`concurrency`
+connections, each posting as soon as its last answer came: throughput and latency) and open loop (`rate_per_s`: one
 post every 1/rate seconds whatever the answers, as a DAQ does).
 
 The load generator shares the machine's cores with the gateway and Prefect, so it must
@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -210,7 +211,8 @@ def main() -> int:
         result = uvloop.run(load(config))
     except ImportError:
         result = asyncio.run(load(config))
-    print(json.dumps(result))
+    # To a file, not stdout: under uvloop a 64 KiB+ line to a pipe came out split in two.
+    Path(config["result_file"]).write_text(json.dumps(result))
     return 0
 
 
