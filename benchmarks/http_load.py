@@ -3,8 +3,9 @@
 `python -m benchmarks.http_load CONFIG_JSON` posts the announcements CONFIG describes and
 writes one JSON object to CONFIG["result_file"]: wall time, per-request latencies (ms), the
 indices answered 202 and the client used. Two modes: closed loop (`concurrency`
-connections, each posting as soon as its last answer came: throughput and latency) and open loop (`rate_per_s`: one
-post every 1/rate seconds whatever the answers, as a DAQ does).
+connections, each posting as soon as its last answer came: throughput and latency) and
+open loop (`rate_per_s`: one post every 1/rate seconds whatever the answers, as a DAQ
+does).
 
 The load generator shares the machine's cores with the gateway and Prefect, so it must
 cost little: by default each connection speaks the few lines of HTTP/1.1 the benchmark
