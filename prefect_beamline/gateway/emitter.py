@@ -29,6 +29,7 @@ import base64
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,9 +68,10 @@ EVENT_BACKOFF = Backoff(start_s=1.0, max_s=300.0)
 DEFAULT_MAX_ATTEMPTS = 10
 # Prefect 3.9's in-memory broker queues at most 10,000 messages per consumer and drops the
 # rest, after its POST has answered 204 (server/utilities/messaging/memory.py). So at most
-# this many events may be in Prefect and not yet in its event store: past it the drainer
-# waits until the last one sent is stored (the persister works in order).
-UNSTORED_WINDOW = 2_000
+# this many of our events may be in Prefect and not yet seen in its event store: past it
+# the drainer waits until the oldest batch not yet seen stored is (the persister works in
+# order). Room is left for Prefect's own events (flow run states) in the same queue.
+UNSTORED_LIMIT = 5_000
 STORED_WAIT_S = 60.0
 STORED_POLL_S = 0.1
 
@@ -276,7 +278,7 @@ class Drainer:
         idle_poll_s: float = 5.0,
         retention: timedelta | None = None,
         prune_every_s: float = 60.0,
-        unstored_window: int = UNSTORED_WINDOW,
+        unstored_limit: int = UNSTORED_LIMIT,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -294,8 +296,10 @@ class Drainer:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-drainer")
         self._pruned_at: float | None = None
-        self.unstored_window = unstored_window
-        self._unstored = 0  # sent since Prefect was last seen to have stored what we sent
+        self.unstored_limit = unstored_limit
+        self._sent = 0  # events Prefect has taken since start
+        self._seen_stored = 0  # of those, the first this many are known stored
+        self._batches: deque[tuple[int, StoredEvent]] = deque()  # (sent after it, last)
 
     def wake(self) -> None:
         self._wake.set()
@@ -374,9 +378,12 @@ class Drainer:
             self.status.consecutive_failures = 0
             self.status.emitted += len(rows)
             self.status.last_emitted_at = datetime.now(UTC)
-            self._unstored += len(rows)
-            if self._unstored >= self.unstored_window:
-                await self._wait_until_stored(rows[-1])
+            self._sent += len(rows)
+            self._batches.append((self._sent, rows[-1]))
+            while self._sent - self._seen_stored > self.unstored_limit and self._batches:
+                sent_after, last = self._batches.popleft()
+                await self._wait_until_stored(last)
+                self._seen_stored = sent_after
             return True
         if result.outcome == "unavailable" or (
             result.outcome == "server_error" and not await self.emitter.reachable()
@@ -398,7 +405,7 @@ class Drainer:
 
     async def _wait_until_stored(self, last: StoredEvent) -> None:
         """Hold the drain until Prefect has stored `last` (and so, in order, what came
-        before), so Prefect's broker never holds more than the window of our events."""
+        before), so Prefect's broker never holds more than UNSTORED_LIMIT of our events."""
         event_id = prefect_event_id_text(last.event_id)
         deadline = asyncio.get_running_loop().time() + STORED_WAIT_S
         while True:
@@ -418,7 +425,6 @@ class Drainer:
                 )
                 break
             await asyncio.sleep(STORED_POLL_S)
-        self._unstored = 0
 
     def _mark_emitted(self, rows: list[StoredEvent]) -> None:
         self.outbox.mark_emitted([row.sequence for row in rows])
