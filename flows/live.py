@@ -28,14 +28,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.ext.arguments import available_cores
-from prefect_beamline.flows.common import Job
+from prefect_beamline.flows.common import Job, open_job
 from prefect_beamline.formats.nxmx import DetectorGeometry
 from prefect_beamline.live.analysis import FrameAnalyser, SpotSettings
 from prefect_beamline.live.inputs import (
@@ -87,6 +87,38 @@ def live_configuration(beamline: str) -> BeamlineLive | None:
     configured: Any = Variable.get(LIVE_VARIABLE, default={})
     entry = configured.get(beamline) if isinstance(configured, dict) else None
     return BeamlineLive.model_validate(entry) if entry is not None else None
+
+
+def open_live_job(
+    collection_id: int,
+    collection: CollectionEvent | None,
+    parameters: BaseModel,
+    *,
+    model: type[BaseModel],
+    triggered_by: str,
+    lims_block: str | None,
+    program: str,
+) -> tuple[Job, BeamlineLive] | None:
+    """A live flow's start: its beamline's live configuration and the collection's job;
+    None (logged) when the beamline's live path is off."""
+    if collection is None:
+        raise ValueError("live analysis starts from the DAQ's started event (collection)")
+    config = live_configuration(collection.beamline)
+    if config is None:
+        get_run_logger().info(
+            "live path off for beamline %s (Variable %s)", collection.beamline, LIVE_VARIABLE
+        )
+        return None
+    job = open_job(
+        collection_id,
+        collection,
+        parameters,
+        model=model,
+        triggered_by=triggered_by,
+        lims_block=lims_block,
+        program=program,
+    )
+    return job, config
 
 
 CENTRE_HOOKS_GROUP = "prefect_beamline.centre_hooks"

@@ -30,9 +30,8 @@ from prefect_beamline.flows.common import (
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.flows.live import (
     LIVE_RECIPE,
-    LIVE_VARIABLE,
     adopt_live_job,
-    live_configuration,
+    open_live_job,
     publish_live_plot,
     reuse_live_results,
     run_live,
@@ -324,15 +323,7 @@ def live_mx(
 ) -> dict[str, Any]:
     """Live spot finding while the detector runs; results to the LIMS and the DAQ."""
     logger = get_run_logger()
-    if collection is None:
-        raise ValueError("live analysis starts from the DAQ's started event (collection)")
-    config = live_configuration(collection.beamline)
-    if config is None:
-        logger.info(
-            "live path off for beamline %s (Variable %s)", collection.beamline, LIVE_VARIABLE
-        )
-        return {"live": "off"}
-    job = open_job(
+    opened = open_live_job(
         collection_id,
         collection,
         parameters,
@@ -341,6 +332,9 @@ def live_mx(
         lims_block=lims_block,
         program="spot finding (dispersion), live",
     )
+    if opened is None:
+        return {"live": "off"}
+    job, config = opened
     chosen = job.settings(MXParameters)
     with job.failure_recorded():
         summary = run_live(job, config, chosen)

@@ -32,9 +32,8 @@ from prefect_beamline.flows.common import (
 )
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.flows.live import (
-    LIVE_VARIABLE,
     BeamlineLive,
-    live_configuration,
+    open_live_job,
     results_publisher,
 )
 from prefect_beamline.flows.mx import count_images, data_signature, image_chunks
@@ -364,15 +363,7 @@ def live_ssx(
 ) -> dict[str, Any]:
     """Live hit finding while the detector runs: peaks per frame and the hit rate per
     chunk to the results stream and the LIMS as they happen."""
-    if collection is None:
-        raise ValueError("live analysis starts from the DAQ's started event (collection)")
-    config = live_configuration(collection.beamline)
-    if config is None:
-        get_run_logger().info(
-            "live path off for beamline %s (Variable %s)", collection.beamline, LIVE_VARIABLE
-        )
-        return {"live": "off"}
-    job = open_job(
+    opened = open_live_job(
         collection_id,
         collection,
         parameters,
@@ -381,6 +372,9 @@ def live_ssx(
         lims_block=lims_block,
         program="hit finding (peakfinder8), live",
     )
+    if opened is None:
+        return {"live": "off"}
+    job, config = opened
     chosen = job.settings(SSXParameters)
     with job.failure_recorded():
         summary = run_live_ssx(job, config, chosen)
