@@ -12,9 +12,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -24,6 +24,7 @@ from prefect_beamline.techniques.mx import records
 from prefect_beamline.techniques.mx.analysis import GridResult, ImageQuality
 
 logger = logging.getLogger("prefect_beamline.live")
+Row = TypeVar("Row")
 
 
 class BatchingSink:
@@ -153,30 +154,55 @@ class ResultsStreamPublisher:
         self._client.close()
 
 
-class LimsResultsWriter:
-    """ImageQualityIndicators rows of one program, written in batches as results come
-    (one transaction a second by default: a transaction costs milliseconds of CPU, so
-    per-frame writes would cost more than the spot finding at detector rates)."""
+class LimsRowsWriter(Generic[Row]):
+    """One program's result rows, written in batches off the analysis threads by
+    `record(lims, program_id, data_collection_id, rows)` (one transaction a second by
+    default: a transaction costs milliseconds of CPU, so per-frame writes would cost more
+    than the analysis at detector rates)."""
 
     def __init__(
-        self, lims: Lims, program_id: int, data_collection_id: int, *, interval_s: float = 1.0
+        self,
+        record: Callable[[Lims, int, int, list[Row]], None],
+        lims: Lims,
+        program_id: int,
+        data_collection_id: int,
+        *,
+        interval_s: float = 1.0,
+        name: str,
     ) -> None:
         self.lims = lims
         self.program_id = program_id
         self.data_collection_id = data_collection_id
-        self._sink = BatchingSink(self._write, interval_s=interval_s, name=f"lims-{program_id}")
+        self._record = record
+        self._sink = BatchingSink(self._write, interval_s=interval_s, name=name)
 
-    def _write(self, rows: Sequence[ImageQuality]) -> None:
-        records.record_image_quality(self.lims, self.program_id, self.data_collection_id, rows)
+    def _write(self, rows: list[Row]) -> None:
+        self._record(self.lims, self.program_id, self.data_collection_id, rows)
 
-    def add(self, quality: ImageQuality) -> None:
-        self._sink.put(quality)
-
-    def record_centre(self, result: GridResult) -> None:
-        records.record_grid_result(self.lims, self.program_id, self.data_collection_id, result)
+    def add(self, row: Row) -> None:
+        self._sink.put(row)
 
     def close(self) -> None:
         self._sink.close()
+
+
+class LimsResultsWriter(LimsRowsWriter[ImageQuality]):
+    """ImageQualityIndicators rows of one program as results come, and the grid result."""
+
+    def __init__(
+        self, lims: Lims, program_id: int, data_collection_id: int, *, interval_s: float = 1.0
+    ) -> None:
+        super().__init__(
+            records.record_image_quality,
+            lims,
+            program_id,
+            data_collection_id,
+            interval_s=interval_s,
+            name=f"lims-{program_id}",
+        )
+
+    def record_centre(self, result: GridResult) -> None:
+        records.record_grid_result(self.lims, self.program_id, self.data_collection_id, result)
 
 
 def centre_message(result: GridResult | None, after_last_frame_s: float) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 from prefect_beamline.ext.peakfinder import find_peaks
 from prefect_beamline.formats.raw_chunks import RawFrame
 from prefect_beamline.lims import Lims
-from prefect_beamline.live.sinks import BatchingSink
+from prefect_beamline.live.sinks import LimsRowsWriter
 from prefect_beamline.techniques.ssx import records
 from prefect_beamline.techniques.ssx.analysis import ChunkHitRate, SerialAnalyser
 
@@ -39,25 +39,20 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
-class ChunkRateWriter:
+class ChunkRateWriter(LimsRowsWriter[ChunkHitRate]):
     """SSXChunkHitRate rows of one program, written in batches off the analysis thread."""
 
     def __init__(
         self, lims: Lims, program_id: int, data_collection_id: int, *, interval_s: float = 1.0
     ) -> None:
-        self.lims = lims
-        self.program_id = program_id
-        self.data_collection_id = data_collection_id
-        self._sink = BatchingSink(self._write, interval_s=interval_s, name=f"lims-ssx-{program_id}")
-
-    def _write(self, chunks: list[ChunkHitRate]) -> None:
-        records.record_chunk_hit_rates(self.lims, self.program_id, self.data_collection_id, chunks)
-
-    def add(self, chunk: ChunkHitRate) -> None:
-        self._sink.put(chunk)
-
-    def close(self) -> None:
-        self._sink.close()
+        super().__init__(
+            records.record_chunk_hit_rates,
+            lims,
+            program_id,
+            data_collection_id,
+            interval_s=interval_s,
+            name=f"lims-ssx-{program_id}",
+        )
 
 
 @dataclass
