@@ -146,6 +146,17 @@ class _DataBlock:
     offset: int = 0
 
 
+def max_valid_count(saturation_value: float, stored_dtype: np.dtype) -> float:
+    """The largest count a pixel may hold and still be used: at most `saturation_value`
+    and, for integer frames, below the overflow value an Eiger writes into an overflowed
+    or defective pixel (2^n - 1 of the stored type). Anything above is masked, image by
+    image, and counted as an overload; the offline chunks and the live path share it."""
+    limit = float(saturation_value)
+    if stored_dtype.kind in "iu":
+        limit = min(limit, float(np.iinfo(stored_dtype).max - 1))
+    return limit
+
+
 class NXmxCollection(FileReader):
     """An open NXmx collection; use as a context manager. Never loads all frames.
 
@@ -500,12 +511,8 @@ class NXmxCollection(FileReader):
 
     @property
     def max_valid_value(self) -> float:
-        """The largest count a pixel may hold and still be used: below the overflow value
-        and at most `saturation_value`. Anything above is masked, image by image."""
-        limit = float(self.geometry.saturation_value)
-        if self.overflow_value is not None:
-            limit = min(limit, float(self.overflow_value - 1))
-        return limit
+        """The largest count a pixel may hold and still be used (`max_valid_count`)."""
+        return max_valid_count(self.geometry.saturation_value, self.stored_dtype)
 
     # -- frames ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import numpy as np
 from prefect_beamline import metrics
 from prefect_beamline.ext.bslz4 import BitshuffleLZ4Error
 from prefect_beamline.ext.spotfind import DispersionParameters, find_spots, find_spots_bslz4
-from prefect_beamline.formats.nxmx import DetectorGeometry, NXmxError
+from prefect_beamline.formats.nxmx import DetectorGeometry, NXmxError, max_valid_count
 from prefect_beamline.formats.raw_chunks import RawFrame
 from prefect_beamline.techniques.mx.analysis import ImageQuality, estimate_d_min
 
@@ -105,6 +105,9 @@ class FrameAnalyser:
                 f"{self.geometry.image_shape}"
             )
         settings = self.settings
+        # Overflowed pixels (2^n - 1) and counts above saturation are masked and counted,
+        # as in the offline chunks: the finished run reuses these results.
+        max_valid = max_valid_count(self.geometry.saturation_value, raw.dtype)
         if raw.compressed and raw.dtype in FUSED_DTYPES:
             # Decoding fused with the threshold: rows are thresholded as they are decoded.
             try:
@@ -113,6 +116,7 @@ class FrameAnalyser:
                     self.valid,
                     self._buffer(raw),
                     settings.dispersion,
+                    max_valid=max_valid,
                     min_spot_size=settings.min_spot_size,
                     max_spot_size=settings.max_spot_size,
                     strong=self._buffer(raw, "strong", np.dtype(np.bool_)),
@@ -125,6 +129,7 @@ class FrameAnalyser:
                 raw.decode(out=self._buffer(raw), n_threads=1),
                 self.valid,
                 settings.dispersion,
+                max_valid=max_valid,
                 min_spot_size=settings.min_spot_size,
                 max_spot_size=settings.max_spot_size,
                 n_threads=1,
@@ -134,6 +139,7 @@ class FrameAnalyser:
             n_spots=len(spots),
             total_intensity=float(spots.intensity.sum()),
             d_min_angstrom=estimate_d_min(self.geometry.resolution_angstrom(spots.x, spots.y)),
+            n_overloads=spots.n_overloads,
         )
 
 

@@ -16,7 +16,7 @@ import pytest
 from prefect_beamline.events import GridScan
 from prefect_beamline.ext.spotfind import DispersionParameters, find_spots
 from prefect_beamline.formats.nxmx import NXmxCollection
-from prefect_beamline.formats.raw_chunks import RawFrame, RawFrameReader
+from prefect_beamline.formats.raw_chunks import RawFrame, RawFrameReader, encode_bslz4
 from prefect_beamline.live.analysis import FrameAnalyser, SpotSettings
 from prefect_beamline.live.inputs import collection_setup, follow_swmr
 from prefect_beamline.live.session import LiveSession
@@ -162,3 +162,25 @@ def test_the_live_plot_is_republished_as_results_come(grid_scan: SyntheticCollec
     plot.close()
     assert published[-1] == list(range(1, 21))
     assert all(len(after) >= len(before) for before, after in itertools.pairwise(published))
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_overflowed_pixels_are_masked_and_counted_live_as_offline(
+    grid_scan: SyntheticCollection, compressed: bool
+) -> None:
+    """The live analyser passed no count limit to the spot finder: an Eiger's overflow
+    value (2^32 - 1) was summed as signal, and its result is what the finished run
+    reuses; the offline chunks mask it (issue 11)."""
+    geometry, valid, _ = collection_setup(grid_scan.master_file)
+    with NXmxCollection(grid_scan.master_file) as collection:
+        frame = next(collection.iter_chunks(1, 1, chunk_size=1))[1][0].astype(np.uint32)
+        limit = collection.max_valid_value
+    y, x = np.unravel_index(np.argmax(np.where(valid, frame, 0)), frame.shape)
+    frame[y, x] = frame[y, x + 1] = np.iinfo(np.uint32).max
+    chunk = encode_bslz4(frame) if compressed else frame.tobytes()
+    raw = RawFrame(1, chunk, compressed, frame.shape, frame.dtype, where="frame 1")
+    quality = FrameAnalyser(geometry, valid, SpotSettings()).analyse(raw)
+    expected = find_spots(frame, valid, DispersionParameters(), max_valid=limit)
+    assert quality.n_overloads == expected.n_overloads == 2
+    assert quality.total_intensity == pytest.approx(float(expected.intensity.sum()))
+    assert quality.total_intensity < 1e6
