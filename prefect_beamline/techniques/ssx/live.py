@@ -162,7 +162,13 @@ class SerialLiveSession:
         decoded: list[int] = []
         for raw, _ in batch:
             if raw.shape != first.shape or raw.dtype != first.dtype:
-                self._fail(raw.image_number, ValueError(f"{raw.where}: frame shape/type differs"))
+                self._fail(
+                    raw.image_number,
+                    ValueError(
+                        f"{raw.where}: frame {raw.shape} {raw.dtype}, the collection's "
+                        f"first frame {first.shape} {first.dtype}"
+                    ),
+                )
                 continue
             try:
                 raw.decode(out=self._buffer[len(decoded)], n_threads=self.n_threads)
