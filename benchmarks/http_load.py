@@ -146,6 +146,7 @@ async def _post(poster: Poster, body: bytes, index: int, result: dict[str, Any])
     except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, ValueError) as error:
         status = type(error).__name__
     result["latencies_ms"].append(1000.0 * (time.perf_counter() - started))
+    result["started_s"].append(started)
     result["statuses"][str(status)] += 1
     if status == 202:
         result["accepted"].append(index)
@@ -159,6 +160,7 @@ async def load(config: dict[str, Any]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {config['token']}", "Content-Type": "application/json"}
     result: dict[str, Any] = {
         "latencies_ms": [],
+        "started_s": [],  # perf_counter at each request's start, for a latency timeline
         "statuses": Counter(),
         "accepted": [],
         "client": client,

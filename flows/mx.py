@@ -7,6 +7,7 @@ The flow a DAQ's `finished` event starts for a rotation or grid-scan collection 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,12 @@ class MXParameters(ScienceParameters):
     global_threshold: float = Field(0.0, ge=0, description="Counts a strong pixel must exceed")
     min_spot_size: int = Field(2, ge=1, description="Smallest spot, pixels (rejects hot pixels)")
     max_spot_size: int = Field(1000, ge=1, description="Largest spot, pixels")
-    images_per_chunk: int = Field(
-        10, ge=1, le=1000, description="Images per task: the unit of retry, cache and fan-out"
+    images_per_chunk: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Images per task: the unit of retry, cache and fan-out. Empty: sized "
+        "by the frame, about 40 Mpixel per chunk (10 to 100 images)",
     )
 
     def dispersion(self) -> DispersionParameters:
@@ -99,6 +104,22 @@ def data_signature(master_file: str) -> str:
     stem = master.name.removesuffix("_master.h5")
     files = [master, *sorted(master.parent.glob(f"{stem}_data_*.h5"))]
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+# A Prefect task costs 4-7 ms of its own on 2 cores (engine, state events, stored result:
+# issue 17), and spot finding costs ~3 ms per Mpixel; ~40 Mpixel of frames per chunk keeps
+# Prefect's share near 5 %. At 10 images or more, big frames keep the chunks they had.
+CHUNK_PIXELS = 40_000_000
+CHUNK_IMAGES = (10, 100)
+
+
+def images_per_chunk(parameters: MXParameters, image_shape: tuple[int, ...]) -> int:
+    """The parameter when set; else as many images as make ~CHUNK_PIXELS, within
+    CHUNK_IMAGES (few enough per chunk that progress and retries stay fine-grained)."""
+    if parameters.images_per_chunk is not None:
+        return parameters.images_per_chunk
+    fewest, most = CHUNK_IMAGES
+    return max(fewest, min(most, math.ceil(CHUNK_PIXELS / math.prod(image_shape))))
 
 
 def image_chunks(first: int, last: int, images_per_chunk: int) -> Iterator[tuple[int, int]]:
@@ -188,11 +209,12 @@ def find_spots_on_every_image(
     compute = configured_compute()
     master_file = collection.data_files[0]
     signature = data_signature(master_file)
-    chunks = list(image_chunks(first, last, parameters.images_per_chunk))
     progress = create_progress_artifact(0.0, description="Images analysed (%)")
     assert isinstance(progress, UUID)
     results: list[ImageQuality] = []
-    with shared_reader(master_file, signature), compute.task_runner() as runner:
+    with shared_reader(master_file, signature) as held, compute.task_runner() as runner:
+        size = images_per_chunk(parameters, held.geometry.image_shape)
+        chunks = list(image_chunks(first, last, size))
         futures = [
             runner.submit(
                 find_spots_in_images,

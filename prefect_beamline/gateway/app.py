@@ -266,6 +266,7 @@ def build_app(
     limit = settings.gateway_max_body_bytes
     event_limit = prefect_event_limit()
     writer = GroupCommitWriter(outbox, max_pending=settings.outbox_max_pending)
+    drainer.door_busy = writer.busy  # a burst's requests go first
     handled = HandledPairs.from_prefect_yaml()
     refused_starts = RefusedStarts()
 

@@ -158,6 +158,23 @@ def test_pending_backlog_is_bounded(outbox: Outbox) -> None:
     assert outbox.add(announcement(3), b"{}", max_pending=2).outcome == "accepted"
 
 
+def test_the_backlog_bound_admits_up_to_the_limit_across_emitted_gaps(outbox: Outbox) -> None:
+    """Pending events are bounded by sequences without counting them; the bound must
+    never refuse what the limit allows nor admit past it."""
+    first = outbox.add_many([Submission(announcement(n), b"{}") for n in (1, 2, 3, 4)])
+    outbox.mark_emitted([first[0].sequence or 0, first[2].sequence or 0])  # 2 still pending
+    admissions = outbox.add_many(
+        [Submission(announcement(n), b"{}") for n in (5, 6, 7)], max_pending=4
+    )
+    assert [a.outcome for a in admissions] == ["accepted", "accepted", "full"]
+    outbox.mark_emitted([a.sequence or 0 for a in (*first, *admissions[:2])])
+    many = outbox.add_many(
+        [Submission(announcement(n), b"{}") for n in range(10, 20)], max_pending=10
+    )
+    assert [a.outcome for a in many] == ["accepted"] * 10
+    assert outbox.add(announcement(20), b"{}", max_pending=10).outcome == "full"
+
+
 def test_concurrent_deliveries_of_one_event_store_one_row(sqlite_outbox: Outbox) -> None:
     results: list[tuple[int | None, bool]] = []
     barrier = threading.Barrier(6)
@@ -329,6 +346,39 @@ def test_drainer_retries_with_backoff_until_prefect_comes_back(sqlite_outbox: Ou
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.2 * 0.99  # doubled, capped
     assert drainer.status.prefect_reachable is True and drainer.status.emitted == 2
     assert drainer.status.last_error is not None and "503" in drainer.status.last_error
+
+
+def test_drainer_gives_way_to_a_saturated_door_for_at_most_the_deferral(
+    sqlite_outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a burst a batch waits for the door, up to DOOR_DEFER_S after the last one;
+    once the door is quiet the backlog goes at once."""
+    monkeypatch.setattr("prefect_beamline.gateway.emitter.DOOR_DEFER_S", 0.3)
+    sent_at: list[float] = []
+
+    def prefect(request: httpx.Request) -> httpx.Response:
+        sent_at.append(time.monotonic())
+        return httpx.Response(204)
+
+    busy = [True]
+
+    async def go() -> None:
+        emitter = PrefectEmitter("http://prefect/api", transport=httpx.MockTransport(prefect))
+        async with emitter:
+            drainer = Drainer(sqlite_outbox, emitter, batch_size=1)
+            drainer.door_busy = lambda: busy[0]
+            fill(sqlite_outbox, 3)
+            await drainer.drain_once()
+            busy[0] = False
+            for number in (4, 5, 6):
+                sqlite_outbox.add(announcement(number), b"{}")
+            await drainer.drain_once()
+
+    asyncio.run(go())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
+    assert len(sent_at) == 6 and sqlite_outbox.counts()[PENDING] == 0
+    assert min(gaps[:2]) >= 0.3 * 0.95  # the door was busy: one batch per deferral
+    assert max(gaps[3:]) < 0.2  # quiet: no waiting
 
 
 def test_woken_drainer_emits_a_new_event_at_once(sqlite_outbox: Outbox) -> None:

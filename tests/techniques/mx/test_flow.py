@@ -10,7 +10,12 @@ from pydantic import ValidationError
 
 from prefect_beamline.events import CollectionEvent
 from prefect_beamline.flows.common import BAD_INPUT_ERRORS
-from prefect_beamline.flows.mx import MXParameters, find_spots_in_images
+from prefect_beamline.flows.mx import (
+    MXParameters,
+    find_spots_in_images,
+    image_chunks,
+    images_per_chunk,
+)
 from tests.helpers import automatic_run_parameters, cache_key, collection_event
 
 
@@ -25,6 +30,23 @@ def test_run_parameters_win_over_the_daq_and_defaults_fill_the_rest() -> None:
         MXParameters(sigma_strong=5.0),
     )
     assert (chosen.images_per_chunk, chosen.sigma_strong, chosen.gain) == (4, 5.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((1030, 1030), 38),  # Eiger2 1M: ~40 Mpixel per chunk, Prefect's cost near 5 %
+        ((2162, 2068), 10),  # 4M and up keep 10-image chunks
+        ((4362, 4148), 10),  # 16M (18 Mpixel)
+        ((64, 64), 100),  # tiny frames: progress and retries stay fine-grained
+    ],
+)
+def test_chunks_are_sized_by_the_frame_unless_set(shape: tuple[int, int], expected: int) -> None:
+    assert images_per_chunk(MXParameters(), shape) == expected
+    assert images_per_chunk(MXParameters(images_per_chunk=7), shape) == 7
+    chunks = list(image_chunks(1, 3600, expected))
+    assert chunks[0] == (1, expected) and chunks[-1][1] == 3600
+    assert all(last - first + 1 <= expected for first, last in chunks)
 
 
 @pytest.mark.parametrize(
