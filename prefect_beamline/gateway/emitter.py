@@ -74,13 +74,15 @@ DEFAULT_MAX_ATTEMPTS = 10
 UNSTORED_LIMIT = 5_000
 STORED_WAIT_S = 60.0
 STORED_POLL_S = 0.1
-# While announcements queue at the door (a burst), the next batch waits, up to this long
-# after the last one. The drainer's reads and POSTs share the gateway's one core of Python
+# While announcements queue at the door (a burst), batches wait, for at most this long
+# per busy spell. The drainer's reads and POSTs share the gateway's one core of Python
 # with the requests, and Prefect's ingest (~1.3 ms of CPU an event) the machine's other
 # core: during a 10,000-event burst they doubled the p99 of a 202 (issue 10). Prefect
-# takes ~700 events/s here either way, so a burst reaches it no later. A flood that never
-# stops still gets a batch every 5 s, and past `outbox_max_pending` the door answers 503.
+# takes ~700 events/s here either way, so a burst reaches it no later. A spell longer than
+# this is a flood, not a burst: the drainer then goes at full pace again until the door
+# has been quiet for DOOR_QUIET_S, so Prefect never starves behind a busy door.
 DOOR_DEFER_S = 5.0
+DOOR_QUIET_S = 0.2
 DOOR_POLL_S = 0.02
 
 
@@ -310,7 +312,8 @@ class Drainer:
         self._batches: deque[tuple[int, StoredEvent]] = deque()  # (sent after it, last)
         # The app's "announcements are queueing at the door" (see DOOR_DEFER_S).
         self.door_busy: Callable[[], bool] | None = None
-        self._last_batch_at = 0.0
+        self._busy_since: float | None = None  # this busy spell's start
+        self._quiet_since: float | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -360,17 +363,25 @@ class Drainer:
             batch = await self._db(self.outbox.due, self.batch_size)
             if not batch:
                 return True
-            self._last_batch_at = asyncio.get_running_loop().time()
             if not await self._emit(batch, _Round()):
                 return False
 
     async def _give_way_to_the_door(self) -> None:
-        """Wait while the door is saturated, at most DOOR_DEFER_S after the last batch."""
-        if self.door_busy is None:
-            return
+        """Wait while the door is busy, for at most DOOR_DEFER_S of each busy spell."""
         loop = asyncio.get_running_loop()
-        until = self._last_batch_at + DOOR_DEFER_S
-        while self.door_busy() and loop.time() < until:
+        while self.door_busy is not None:
+            now = loop.time()
+            if self.door_busy():
+                self._quiet_since = None
+                if self._busy_since is None:
+                    self._busy_since = now
+            else:
+                if self._quiet_since is None:
+                    self._quiet_since = now
+                if now - self._quiet_since >= DOOR_QUIET_S:
+                    self._busy_since = None  # the spell is over
+            if self._busy_since is None or now - self._busy_since >= DOOR_DEFER_S:
+                return
             await asyncio.sleep(DOOR_POLL_S)
 
     async def _emit(self, batch: list[StoredEvent], round_: _Round) -> bool:

@@ -36,6 +36,7 @@ from prefect_beamline.gateway.outbox import (
     Submission,
     body_digest,
 )
+from prefect_beamline.gateway.writer import BUSY_WAITING, GroupCommitWriter
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -348,11 +349,11 @@ def test_drainer_retries_with_backoff_until_prefect_comes_back(sqlite_outbox: Ou
     assert drainer.status.last_error is not None and "503" in drainer.status.last_error
 
 
-def test_drainer_gives_way_to_a_saturated_door_for_at_most_the_deferral(
+def test_drainer_gives_way_to_a_busy_door_for_at_most_the_deferral(
     sqlite_outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """During a burst a batch waits for the door, up to DOOR_DEFER_S after the last one;
-    once the door is quiet the backlog goes at once."""
+    """A burst: batches wait for the door, up to DOOR_DEFER_S; a door busy for longer is a
+    flood, which the drainer no longer waits for; a quiet door's backlog goes at once."""
     monkeypatch.setattr("prefect_beamline.gateway.emitter.DOOR_DEFER_S", 0.3)
     sent_at: list[float] = []
 
@@ -362,23 +363,59 @@ def test_drainer_gives_way_to_a_saturated_door_for_at_most_the_deferral(
 
     busy = [True]
 
-    async def go() -> None:
+    async def go() -> float:
         emitter = PrefectEmitter("http://prefect/api", transport=httpx.MockTransport(prefect))
         async with emitter:
             drainer = Drainer(sqlite_outbox, emitter, batch_size=1)
             drainer.door_busy = lambda: busy[0]
             fill(sqlite_outbox, 3)
+            started = time.monotonic()
             await drainer.drain_once()
             busy[0] = False
+            await asyncio.sleep(0.3)  # quiet for longer than DOOR_QUIET_S: the spell ends
             for number in (4, 5, 6):
                 sqlite_outbox.add(announcement(number), b"{}")
             await drainer.drain_once()
+            return started
 
-    asyncio.run(go())
+    started = asyncio.run(go())
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
     assert len(sent_at) == 6 and sqlite_outbox.counts()[PENDING] == 0
-    assert min(gaps[:2]) >= 0.3 * 0.95  # the door was busy: one batch per deferral
-    assert max(gaps[3:]) < 0.2  # quiet: no waiting
+    assert sent_at[0] - started >= 0.3 * 0.95  # the burst went first
+    assert max(gaps[:2]) < 0.2  # busy for longer than the deferral: full pace
+    assert max(gaps[3:]) < 0.2 and sent_at[3] - sent_at[2] < 0.6  # quiet: no waiting
+
+
+def test_the_door_is_busy_while_a_burst_waits_for_its_commit(
+    sqlite_outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the drainer gives way to: 16 or more announcements waiting for a commit."""
+    writer = GroupCommitWriter(sqlite_outbox)
+    release = threading.Event()
+    commit = writer._commit
+    monkeypatch.setattr(writer, "_commit", lambda group: release.wait(5) and commit(group))
+
+    async def go() -> tuple[bool, bool, bool]:
+        few = [
+            asyncio.create_task(writer.submit(Submission(announcement(n), b"{}")))
+            for n in range(1, 4)
+        ]
+        await asyncio.sleep(0.05)
+        with_few = writer.busy()
+        many = [
+            asyncio.create_task(writer.submit(Submission(announcement(n), b"{}")))
+            for n in range(4, 4 + BUSY_WAITING)
+        ]
+        await asyncio.sleep(0.05)
+        with_many = writer.busy()
+        release.set()
+        await asyncio.gather(*few, *many)
+        after = writer.busy()
+        await writer.stop()
+        return with_few, with_many, after
+
+    assert asyncio.run(go()) == (False, True, False)
+    assert sqlite_outbox.counts()[PENDING] == 3 + BUSY_WAITING
 
 
 def test_woken_drainer_emits_a_new_event_at_once(sqlite_outbox: Outbox) -> None:
