@@ -106,9 +106,10 @@ def data_signature(master_file: str) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
-# A Prefect task costs 4-7 ms of its own on 2 cores (engine, state events, stored result:
-# issue 17), and spot finding costs ~3 ms per Mpixel; ~40 Mpixel of frames per chunk keeps
-# Prefect's share near 5 %. At 10 images or more, big frames keep the chunks they had.
+# A Prefect task costs ~3-14 ms of its own on 2 cores (engine, state events, stored
+# result: issue 17), and spot finding ~3 ms per Mpixel: ~40 Mpixel of frames per chunk
+# keeps Prefect's share under ~10 %. At 10 images or more, big frames keep the chunks
+# they had.
 CHUNK_PIXELS = 40_000_000
 CHUNK_IMAGES = (10, 100)
 
