@@ -39,6 +39,8 @@ from prefect_beamline.flows.common import Job, open_job
 from prefect_beamline.formats.nxmx import DetectorGeometry
 from prefect_beamline.live.analysis import FrameAnalyser, SpotSettings
 from prefect_beamline.live.inputs import (
+    Session,
+    SessionFactory,
     collection_setup,
     follow_images_ready,
     follow_stream,
@@ -179,6 +181,19 @@ def run_live(job: Job, config: BeamlineLive, parameters: MXParameters) -> LiveSu
 def _follow_input(
     job: Job, config: BeamlineLive, parameters: MXParameters, plot: LivePlot
 ) -> LiveSummary:
+    return follow_configured_input(
+        job,
+        config,
+        lambda geometry, valid, n: _session(job, config, parameters, geometry, valid, n, plot),
+    ).finish()
+
+
+def follow_configured_input(
+    job: Job, config: BeamlineLive, make_session: SessionFactory[Session]
+) -> Session:
+    """The session `make_session` builds, fed from the beamline's configured input (a
+    DECTRIS Stream V2, the SWMR files, or the DAQ's images_ready events) until every image
+    of the collection is in; not yet finished. Every technique's live flow follows this."""
     master = Path(job.collection.data_files[0])
     if config.input == "stream":
         if not config.stream_endpoint:
@@ -189,23 +204,15 @@ def _follow_input(
             distance = geometry.detector_distance_mm
         consumer = Stream2Consumer(config.stream_endpoint)
         try:
-            session = follow_stream(
-                consumer,
-                lambda geometry, valid, n: _session(
-                    job, config, parameters, geometry, valid, n, plot
-                ),
-                distance,
-            )
+            return follow_stream(consumer, make_session, distance)
         finally:
             consumer.close()
-        return session.finish()
-    geometry, valid, n_images = collection_setup(master)
-    session = _session(job, config, parameters, geometry, valid, n_images, plot)
+    session = make_session(*collection_setup(master))
     if config.input == "swmr":
         follow_swmr(master, session)
     else:
         asyncio.run(follow_images_ready(master, job.data_collection_id, session))
-    return session.finish()
+    return session
 
 
 def publish_live_plot(job: Job, images: Sequence[ImageQuality]) -> None:

@@ -7,7 +7,6 @@ The flow a DAQ's `finished` event starts for a jet or chip collection (see
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from prefect_beamline.flows.common import (
 from prefect_beamline.flows.compute import configured_compute, where_this_runs
 from prefect_beamline.flows.live import (
     BeamlineLive,
+    follow_configured_input,
     open_live_job,
     results_publisher,
 )
@@ -47,13 +47,6 @@ from prefect_beamline.flows.rerun import (
 )
 from prefect_beamline.formats.nxmx import DetectorGeometry, NXmxCollection
 from prefect_beamline.lims import CollectionDescription
-from prefect_beamline.live.inputs import (
-    collection_setup,
-    follow_images_ready,
-    follow_stream,
-    follow_swmr,
-)
-from prefect_beamline.live.stream2 import Stream2Consumer
 from prefect_beamline.metrics import timed_chunk
 from prefect_beamline.techniques.ssx import crystfel, records, report
 from prefect_beamline.techniques.ssx.analysis import (
@@ -320,32 +313,11 @@ def _live_session(
 def run_live_ssx(job: Job, config: BeamlineLive, parameters: SSXParameters) -> SerialLiveSummary:
     """Follow the configured input (as live MX: SWMR files, Stream V2 or images_ready
     events) until every frame of the collection is analysed."""
-    master = Path(job.collection.data_files[0])
-    if config.input == "stream":
-        if not config.stream_endpoint:
-            raise ValueError("beamline-live: input 'stream' needs stream_endpoint")
-        distance = config.detector_distance_mm
-        if distance is None:
-            distance = collection_setup(master)[0].detector_distance_mm
-        consumer = Stream2Consumer(config.stream_endpoint)
-        try:
-            session = follow_stream(
-                consumer,
-                lambda geometry, valid, n: _live_session(
-                    job, config, parameters, geometry, valid, n
-                ),
-                distance,
-            )
-        finally:
-            consumer.close()
-        return session.finish()
-    geometry, valid, n_images = collection_setup(master)
-    session = _live_session(job, config, parameters, geometry, valid, n_images)
-    if config.input == "swmr":
-        follow_swmr(master, session)
-    else:
-        asyncio.run(follow_images_ready(master, job.data_collection_id, session))
-    return session.finish()
+    return follow_configured_input(
+        job,
+        config,
+        lambda geometry, valid, n: _live_session(job, config, parameters, geometry, valid, n),
+    ).finish()
 
 
 @technique_flow(

@@ -3,6 +3,7 @@ collection with the frames its writer produced, a task's cache key."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -103,3 +104,22 @@ def automatic_run_parameters(
         model, Lims("sqlite://"), 0, "any", announced, requested, automatic=True
     )
     return chosen.effective
+
+
+class Recorder:
+    """A live results stream stand-in that keeps what it is sent, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def publish(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            self.messages.append(message)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [message for message in self.messages if message["type"] == kind]
+
+    def close(self) -> None:
+        pass

@@ -8,6 +8,7 @@ import itertools
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import httpx
 from prefect_beamline.demo import post_event
 from prefect_beamline.events import COMPLETED_EVENT, RESOURCE_PREFIX, CollectionEvent
 from prefect_beamline.live.daq_client import follow_results
+from prefect_beamline.live.swmr import replay_with_swmr
 from prefect_beamline.runs import (
     TERMINAL_STATES,
     FlowRunInfo,
@@ -160,3 +162,23 @@ class DaqFollower(threading.Thread):
         self.join(LIVE_TIMEOUT_S)
         assert self.error is None and not self.is_alive(), self.error
         return self.messages
+
+
+def follow_while_written_with_swmr(
+    stack: LocalStack, event: CollectionEvent, source_master: Path, rate_hz: float
+) -> list[dict[str, Any]]:
+    """A live collection from the DAQ's side: the detector writes `source_master`'s frames
+    with SWMR where `event` (a `started` event) says, at `rate_hz`; once the master is
+    there the DAQ follows the results stream and posts `event`. Every message it got."""
+    master = Path(event.data_files[0])
+    writer = threading.Thread(
+        target=replay_with_swmr, args=(source_master, master.parent), kwargs={"rate_hz": rate_hz}
+    )
+    writer.start()
+    while not master.is_file():
+        time.sleep(0.01)
+    follower = DaqFollower(stack, event.collection_id)
+    follower.start()
+    post_event(stack, event)
+    writer.join()
+    return follower.finish()

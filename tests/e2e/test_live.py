@@ -32,6 +32,7 @@ from tests.e2e.helpers import (
     completed_run,
     configure_live,
     final_run,
+    follow_while_written_with_swmr,
     next_collection_id,
 )
 
@@ -86,29 +87,17 @@ def test_grid_scan_written_with_swmr_is_analysed_live_and_reused_at_the_end(
     collection_id = next_collection_id()
     configure_live(stack, "i03-swmr", {"input": "swmr", "workers": 1})
     expected = offline_centre(grid_scan.master_file)
-    target = tmp_path / "data"
-    master = target / grid_scan.master_file.name
     event = daq_event(
         "mx",
         collection_id,
-        master,
+        tmp_path / "data" / grid_scan.master_file.name,
         beamline="i03-swmr",
         visit="mx1-1",
         experiment_type="gridscan",
         grid=GRID,
         kind=CollectionEventKind.started,
     )
-    writer = threading.Thread(
-        target=replay_with_swmr, args=(grid_scan.master_file, target), kwargs={"rate_hz": 8}
-    )
-    writer.start()
-    while not master.is_file():
-        time.sleep(0.01)
-    follower = DaqFollower(stack, collection_id)
-    follower.start()
-    post_event(stack, event)
-    writer.join()
-    messages = follower.finish()
+    messages = follow_while_written_with_swmr(stack, event, grid_scan.master_file, rate_hz=8)
     assert_every_image_then_the_centre(messages, expected)
     program = live_program(stack, collection_id)
     # The LIMS has every image before the DAQ says `finished`.

@@ -9,29 +9,26 @@ Uses the session-wide embedded stack of conftest.py.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from prefect_beamline.demo import daq_event, post_event
+from prefect_beamline.demo import daq_event
 from prefect_beamline.events import CollectionEventKind
-from prefect_beamline.live.swmr import replay_with_swmr
 from prefect_beamline.stack import LocalStack
 from prefect_beamline.techniques.ssx import records
 from prefect_beamline.techniques.ssx.demo import DEPLOYMENT, demo_event
 from prefect_beamline.techniques.ssx.synth import SerialGeometry, write_serial_collection
 from tests.e2e.helpers import (
-    DaqFollower,
     announce,
     artifacts,
     completed_events,
     completed_run,
     configure_live,
     final_run,
+    follow_while_written_with_swmr,
     next_collection_id,
 )
 
@@ -122,29 +119,17 @@ def test_serial_collection_written_with_swmr_gives_hit_rates_live_through_the_st
         tmp_path / "source", n_frames=30, frames_per_data_file=10, hit_fraction=0.4,
         geometry=SMALL, seed=21,
     )  # fmt: skip
-    target = tmp_path / "data"
-    master = target / source.master_file.name
     event = daq_event(
         "ssx",
         collection_id,
-        master,
+        tmp_path / "data" / source.master_file.name,
         beamline="i24-swmr",
         visit="mx23457-1",  # a visit is on one beamline
         experiment_type="jet",
         kind=CollectionEventKind.started,
         processing_parameters={"frames_per_chunk": 10},
     )
-    writer = threading.Thread(
-        target=replay_with_swmr, args=(source.master_file, target), kwargs={"rate_hz": 20}
-    )
-    writer.start()
-    while not master.is_file():
-        time.sleep(0.01)
-    follower = DaqFollower(stack, collection_id)
-    follower.start()
-    post_event(stack, event)
-    writer.join()
-    messages = follower.finish()
+    messages = follow_while_written_with_swmr(stack, event, source.master_file, rate_hz=20)
 
     images = sorted(m["image_number"] for m in messages if m["type"] == "image")
     assert images == list(range(1, 31))

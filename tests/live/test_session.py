@@ -23,6 +23,7 @@ from prefect_beamline.live.session import LiveSession
 from prefect_beamline.live.swmr import replay_with_swmr
 from prefect_beamline.techniques.mx.analysis import find_grid_centre
 from prefect_beamline.techniques.mx.synth import SyntheticCollection, write_mx_collection
+from tests.helpers import Recorder
 
 GRID = GridScan(steps_x=5, steps_y=4, dx_um=20, dy_um=20, snaked=True)
 
@@ -32,21 +33,6 @@ def grid_scan(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCollection:
     return write_mx_collection(
         tmp_path_factory.mktemp("grid"), shape=(128, 160), grid=GRID, spots_per_image=30
     )
-
-
-class Recorder:
-    """A results stream stand-in that keeps what it is sent, in order."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def publish(self, message: dict[str, Any]) -> None:
-        with self.lock:
-            self.messages.append(message)
-
-    def close(self) -> None:
-        pass
 
 
 def offline_results(master: Path) -> dict[int, tuple[int, float]]:

@@ -29,7 +29,7 @@ from prefect_beamline.techniques.ssx.analysis import (
 )
 from prefect_beamline.techniques.ssx.live import ChunkRateWriter, SerialLiveSession
 from prefect_beamline.techniques.ssx.synth import SyntheticSerial, write_serial_collection
-from tests.helpers import DC
+from tests.helpers import DC, Recorder
 from tests.techniques.ssx.test_records import ssx_program
 
 CHUNK = 8
@@ -54,25 +54,6 @@ def offline_chunks(master: Path) -> list[ChunkResult]:
             analyse_chunk(analyser, frames, first)
             for first, frames in data.iter_chunks(chunk_size=CHUNK)
         ]
-
-
-class Recorder:
-    """A results stream stand-in that keeps what it is sent, in order."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def publish(self, message: dict[str, Any]) -> None:
-        with self.lock:
-            self.messages.append(message)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [message for message in self.messages if message["type"] == kind]
-
-    def close(self) -> None:
-        pass
 
 
 def session_for(master: Path, recorder: Recorder, **options: Any) -> SerialLiveSession:
