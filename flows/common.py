@@ -6,8 +6,7 @@
                        program=..., model=MXParameters)  # job.settings(MXParameters)
         with job.failure_recorded():
             ...the technique's tasks...
-            job.attach(files)
-        return job.finish(summary, message="...")
+            return job.finish(summary, message="...", files=files)
 
 Whatever started the run (automation, UI, CLI, Python), it leaves the same records,
 differing only in `triggered_by`.
@@ -145,10 +144,6 @@ class Job:
         """The LIMS this job is recorded in."""
         return open_lims(self.lims_block)
 
-    def attach(self, files: Sequence[tuple[Path, str]]) -> None:
-        """Register result files (path, ISPyB fileType), most important first."""
-        attach_result_files(self, files, self.lims_block)
-
     @contextmanager
     def failure_recorded(self, what: str = "") -> Iterator[None]:
         """On any error inside: mark the job failed in the LIMS with the message (prefixed
@@ -157,20 +152,27 @@ class Job:
             yield
         except Exception as error:
             message = f"{what}: {error}" if what else str(error)
-            finish_processing_job(self, success=False, message=message, lims_block=self.lims_block)
-            publish_processing_event(self.collection, self, {"error": message}, success=False)
+            close_processing_job(self, (), success=False, message=message, event={"error": message})
             raise
 
-    def finish(self, summary: Mapping[str, Any], message: str) -> dict[str, Any]:
-        """Mark the job successful, publish the completion event, return the run's result."""
-        finish_processing_job(self, success=True, message=message, lims_block=self.lims_block)
+    def finish(
+        self,
+        summary: Mapping[str, Any],
+        message: str,
+        files: Sequence[tuple[Path, str]] = (),
+    ) -> dict[str, Any]:
+        """Register the result files (path, ISPyB fileType; most important first), mark
+        the job successful, publish the completion event; the run's result.
+
+        Call it inside `failure_recorded`, so a LIMS that stays down fails the job.
+        """
         result = {
             **summary,
             "results_dir": str(self.results_dir),
             "processing_job_id": self.processing_job_id,
         }
-        publish_processing_event(self.collection, self, result)
         publish_job_card(self, message)
+        close_processing_job(self, files, success=True, message=message, event=result)
         get_run_logger().info("%s; results in %s", message, self.results_dir)
         return result
 
@@ -352,22 +354,28 @@ def write_job_folder(
 
 
 @task(**infrastructure_retries())
-def attach_result_files(
-    job: Job, files: Sequence[tuple[Path, str]], lims_block: str | None
+def close_processing_job(
+    job: Job,
+    files: Sequence[tuple[Path, str]],
+    *,
+    success: bool,
+    message: str,
+    event: Mapping[str, Any],
 ) -> None:
-    """Register result files (path, ISPyB fileType) as AutoProcProgramAttachments.
+    """Register the result files as AutoProcProgramAttachments, end the job's
+    AutoProcProgram (successful or failed, with a message for people), then emit
+    `beamline.processing.completed` (or `.failed`) with `event` for downstream flows.
 
-    The first file is the most important; ISPyB ranks higher numbers as more important.
+    One task, so the end of a job costs the server one task run (issue 17), and the
+    event follows only a job the LIMS has closed. Attaching is idempotent per file, so a
+    retry after a LIMS outage repeats nothing. The first file is the most important;
+    ISPyB ranks higher numbers as more important.
     """
-    lims = open_lims(lims_block)
+    lims = job.lims()
     for index, (path, file_type) in enumerate(files):
         lims.add_attachment(job.program_id, path, file_type, importance_rank=len(files) - index)
-
-
-@task(**infrastructure_retries())
-def finish_processing_job(job: Job, *, success: bool, message: str, lims_block: str | None) -> None:
-    """Mark the job's AutoProcProgram successful or failed, with a message for people."""
-    open_lims(lims_block).finish_program(job.program_id, success=success, message=message)
+    lims.finish_program(job.program_id, success=success, message=message)
+    publish_processing_event(job.collection, job, event, success=success)
 
 
 def collection_resource(collection: CollectionDescription) -> dict[str, str]:
@@ -381,7 +389,6 @@ def collection_resource(collection: CollectionDescription) -> dict[str, str]:
     }
 
 
-@task(**infrastructure_retries())
 def publish_processing_event(
     collection: CollectionDescription,
     job: Job,

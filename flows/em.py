@@ -269,9 +269,8 @@ def process_em_movie(
         )
         files = write_star_rows(job, result, chosen)
         record_em_results(job, movie_id, result)
-        job.attach(files)
         publish_movie_artifacts(job.collection, result)
-    summary = job.finish(report.movie_summary(result), report.movie_message(result))
+        summary = job.finish(report.movie_summary(result), report.movie_message(result), files)
     refresh_session_statistics(job)
     return summary
 
@@ -323,8 +322,8 @@ def em_session_summary(
         folder = session.session_folder(job.collection)
         still_running = wait_for_movie_runs(collection_id, wait_timeout_s)
         statistics = publish_session_statistics(job)
-        job.attach(session.session_result_files(folder))
-    return job.finish(
-        session.session_summary(statistics, still_running, folder),
-        message=f"{statistics['n_movies']} movies summarised",
-    )
+        return job.finish(
+            session.session_summary(statistics, still_running, folder),
+            message=f"{statistics['n_movies']} movies summarised",
+            files=session.session_result_files(folder),
+        )

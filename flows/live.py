@@ -272,7 +272,6 @@ class LivePlot:
 # -- what the end-of-collection flow reuses ----------------------------------------------
 
 
-@task
 def adopt_live_job(
     collection_id: int, announced: CollectionEvent | None, lims_block: str | None
 ) -> Job | None:

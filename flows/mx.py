@@ -129,9 +129,12 @@ def image_chunks(first: int, last: int, images_per_chunk: int) -> Iterator[tuple
         yield start, min(start + images_per_chunk - 1, last)
 
 
-@task
 def count_images(collection: CollectionDescription) -> tuple[int, int]:
-    """The image range to analyse: the announced one, else all images in the file."""
+    """The image range to analyse: the announced one, else all images in the file.
+
+    Plain functions here and below, not tasks: each Prefect task costs the server three
+    state events, and a burst of collections is bound by the server (issue 17). Tasks
+    are kept for the units worth retrying or caching: chunks, files, LIMS writes."""
     if collection.image_range is not None:
         return collection.image_range
     with NXmxCollection(collection.data_files[0]) as data:
@@ -197,6 +200,16 @@ def spots_on_images(
     return results
 
 
+def chunk_progress(n_chunks: int) -> UUID | None:
+    """A progress bar in the UI for a collection of several chunks; a one-chunk
+    collection is done in about a second, and the bar would only cost API calls."""
+    if n_chunks < 2:
+        return None
+    progress = create_progress_artifact(0.0, description="Images analysed (%)")
+    assert isinstance(progress, UUID)
+    return progress
+
+
 def find_spots_on_every_image(
     collection: CollectionDescription, first: int, last: int, parameters: MXParameters
 ) -> list[ImageQuality]:
@@ -210,12 +223,11 @@ def find_spots_on_every_image(
     compute = configured_compute()
     master_file = collection.data_files[0]
     signature = data_signature(master_file)
-    progress = create_progress_artifact(0.0, description="Images analysed (%)")
-    assert isinstance(progress, UUID)
     results: list[ImageQuality] = []
     with shared_reader(master_file, signature) as held, compute.task_runner() as runner:
         size = images_per_chunk(parameters, held.geometry.image_shape)
         chunks = list(image_chunks(first, last, size))
+        progress = chunk_progress(len(chunks))
         futures = [
             runner.submit(
                 find_spots_in_images,
@@ -232,12 +244,12 @@ def find_spots_on_every_image(
         ]
         for done, future in enumerate(as_completed(futures), start=1):
             results.extend(future.result())
-            update_progress_artifact(progress, 100.0 * done / len(futures))
+            if progress is not None:
+                update_progress_artifact(progress, 100.0 * done / len(futures))
     get_run_logger().info("analysed %d images in %d chunks", len(results), len(chunks))
     return sorted(results, key=lambda result: result.image_number)
 
 
-@task
 def locate_crystal(
     images: Sequence[ImageQuality], grid: GridScan | None, first_image: int
 ) -> GridResult | None:
@@ -269,16 +281,13 @@ def record_mx_results(
 @task(**infrastructure_retries())
 def publish_xray_centre(job: Job, grid_result: GridResult | None) -> None:
     """A grid scan's X-ray centre on RabbitMQ for dodal's ZocaloResults, for the
-    beamlines in `zocalo_xrc_beamlines`; nothing for a rotation."""
-    if job.collection.grid is None:
-        return
+    beamlines in `zocalo_xrc_beamlines`."""
     from prefect_beamline.zocalo.results import publish_configured
 
     collection = job.collection
     publish_configured(job.lims(), collection.beamline, job.data_collection_id, grid_result)
 
 
-@task
 def publish_mx_report(
     job: Job,
     images: Sequence[ImageQuality],
@@ -324,11 +333,11 @@ def process_mx(
         # The plot draws on a thread while the LIMS rows are written: off the critical path.
         written = write_mx_results.submit(job, images, summary)
         record_mx_results(job, images, grid_result)
-        publish_xray_centre(job, grid_result)
+        if job.collection.grid is not None:
+            publish_xray_centre(job, grid_result)
         files = written.result()
-        job.attach(files)
         publish_mx_report(job, images, summary, files)
-    return job.finish(summary, message=f"{summary['n_images']} images analysed")
+        return job.finish(summary, f"{summary['n_images']} images analysed", files)
 
 
 @technique_flow(

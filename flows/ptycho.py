@@ -194,6 +194,5 @@ def process_ptycho(
         result = reconstruct(job, scan_file, chosen, probe_file, n_threads)
         files = write_ptycho_images(job, result)
         record_ptycho_result(job, result)
-        job.attach(files)
         publish_ptycho_artifacts(job.collection, result, files)
-    return job.finish(asdict(result), message=report.summary_line(result))
+        return job.finish(asdict(result), message=report.summary_line(result), files=files)

@@ -282,10 +282,10 @@ def process_ssx(
         files = write_ssx_results(job, chunks, summary)
         files += write_crystfel_files(job, chunks)
         record_ssx_results(job, summary)
-        job.attach(files)
         publish_ssx_report(job, summary, files)
-    stats = summary.as_dict()
-    return job.finish(stats, message=f"{stats['n_hits']} hits in {stats['n_frames']} frames")
+        stats = summary.as_dict()
+        message = f"{stats['n_hits']} hits in {stats['n_frames']} frames"
+        return job.finish(stats, message=message, files=files)
 
 
 # -- live: hit rate while the detector runs -----------------------------------------------

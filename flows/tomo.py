@@ -409,10 +409,10 @@ def process_tomo(
         )
         files = write_tomo_summary(job, summary, tomogram)
         record_tomogram(job, tomogram)
-        job.attach(files)
         publish_tomo_report(job, summary, tomogram)
-    return job.finish(
-        summary,
-        message=f"{tomogram.size_z} slices reconstructed, "
-        f"centre {tomogram.centre_of_rotation:.2f} px",
-    )
+        return job.finish(
+            summary,
+            message=f"{tomogram.size_z} slices reconstructed, "
+            f"centre {tomogram.centre_of_rotation:.2f} px",
+            files=files,
+        )

@@ -35,6 +35,7 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -42,7 +43,6 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.exceptions import ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect.logging import get_logger
 from prefect.states import AwaitingRetry
@@ -209,19 +209,37 @@ def why_ended(
     return f"flow run {run.name} ended {state.name}{attempts}: {state.message or ''}".strip()
 
 
+def run_id(run_key: str) -> bool:
+    """Whether a job's run key is a flow-run id (not a flow called outside Prefect)."""
+    try:
+        UUID(run_key)
+    except ValueError:
+        return False
+    return True
+
+
+def flow_runs_by_id(client: SyncPrefectClient, ids: Sequence[UUID]) -> dict[UUID, FlowRun]:
+    """These flow runs, those that still exist, in one request per 200: a burst leaves
+    dozens of jobs open at once, and one request each, every pass, loaded the server."""
+    found: dict[UUID, FlowRun] = {}
+    for start in range(0, len(ids), 200):
+        batch = list(ids[start : start + 200])
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch)
+        )
+        found.update((run.id, run) for run in runs)
+    return found
+
+
 def close_abandoned_jobs(
     client: SyncPrefectClient, lims: Lims, recipes: Sequence[str], crash_retries: int
 ) -> list[int]:
     """Mark failed every open job whose flow run ended without finishing it; their ids."""
     closed = []
-    for job in lims.open_jobs(recipes, OPEN_JOB_WINDOW):
-        try:
-            run: FlowRun | None = client.read_flow_run(UUID(job.run_key))
-        except ValueError:
-            continue  # not a flow-run id: a job of a flow called outside Prefect
-        except ObjectNotFound:
-            run = None
-        reason = why_ended(client, run, job.run_key, crash_retries)
+    jobs = [job for job in lims.open_jobs(recipes, OPEN_JOB_WINDOW) if run_id(job.run_key)]
+    runs = flow_runs_by_id(client, [UUID(job.run_key) for job in jobs])
+    for job in jobs:
+        reason = why_ended(client, runs.get(UUID(job.run_key)), job.run_key, crash_retries)
         if reason is not None:
             lims.finish_program(job.program_id, success=False, message=reason)
             logger.warning("LIMS job %d marked failed: %s", job.processing_job_id, reason)

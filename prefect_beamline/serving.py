@@ -53,6 +53,8 @@ ALWAYS_PRELOADED = [
     "h5py",
     "matplotlib.pyplot",
 ]
+# Set-up every flow-run process would repeat (LIMS mappers, TLS contexts), done once.
+WARM_PROCESS = "prefect_beamline.warm_process"
 
 
 def warm_start_enabled() -> bool:
@@ -83,7 +85,8 @@ def warm_start(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     import prefect.flow_engine
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([*ALWAYS_PRELOADED, *preload])
+    # warm_process last: it configures the mappers the flow modules' tables declare.
+    context.set_forkserver_preload([*ALWAYS_PRELOADED, *preload, WARM_PROCESS])
     engine: Any = prefect.flow_engine
     engine.multiprocessing = _ForkserverMultiprocessing(context)
     # Start it now, not at the first run: its imports are the cost we are avoiding.
@@ -166,6 +169,7 @@ def serve(
     specs = selected_specs(prefect_file, only)
     for module in {flow_module(spec) for spec in specs}:
         importlib.import_module(module)  # fail here, loudly, on a broken entrypoint
+    importlib.import_module(WARM_PROCESS)  # the runner's own clients share TLS contexts too
     limit = runner_limit(limit)  # a count, lowered to what fits in memory
     runner = build_runner(specs, limit=limit, poll_seconds=poll_seconds)
     settings = get_settings()  # metrics first: flow-run processes must inherit the folder

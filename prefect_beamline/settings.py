@@ -130,6 +130,13 @@ class BeamlineSettings(BaseSettings):
         description="Share of the machine's available memory (at `serve` start) that "
         "concurrent collection runs may hold",
     )
+    runs_per_core: int = Field(
+        4,
+        ge=1,
+        description="Collection runs `serve` holds at once per CPU core: a run waits on the "
+        "Prefect server and the LIMS much of its life, so a few per core keep the cores "
+        "busy, and many more only make them contend",
+    )
 
     # The Zocalo bridge (`prefect-beamline zocalo-bridge`, docs/zocalo.md).
     zocalo_rabbitmq_url: SecretStr = Field(

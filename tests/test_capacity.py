@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_beamline.capacity import FIXED_RUN_BYTES, run_bytes, runs_that_fit
+from prefect_beamline.capacity import (
+    FIXED_RUN_BYTES,
+    run_bytes,
+    runner_limit,
+    runs_that_fit,
+    runs_the_cores_keep_busy,
+)
+from prefect_beamline.ext.arguments import available_cores
 
 GIB = 2**30
 
@@ -40,3 +47,27 @@ def test_at_least_one_run_always_fits() -> None:
 def test_a_memory_fraction_outside_zero_to_one_is_refused(fraction: float) -> None:
     with pytest.raises(ValueError, match="memory_fraction"):
         runs_that_fit(1_000_000, 2, memory_fraction=fraction, available_bytes=GIB)
+
+
+def test_runs_are_bounded_by_the_cores_too() -> None:
+    assert runs_the_cores_keep_busy(2, 4) == 8
+    assert runs_the_cores_keep_busy(64, 4) == 256
+    assert runs_the_cores_keep_busy(1, 1) == 1
+
+
+def test_serve_takes_the_smaller_of_the_memory_and_the_cores_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PREFECT_BEAMLINE_COMPUTE_BLOCK", raising=False)
+    monkeypatch.setenv("PREFECT_BEAMLINE_RUNS_PER_CORE", "1")
+    assert runner_limit(None) == min(available_cores(), runner_limit_by_memory())
+    monkeypatch.setenv("PREFECT_BEAMLINE_RUNS_PER_CORE", "1000")
+    assert runner_limit(None) == runner_limit_by_memory()
+    assert runner_limit(1) == 1
+
+
+def runner_limit_by_memory() -> int:
+    from prefect_beamline.settings import get_settings
+
+    settings = get_settings()
+    return runs_that_fit(settings.max_frame_pixels, 2, memory_fraction=settings.run_memory_fraction)

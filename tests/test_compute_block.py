@@ -3,6 +3,8 @@ that fit together, refused with the field named, and the task runner each kind g
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from pydantic import ValidationError
 from prefect_beamline.blocks.compute import Compute
 from prefect_beamline.blocks.dask_runner import DrainingDaskTaskRunner
 from prefect_beamline.blocks.slurm import SlurmJobs
+from prefect_beamline.flows.compute import where_this_runs
 
 
 @pytest.mark.parametrize(
@@ -100,3 +103,25 @@ def test_slurm_jobs_reserve_the_kernels_cores_and_run_whole_chunks() -> None:
     assert "/opt/beamline/bin/python -m distributed.cli.dask_worker" in script
     assert "--nthreads 2 --memory-limit 8.00GiB --nworkers 2" in script
     assert "--local-directory /scratch" in script
+
+
+def test_naming_where_a_local_chunk_runs_does_not_import_dask() -> None:
+    """Importing distributed only to ask cost every local run ~0.15 s of CPU (issue 17)."""
+    script = (
+        "import sys\n"
+        "from prefect_beamline.flows.compute import where_this_runs\n"
+        "print(where_this_runs().endswith('local thread'), 'distributed' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
+
+
+def test_a_chunk_on_a_dask_worker_names_the_worker() -> None:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        place = client.submit(where_this_runs, pure=False).result()
+    assert ", dask worker " in place and "local thread" not in place

@@ -34,8 +34,17 @@ def test_warm_start_hands_prefect_a_preloaded_forkserver(tmp_path: Path) -> None
         from prefect_beamline.serving import warm_start
 
         def report(serve_pid):
+            import gc
+            import prefect.client.orchestration as orchestration
+            from prefect_beamline.lims.schema import Base
+            from prefect_beamline.warm_process import _SharedTLSContexts
+
             loaded = "prefect_beamline.flows.mx" in sys.modules
             print("child", os.getppid() != serve_pid, loaded, flush=True)
+            # What warm_process did once in the forkserver, inherited by the fork.
+            configured = all(mapper.configured for mapper in Base.registry.mappers)
+            shared = isinstance(orchestration.ssl, _SharedTLSContexts)
+            print("warm", configured, shared, gc.get_freeze_count() > 10_000, flush=True)
 
         if __name__ == "__main__":
             warm_start(["prefect_beamline.flows.mx"])
@@ -51,6 +60,9 @@ def test_warm_start_hands_prefect_a_preloaded_forkserver(tmp_path: Path) -> None
     done = subprocess.run(
         [sys.executable, "warm.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180
     )
-    assert done.stdout.split("\n")[:3] == ["method forkserver", "child True True", "exit 0"], (
-        done.stdout + done.stderr
-    )
+    assert done.stdout.split("\n")[:4] == [
+        "method forkserver",
+        "child True True",
+        "warm True True True",
+        "exit 0",
+    ], done.stdout + done.stderr
