@@ -6,7 +6,8 @@ frames, mask and work arrays of the chunks it computes at once (552 MB at 16 Mpi
 two chunks, issue 17: ~9.5 bytes per pixel per chunk). A count alone (`serve --limit 9`)
 lets a burst of 16 Mpixel collections hold ~5 GB; this bound holds the burst to the
 memory the operator gives the runner (`PREFECT_BEAMLINE_RUN_MEMORY_FRACTION` of what the
-machine has available when `serve` starts).
+machine has available when `serve` starts). Runs are also bounded by the cores
+(`PREFECT_BEAMLINE_RUNS_PER_CORE`): past a few per core they only contend.
 """
 
 from __future__ import annotations

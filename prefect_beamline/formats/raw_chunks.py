@@ -34,6 +34,11 @@ _FILTER_SKIPPED = 1  # read_direct_chunk's filter mask: the chunk was stored unf
 SWMR_READ_ATTEMPTS = 5
 
 
+class ChunkNotWritten(NXmxError):
+    """The dataset's extent counts the image but its chunk was never written. Under SWMR,
+    the writer has grown the dataset and not yet written the frame: read it later."""
+
+
 @dataclass(frozen=True)
 class RawFrame:
     """One frame's chunk as stored: bitshuffle-LZ4 bytes (`compressed`), or raw pixels.
@@ -247,12 +252,20 @@ class RawFrameReader(FileReader):
 
     def _read_chunk(self, block: _Block, index: int, where: str) -> tuple[int, bytes]:
         """One chunk as stored. Under SWMR a chunk index caught mid-update can read as
-        garbage (h5py then fails, MemoryError for an absurd size): refresh and retry."""
+        garbage (h5py then fails, MemoryError for an absurd size): refresh and retry.
+        A chunk never written raises ChunkNotWritten at once."""
         attempts = SWMR_READ_ATTEMPTS if self.swmr else 1
         for attempt in range(attempts):
             try:
                 filter_mask, chunk = block.dataset.id.read_direct_chunk((index, 0, 0))
                 return int(filter_mask), bytes(chunk)
+            except RuntimeError as error:
+                if "not allocated" in str(error):
+                    raise ChunkNotWritten(f"{where}: its chunk is not written yet") from error
+                if attempt + 1 == attempts:
+                    raise NXmxError(f"{where}: cannot read its chunk ({error!r})") from error
+                time.sleep(0.01 * (attempt + 1))
+                block.dataset.refresh()
             except (OSError, ValueError, KeyError, MemoryError) as error:
                 if attempt + 1 == attempts:
                     raise NXmxError(f"{where}: cannot read its chunk ({error!r})") from error

@@ -19,7 +19,7 @@ import hdf5plugin
 import numpy as np
 
 from prefect_beamline.formats.nxmx import DATA_GROUP
-from prefect_beamline.formats.raw_chunks import RawFrame, RawFrameReader
+from prefect_beamline.formats.raw_chunks import ChunkNotWritten, RawFrame, RawFrameReader
 
 
 def replay_with_swmr(
@@ -110,8 +110,13 @@ class SwmrWatcher:
                 return []
             self._reader = RawFrameReader(self.master_file, swmr=True)
         available = self._reader.refresh()
-        frames = [self._reader.read(number) for number in range(self.seen + 1, available + 1)]
-        self.seen = available
+        frames = []
+        for number in range(self.seen + 1, available + 1):
+            try:
+                frames.append(self._reader.read(number))
+            except ChunkNotWritten:
+                break  # counted, not yet written (the writer grows, then writes): next poll
+        self.seen += len(frames)
         return frames
 
     def frames(self, n_images: int, *, stall_timeout_s: float = 30.0) -> Iterator[RawFrame]:

@@ -78,3 +78,29 @@ def test_watcher_times_out_naming_the_count_it_reached(tmp_path: Path, source: P
     master = replay_with_swmr(source, tmp_path / "done")
     with SwmrWatcher(master) as watcher, pytest.raises(TimeoutError, match="7 of 9 images"):
         list(watcher.frames(9, stall_timeout_s=0.2))
+
+
+def test_a_frame_grown_but_not_yet_written_is_taken_at_the_next_poll(
+    tmp_path: Path, source: Path
+) -> None:
+    """A SWMR writer grows the dataset, then writes the frame's chunk: a reader between
+    the two saw the image counted with no chunk behind it, and h5py's RuntimeError
+    ("chunk storage is not allocated") failed the live run (CI, 2026-12-07)."""
+    master = replay_with_swmr(source, tmp_path / "copy")
+    last_file = master.parent / "xtal_1_data_000003.h5"  # image 7, of 3 per file
+    with h5py.File(last_file, "r+") as handle:
+        dataset = handle["/entry/data/data"]
+        dataset.attrs["image_nr_high"] = np.uint64(8)
+        dataset.resize(2, axis=0)  # image 8 counted, its chunk not written
+    with RawFrameReader(master) as reader, pytest.raises(NXmxError, match="image 8.*not written"):
+        reader.read(8)
+    with SwmrWatcher(master) as watcher:
+        assert [raw.image_number for raw in watcher.poll()] == list(range(1, 8))
+        assert watcher.poll() == [] and watcher.seen == 7  # image 8 is not skipped
+        watcher.close()  # its files, so this test can write the chunk (the count stays)
+        with RawFrameReader(source) as source_frames:
+            chunk = source_frames.read(7).chunk
+        with h5py.File(last_file, "r+") as handle:
+            handle["/entry/data/data"].id.write_direct_chunk((1, 0, 0), chunk)
+        (eighth,) = watcher.poll()
+    assert eighth.image_number == 8 and eighth.chunk == chunk
