@@ -209,21 +209,24 @@ def why_ended(
     return f"flow run {run.name} ended {state.name}{attempts}: {state.message or ''}".strip()
 
 
-def run_id(run_key: str) -> bool:
-    """Whether a job's run key is a flow-run id (not a flow called outside Prefect)."""
+def flow_run_id(run_key: str) -> UUID | None:
+    """A job's run key as a flow-run id; None for a flow called outside Prefect."""
     try:
-        UUID(run_key)
+        return UUID(run_key)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+RUNS_PER_REQUEST = 200
 
 
 def flow_runs_by_id(client: SyncPrefectClient, ids: Sequence[UUID]) -> dict[UUID, FlowRun]:
-    """These flow runs, those that still exist, in one request per 200: a burst leaves
-    dozens of jobs open at once, and one request each, every pass, loaded the server."""
+    """These flow runs, those that still exist, RUNS_PER_REQUEST per request: a burst
+    leaves dozens of jobs open at once, and one request each, every pass, loaded the
+    server."""
     found: dict[UUID, FlowRun] = {}
-    for start in range(0, len(ids), 200):
-        batch = list(ids[start : start + 200])
+    for start in range(0, len(ids), RUNS_PER_REQUEST):
+        batch = list(ids[start : start + RUNS_PER_REQUEST])
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)), limit=len(batch)
         )
@@ -236,10 +239,14 @@ def close_abandoned_jobs(
 ) -> list[int]:
     """Mark failed every open job whose flow run ended without finishing it; their ids."""
     closed = []
-    jobs = [job for job in lims.open_jobs(recipes, OPEN_JOB_WINDOW) if run_id(job.run_key)]
-    runs = flow_runs_by_id(client, [UUID(job.run_key) for job in jobs])
-    for job in jobs:
-        reason = why_ended(client, runs.get(UUID(job.run_key)), job.run_key, crash_retries)
+    jobs = [
+        (job, run_id)
+        for job in lims.open_jobs(recipes, OPEN_JOB_WINDOW)
+        if (run_id := flow_run_id(job.run_key)) is not None
+    ]
+    runs = flow_runs_by_id(client, [run_id for _, run_id in jobs])
+    for job, run_id in jobs:
+        reason = why_ended(client, runs.get(run_id), job.run_key, crash_retries)
         if reason is not None:
             lims.finish_program(job.program_id, success=False, message=reason)
             logger.warning("LIMS job %d marked failed: %s", job.processing_job_id, reason)

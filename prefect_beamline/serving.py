@@ -53,7 +53,8 @@ ALWAYS_PRELOADED = [
     "h5py",
     "matplotlib.pyplot",
 ]
-# Set-up every flow-run process would repeat (LIMS mappers, TLS contexts), done once.
+# Set-up every flow-run process would repeat (LIMS mappers, TLS contexts, settings), done
+# once; last, it freezes what the forkserver holds out of the children's collections.
 WARM_PROCESS = "prefect_beamline.warm_process"
 
 

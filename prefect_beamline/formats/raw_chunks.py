@@ -259,14 +259,12 @@ class RawFrameReader(FileReader):
             try:
                 filter_mask, chunk = block.dataset.id.read_direct_chunk((index, 0, 0))
                 return int(filter_mask), bytes(chunk)
-            except RuntimeError as error:
-                if "not allocated" in str(error):
-                    raise ChunkNotWritten(f"{where}: its chunk is not written yet") from error
-                if attempt + 1 == attempts:
-                    raise NXmxError(f"{where}: cannot read its chunk ({error!r})") from error
-                time.sleep(0.01 * (attempt + 1))
-                block.dataset.refresh()
-            except (OSError, ValueError, KeyError, MemoryError) as error:
+            except (OSError, ValueError, KeyError, MemoryError, RuntimeError) as error:
+                if isinstance(error, RuntimeError) and "not allocated" in str(error):
+                    raise ChunkNotWritten(
+                        f"{where}: its chunk is not written (the file is incomplete, or still "
+                        "being written)"
+                    ) from error
                 if attempt + 1 == attempts:
                     raise NXmxError(f"{where}: cannot read its chunk ({error!r})") from error
                 time.sleep(0.01 * (attempt + 1))
